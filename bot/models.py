@@ -1,0 +1,220 @@
+"""Frozen value objects: what comes in, what goes out, and what is kept per user.
+
+Nothing here does I/O; everything is a slotted, frozen dataclass that can be built from and
+turned back into plain JSON-able data, so stores can keep it and tests can compare it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+
+#: Message ``type`` values the parser knows; anything else is kept with ``type="unsupported"``.
+MESSAGE_TYPES = frozenset(
+    {
+        "text", "interactive", "button", "image", "video", "audio", "document", "sticker",
+        "location", "contacts", "reaction", "order", "system", "unsupported",
+    }
+)
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+
+StatusName = Literal["sent", "delivered", "read", "failed", "deleted", "warning"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """One item of an ``errors[]`` array (in statuses, unsupported messages or API errors)."""
+
+    code: int
+    title: str = ""
+    message: str = ""
+    details: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Interactive:
+    """A reply to one of our interactive messages: a button, a list row or a WhatsApp Flow."""
+
+    kind: str  # button_reply | list_reply | nfm_reply
+    id: str = ""
+    title: str = ""
+    description: str = ""
+    response_json: str = ""  # nfm_reply only
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPress:
+    """A quick-reply button pressed on a template message (type ``button``)."""
+
+    payload: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """An image, video, audio, document or sticker the user sent (fetch it by ``id``)."""
+
+    kind: str
+    id: str
+    mime_type: str = ""
+    sha256: str = ""
+    caption: str = ""
+    filename: str = ""
+    voice: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A shared location."""
+
+    latitude: float
+    longitude: float
+    name: str = ""
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    """An emoji reaction to a message (empty ``emoji`` removes it)."""
+
+    message_id: str
+    emoji: str
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the message replies to, or that it was forwarded."""
+
+    from_: str = ""
+    id: str = ""
+    forwarded: bool = False
+    frequently_forwarded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One item of ``messages[]``, with the sender's profile and the receiving number.
+
+    ``user`` is the key the framework files the sender under: the ``wa_id`` when the payload
+    carries one, else the business-scoped ``user_id``. ``raw`` is the item exactly as Meta
+    sent it, so nothing a later version adds is lost.
+    """
+
+    id: str
+    user: str
+    timestamp: int
+    type: str
+    wa_id: str = ""
+    user_id: str = ""
+    profile_name: str = ""
+    phone_number_id: str = ""
+    text: str = ""
+    interactive: Interactive | None = None
+    button: ButtonPress | None = None
+    media: Media | None = None
+    location: Location | None = None
+    reaction: Reaction | None = None
+    contacts: tuple[JSON, ...] = ()
+    context: Context | None = None
+    errors: tuple[ErrorInfo, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One item of ``statuses[]``: what became of a message *we* sent (``id`` is its wamid)."""
+
+    id: str
+    status: str
+    timestamp: int
+    recipient: str
+    phone_number_id: str = ""
+    errors: tuple[ErrorInfo, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Everything one webhook POST carried, in payload order."""
+
+    messages: tuple[InboundMessage, ...] = ()
+    statuses: tuple[StatusUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """What the framework keeps about one user.
+
+    ``version`` increases by one with every write; writers pass the version they read and the
+    store refuses the write if someone else got there first (no lost update).
+    ``last_inbound_at`` is the ``timestamp`` of the newest inbound message (unix seconds):
+    the customer-service window closes 24 h after it.
+    """
+
+    key: str
+    wa_id: str = ""
+    user_id: str = ""
+    profile_name: str = ""
+    last_inbound_at: int = 0
+    message_count: int = 0
+    flow: str = ""
+    state: str = ""
+    variables: Mapping[str, Any] = field(default_factory=dict)
+    language: str = ""
+    opted_out: bool = False
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateCall:
+    """A template fallback, its parameters already rendered to text.
+
+    ``parameters`` is a tuple of strings for positional templates or a mapping name → text
+    for named ones; ``components`` carries header/button parameters when the template has them.
+    ``language`` is empty when the sender picks the variant by the user's language chain.
+    """
+
+    name: str
+    parameters: tuple[str, ...] | Mapping[str, str] = ()
+    language: str = ""
+    header: tuple[str, ...] = ()
+    buttons: tuple[str, ...] = ()  # quick-reply payloads, by button index
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A reply the engine decided on: a session message and, optionally, its template fallback.
+
+    ``message`` is the Cloud API body *without* ``messaging_product``/``to`` (for example
+    ``{"type": "text", "text": {"body": "hi", "preview_url": False}}``); ``None`` for a
+    business-initiated template-only send.
+    """
+
+    message: JSON | None
+    fallback: TemplateCall | None = None
+    note: str = ""  # why this reply exists (state, trigger); shown in logs and ``bot chat``
+
+
+OutboxState = Literal["pending", "sent", "delivered", "read", "failed", "skipped"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A reply queued for a user, in the order it must go out (``seq`` per user)."""
+
+    id: str
+    user: str
+    seq: int
+    outgoing: Outgoing
+    created_at: float
+    status: str = "pending"
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    wamid: str = ""
+    sent_as: str = ""  # session | template | ""
+    reason: str = ""  # why it went as a template, or why it was not sent / failed
+    error_code: int = 0
+    fallback_sent: bool = False

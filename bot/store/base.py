@@ -1,0 +1,301 @@
+"""The storage protocol every backend implements, and the helpers they share.
+
+A store keeps four things:
+
+* **users** — one :class:`~bot.models.UserRecord` per user key, written with an optimistic
+  version check (``VersionConflict`` when someone else wrote first);
+* **the inbox** — every inbound message, unique by wamid, written *before* the webhook is
+  acknowledged; ``pending`` until a worker has applied it, then ``done`` (or ``failed``);
+* **statuses** — every status item, unique by (wamid, status), pending until applied to the
+  outbox entry it names;
+* **the outbox** — every reply, written in the same atomic step as the user's new state,
+  ``pending`` until the sender has sent it (or decided not to).
+
+Plus **leases**: a worker (in this process or another one sharing the store) owns a user
+while it processes that user's messages, so one user's messages are handled one at a time and
+in order across processes. Times are unix seconds as floats (no BSON/SQL dates: they compare
+the same way everywhere).
+
+The contract test-suite in ``tests/store/`` states this behaviour; every backend passes it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from bot.models import (
+    InboundMessage,
+    OutboxEntry,
+    Outgoing,
+    StatusUpdate,
+    TemplateCall,
+    UserRecord,
+)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the framework needs from a database. All methods are coroutines."""
+
+    #: Where the data lives, for logs (never a password).
+    description: str
+
+    async def open(self) -> None:
+        """Connect, create tables/indexes; raise ``StoreUnavailable`` naming the URL if down."""
+
+    async def close(self) -> None:
+        """Release connections and threads; safe to call twice."""
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers right now."""
+
+    # --- inbox and statuses: durable when the coroutine returns -------------------------
+
+    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
+        """Insert messages into the inbox; for each, ``True`` if new, ``False`` if a duplicate."""
+
+    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
+        """Insert status items; for each, ``True`` if new, ``False`` if seen before."""
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def acquire_user(self, user: str, owner: str, until: float, now: float) -> bool:
+        """Take (or extend) the lease on ``user`` for ``owner`` until ``until``.
+
+        Succeeds if the user has no lease, the lease is ``owner``'s, or it expired before
+        ``now``.
+        """
+
+    async def release_user(self, user: str, owner: str) -> None:
+        """Drop ``owner``'s lease on ``user`` (no-op if someone else holds it)."""
+
+    async def users_with_work(self, now: float, limit: int) -> list[str]:
+        """Users with pending inbox or status items, or outbox entries due by ``now``.
+
+        Users whose lease is held (and not expired) are left out. Used at start-up and by
+        the periodic sweep that picks up what a crashed or busy process left behind.
+        """
+
+    # --- per-user work (the caller holds the user's lease) ---------------------------------
+
+    async def get_user(self, user: str) -> UserRecord | None:
+        """The user's record, or ``None`` for a user never seen."""
+
+    async def pending_inbound(self, user: str, limit: int) -> list[InboundMessage]:
+        """The user's pending inbox messages, oldest ``timestamp`` first (ties by wamid)."""
+
+    async def commit_turn(
+        self,
+        message_id: str | None,
+        record: UserRecord,
+        outgoing: Sequence[Outgoing],
+        now: float,
+    ) -> UserRecord:
+        """Apply one turn atomically and return the stored record.
+
+        ``record.version`` is the version that was read (0 for a new user). In one atomic step:
+        the record is stored with ``version + 1``, ``outgoing`` is appended to the user's
+        outbox (``seq`` continuing the user's sequence), and the inbox message ``message_id``
+        (if any) is marked done. Raises ``VersionConflict`` and changes nothing if the stored
+        version differs.
+        """
+
+    async def fail_inbound(self, message_id: str, reason: str, now: float) -> None:
+        """Mark an inbox message that cannot be processed as ``failed`` with the reason."""
+
+    async def pending_statuses(self, user: str, limit: int) -> list[StatusUpdate]:
+        """The user's unapplied status items (by ``recipient``), oldest first."""
+
+    async def finish_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark status items (wamid, status) as applied."""
+
+    async def pending_outbox(self, user: str, limit: int) -> list[OutboxEntry]:
+        """The user's entries with status ``pending``, in ``seq`` order."""
+
+    async def outbox_by_wamid(self, wamid: str) -> OutboxEntry | None:
+        """The outbox entry whose sent message has this wamid."""
+
+    async def save_outbox(self, entry: OutboxEntry) -> None:
+        """Replace the stored entry with the same ``id`` (the caller holds the user's lease)."""
+
+    async def inbox_counts(self) -> dict[str, int]:
+        """Inbox messages by status (``pending``, ``done``, ``failed``), for health and tests."""
+
+
+# --- serialisation shared by the backends ----------------------------------------------------
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for storage."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
+    """An :class:`Outgoing` as plain JSON data."""
+    fb = outgoing.fallback
+    return {
+        "message": outgoing.message,
+        "note": outgoing.note,
+        "fallback": None
+        if fb is None
+        else {
+            "name": fb.name,
+            "language": fb.language,
+            "parameters": dict(fb.parameters)
+            if isinstance(fb.parameters, Mapping)
+            else list(fb.parameters),
+            "header": list(fb.header),
+            "buttons": list(fb.buttons),
+        },
+    }
+
+
+def outgoing_from_json(data: Mapping[str, Any]) -> Outgoing:
+    """The inverse of :func:`outgoing_to_json`."""
+    fb = data.get("fallback")
+    call = None
+    if fb:
+        params = fb.get("parameters", [])
+        call = TemplateCall(
+            name=fb["name"],
+            language=fb.get("language", ""),
+            parameters=dict(params) if isinstance(params, Mapping) else tuple(params),
+            header=tuple(fb.get("header", ())),
+            buttons=tuple(fb.get("buttons", ())),
+        )
+    return Outgoing(message=data.get("message"), fallback=call, note=data.get("note", ""))
+
+
+def user_to_json(record: UserRecord) -> dict[str, Any]:
+    """A :class:`UserRecord` as plain JSON data (``key`` included)."""
+    return {
+        "key": record.key,
+        "wa_id": record.wa_id,
+        "user_id": record.user_id,
+        "profile_name": record.profile_name,
+        "last_inbound_at": record.last_inbound_at,
+        "message_count": record.message_count,
+        "flow": record.flow,
+        "state": record.state,
+        "variables": dict(record.variables),
+        "language": record.language,
+        "opted_out": record.opted_out,
+        "version": record.version,
+    }
+
+
+def user_from_json(data: Mapping[str, Any]) -> UserRecord:
+    """The inverse of :func:`user_to_json`; unknown fields are ignored."""
+    return UserRecord(
+        key=data["key"],
+        wa_id=data.get("wa_id", ""),
+        user_id=data.get("user_id", ""),
+        profile_name=data.get("profile_name", ""),
+        last_inbound_at=int(data.get("last_inbound_at", 0)),
+        message_count=int(data.get("message_count", 0)),
+        flow=data.get("flow", ""),
+        state=data.get("state", ""),
+        variables=dict(data.get("variables") or {}),
+        language=data.get("language", ""),
+        opted_out=bool(data.get("opted_out", False)),
+        version=int(data.get("version", 0)),
+    )
+
+
+def inbound_to_json(message: InboundMessage) -> dict[str, Any]:
+    """What the inbox keeps of a message: Meta's item plus the envelope facts around it."""
+    return {
+        "raw": dict(message.raw),
+        "user": message.user,
+        "wa_id": message.wa_id,
+        "user_id": message.user_id,
+        "profile_name": message.profile_name,
+        "phone_number_id": message.phone_number_id,
+    }
+
+
+def inbound_from_json(data: Mapping[str, Any]) -> InboundMessage:
+    """Rebuild a message from :func:`inbound_to_json` by parsing Meta's item again."""
+    from bot.webhook import parse_message  # the parser is the one source of truth
+
+    return parse_message(
+        data["raw"],
+        wa_id=data.get("wa_id", ""),
+        user_id=data.get("user_id", ""),
+        profile_name=data.get("profile_name", ""),
+        phone_number_id=data.get("phone_number_id", ""),
+    )
+
+
+def status_to_json(status: StatusUpdate) -> dict[str, Any]:
+    """What the store keeps of a status item."""
+    return {"raw": dict(status.raw), "phone_number_id": status.phone_number_id}
+
+
+def status_from_json(data: Mapping[str, Any]) -> StatusUpdate:
+    """Rebuild a status item by parsing Meta's item again."""
+    from bot.webhook import parse_status
+
+    return parse_status(data["raw"], phone_number_id=data.get("phone_number_id", ""))
+
+
+def outbox_to_json(entry: OutboxEntry) -> dict[str, Any]:
+    """An outbox entry as plain JSON data."""
+    return {
+        "id": entry.id,
+        "user": entry.user,
+        "seq": entry.seq,
+        "outgoing": outgoing_to_json(entry.outgoing),
+        "created_at": entry.created_at,
+        "status": entry.status,
+        "attempts": entry.attempts,
+        "next_attempt_at": entry.next_attempt_at,
+        "wamid": entry.wamid,
+        "sent_as": entry.sent_as,
+        "reason": entry.reason,
+        "error_code": entry.error_code,
+        "fallback_sent": entry.fallback_sent,
+    }
+
+
+def outbox_from_json(data: Mapping[str, Any]) -> OutboxEntry:
+    """The inverse of :func:`outbox_to_json`."""
+    return OutboxEntry(
+        id=data["id"],
+        user=data["user"],
+        seq=int(data["seq"]),
+        outgoing=outgoing_from_json(data["outgoing"]),
+        created_at=float(data["created_at"]),
+        status=data.get("status", "pending"),
+        attempts=int(data.get("attempts", 0)),
+        next_attempt_at=float(data.get("next_attempt_at", 0.0)),
+        wamid=data.get("wamid", ""),
+        sent_as=data.get("sent_as", ""),
+        reason=data.get("reason", ""),
+        error_code=int(data.get("error_code", 0)),
+        fallback_sent=bool(data.get("fallback_sent", False)),
+    )
+
+
+def outbox_id(user: str, seq: int) -> str:
+    """The deterministic id of a user's ``seq``-th reply (idempotent re-inserts)."""
+    return f"{user}:{seq}"
+
+
+__all__ = [
+    "Store",
+    "dumps",
+    "inbound_from_json",
+    "inbound_to_json",
+    "outbox_from_json",
+    "outbox_id",
+    "outbox_to_json",
+    "outgoing_from_json",
+    "outgoing_to_json",
+    "status_from_json",
+    "status_to_json",
+    "user_from_json",
+    "user_to_json",
+]
