@@ -1,0 +1,175 @@
+"""The aiohttp application: webhook routes, health and metrics, resources by cleanup context.
+
+One message's way in: verify the signature over the raw bytes, parse (pure), insert into the
+inbox (unique wamid), and only then answer 200; the dispatcher's workers take it from there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from bot.config import Config
+from bot.dispatcher import Dispatcher, Handler, UserDrainer
+from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
+from bot.metrics import Metrics
+from bot.store.base import Store
+from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
+
+log = structlog.get_logger("windowbot.app")
+
+
+@dataclass(slots=True)
+class Components:
+    """What the app is made of; ``bot.cli`` builds it from the config, tests build their own."""
+
+    store: Store
+    handler: Handler | None = None
+    drainer_factory: Callable[[web.Application], UserDrainer | None] | None = None
+
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+METRICS = web.AppKey("metrics", Metrics)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+
+
+def create_app(config: Config, components: Components) -> web.Application:
+    """The webhook server for ``config``, on the given store, flows and sender."""
+    if not config.whatsapp.app_secret and not config.sandbox:
+        raise ConfigError(
+            "WHATSAPP_APP_SECRET is not set: webhooks cannot be verified. Set it (Meta app "
+            "dashboard → App settings → Basic → App secret); only sandbox mode (no "
+            "WHATSAPP_TOKEN) accepts unsigned webhooks"
+        )
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[STORE] = components.store
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_dispatcher_ctx(components))
+    path = config.server.path
+    app.router.add_get(path, verify)
+    app.router.add_post(path, receive)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    config = app[CONFIG]
+    log.info(
+        "store_opened",
+        store=store.description,
+        sandbox=config.sandbox,
+        signature_check=bool(config.whatsapp.app_secret),
+    )
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+def _dispatcher_ctx(
+    components: Components,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        drainer = components.drainer_factory(app) if components.drainer_factory else None
+        dispatcher = Dispatcher(
+            app[STORE],
+            handler=components.handler,
+            drainer=drainer,
+            metrics=app[METRICS],
+            concurrency=config.workers.concurrency,
+            lease_seconds=config.workers.lease_seconds,
+            sweep_seconds=config.workers.sweep_seconds,
+        )
+        app[DISPATCHER] = dispatcher
+        await dispatcher.start()
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+
+    return ctx
+
+
+async def verify(request: web.Request) -> web.Response:
+    """Meta's subscription handshake: echo ``hub.challenge`` if the verify token matches."""
+    config = request.app[CONFIG]
+    challenge = verify_challenge(request.query, config.whatsapp.verify_token)
+    if challenge is None:
+        log.warning("webhook_verification_refused", mode=request.query.get("hub.mode", ""))
+        return web.Response(status=403, text="verification failed")
+    log.info("webhook_verified")
+    return web.Response(text=challenge)
+
+
+async def receive(request: web.Request) -> web.Response:
+    """A webhook delivery: stored durably, then acknowledged."""
+    app = request.app
+    config, store, metrics = app[CONFIG], app[STORE], app[METRICS]
+    started = time.perf_counter()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.rejected_requests += 1
+        log.warning("webhook_too_large", limit=config.server.max_body_bytes)
+        return web.Response(
+            status=413, text=f"body larger than {config.server.max_body_bytes} bytes"
+        )
+    try:
+        if config.whatsapp.app_secret:
+            verify_signature(body, request.headers.get(SIGNATURE_HEADER), config.whatsapp.app_secret)
+        delivery = parse_body(body)
+    except SignatureError as exc:
+        metrics.rejected_requests += 1
+        log.warning("webhook_signature_rejected", reason=str(exc))
+        return web.Response(status=401, text=str(exc))
+    except PayloadError as exc:
+        metrics.rejected_requests += 1
+        log.warning("webhook_malformed", reason=str(exc))
+        return web.Response(status=400, text=str(exc))
+    now = time.time()
+    try:
+        fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
+        seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
+    except StoreError as exc:
+        log.error("webhook_store_unavailable", error=str(exc))
+        return web.Response(status=503, text="store unavailable; retry later")
+    dispatcher = app[DISPATCHER]
+    for message, new in zip(delivery.messages, fresh, strict=True):
+        if new:
+            metrics.received += 1
+            dispatcher.notify(message.user, started, message.id)
+        else:
+            metrics.duplicates += 1
+            log.info("message_duplicate", wa_id=message.user, message_id=message.id)
+    for status, new in zip(delivery.statuses, seen, strict=True):
+        if new:
+            metrics.statuses += 1
+            dispatcher.notify(status.recipient)
+    return web.Response(text="OK")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the store answers, 503 otherwise."""
+    try:
+        await request.app[STORE].ping()
+    except StoreError as exc:
+        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
+    return web.json_response({"status": "ok", "store": request.app[STORE].description})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    return web.Response(
+        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
+    )

@@ -1,0 +1,272 @@
+"""Draining the inbox: one worker per user, users in parallel, leases across processes.
+
+The webhook handler stores messages and calls :meth:`Dispatcher.notify`; a worker task for
+that user takes the user's lease in the store, then repeatedly applies pending status items,
+handles pending messages oldest first (each one a single atomic ``commit_turn``) and lets the
+sender drain the user's outbox, until the store has nothing left for the user. Only then is
+the lease released. A periodic sweep asks the store for users with work nobody holds: that is
+how messages left behind by a crash, or received by another process while this one held the
+user, are picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+import structlog
+
+from bot.errors import StoreError, VersionConflict
+from bot.metrics import Metrics
+from bot.models import InboundMessage, Outgoing, StatusUpdate, UserRecord
+from bot.store.base import Store
+
+log = structlog.get_logger("windowbot.dispatcher")
+
+_BATCH = 64
+_MAX_CONFLICTS = 20
+
+
+class TurnResult(Protocol):
+    """What a handler returns: the user's new record and the replies to queue."""
+
+    @property
+    def record(self) -> UserRecord: ...
+
+    @property
+    def outgoing(self) -> Sequence[Outgoing]: ...
+
+
+Handler = Callable[[UserRecord, InboundMessage, float], Awaitable[TurnResult]]
+
+
+class UserDrainer(Protocol):
+    """The sender's side of a user's turn: apply statuses and send what is queued."""
+
+    async def apply_statuses(self, record: UserRecord, statuses: Sequence[StatusUpdate]) -> None:
+        """Apply status items to the outbox entries they name."""
+
+    async def drain(self, record: UserRecord, now: float) -> float | None:
+        """Send the user's due outbox entries; return when to try again, if something waits."""
+
+
+def apply_inbound(record: UserRecord, message: InboundMessage) -> UserRecord:
+    """The record after ``message`` arrived: profile, window start, count (pure)."""
+    return replace(
+        record,
+        wa_id=message.wa_id or record.wa_id,
+        user_id=message.user_id or record.user_id,
+        profile_name=message.profile_name or record.profile_name,
+        last_inbound_at=max(record.last_inbound_at, message.timestamp),
+        message_count=record.message_count + 1,
+    )
+
+
+class Dispatcher:
+    """Per-user workers over a store.
+
+    Args:
+        store: where the inbox, users and outbox live.
+        handler: runs one message's turn (the flow engine); ``None`` only records the user.
+        drainer: the sender; ``None`` leaves the outbox alone.
+        metrics: counters to update.
+        concurrency: the most users handled at once in this process.
+        lease_seconds: how long a lease lasts before another process may take the user over.
+        sweep_seconds: how often to look for work nobody holds.
+        clock: ``time.time`` unless a test moves time.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        handler: Handler | None = None,
+        drainer: UserDrainer | None = None,
+        metrics: Metrics | None = None,
+        concurrency: int = 512,
+        lease_seconds: float = 60.0,
+        sweep_seconds: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.handler = handler
+        self.drainer = drainer
+        self.metrics = metrics or Metrics()
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self._lease = lease_seconds
+        self._sweep_every = sweep_seconds
+        self._clock = clock
+        self._slots = asyncio.Semaphore(concurrency)
+        self._active: dict[str, bool] = {}  # user -> notified again while working
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._received: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the periodic sweep (its first pass recovers what a crash left behind)."""
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="windowbot-sweep")
+
+    async def stop(self) -> None:
+        """Stop sweeping and let running users finish their current step."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until no user is being worked on (for tests and graceful shutdown)."""
+        await self._idle.wait()
+
+    # --- entry points -------------------------------------------------------------------
+
+    def notify(self, user: str, received_at: float | None = None, wamid: str = "") -> None:
+        """Say that ``user`` has work; starts a worker unless one is already running."""
+        if wamid and received_at is not None:
+            self._received[wamid] = received_at
+        if user in self._active:
+            self._active[user] = True
+            return
+        self._active[user] = False
+        self._idle.clear()
+        task = asyncio.create_task(self._work(user), name=f"windowbot-user-{user}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def sweep(self) -> int:
+        """Notify every user with work that nobody holds; return how many."""
+        now = self._clock()
+        users = await self.store.users_with_work(now, 1000)
+        started = 0
+        for user in users:
+            if user in self._active or self._retry_at.get(user, 0) > now:
+                continue
+            self.notify(user)
+            started += 1
+        return started
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                log.warning("sweep_failed", error=str(exc))
+            except Exception:
+                log.exception("sweep_crashed")
+            await asyncio.sleep(self._sweep_every)
+
+    # --- one user's worker --------------------------------------------------------------
+
+    async def _work(self, user: str) -> None:
+        try:
+            async with self._slots:
+                await self._work_user(user)
+        except asyncio.CancelledError:
+            raise
+        except StoreError as exc:
+            log.warning("user_work_interrupted", wa_id=user, error=str(exc))
+        except Exception:
+            log.exception("user_work_crashed", wa_id=user)
+        finally:
+            self._active.pop(user, None)
+            if not self._active:
+                self._idle.set()
+
+    async def _work_user(self, user: str) -> None:
+        store, owner = self.store, self.owner
+        now = self._clock()
+        lease_until = now + self._lease
+        if not await store.acquire_user(user, owner, lease_until, now):
+            return  # another process has the user; its worker or a later sweep takes this
+        try:
+            record: UserRecord | None = None
+            while True:
+                self._active[user] = False
+                now = self._clock()
+                if lease_until - now < self._lease / 2:
+                    lease_until = now + self._lease
+                    if not await store.acquire_user(user, owner, lease_until, now):
+                        log.warning("lease_lost", wa_id=user)
+                        return
+                record = record or await store.get_user(user) or UserRecord(key=user)
+                statuses = await store.pending_statuses(user, _BATCH)
+                if statuses and self.drainer is not None:
+                    await self.drainer.apply_statuses(record, statuses)
+                if statuses:
+                    await store.finish_statuses([(s.id, s.status) for s in statuses])
+                messages = await store.pending_inbound(user, _BATCH)
+                for message in messages:
+                    record = await self._handle(record, message)
+                    if self.drainer is not None:
+                        await self._drain(record)
+                if not messages and self.drainer is not None:
+                    await self._drain(record)
+                if not statuses and not messages and not self._active.get(user):
+                    return
+        finally:
+            with contextlib.suppress(StoreError):
+                await store.release_user(user, owner)
+
+    async def _drain(self, record: UserRecord) -> None:
+        assert self.drainer is not None
+        retry_at = await self.drainer.drain(record, self._clock())
+        if retry_at is None:
+            self._retry_at.pop(record.key, None)
+        else:
+            self._retry_at[record.key] = retry_at
+
+    async def _handle(self, record: UserRecord, message: InboundMessage) -> UserRecord:
+        """Run one message's turn and store it atomically; returns the stored record."""
+        bound = log.bind(wa_id=message.user, message_id=message.id)
+        for _ in range(_MAX_CONFLICTS):
+            now = self._clock()
+            base = apply_inbound(record, message)
+            try:
+                if self.handler is None:
+                    new, outgoing = base, ()
+                else:
+                    turn = await self.handler(base, message, now)
+                    new, outgoing = turn.record, tuple(turn.outgoing)
+            except Exception as exc:
+                bound.exception("message_failed", flow=record.flow, state=record.state)
+                self.metrics.failed += 1
+                await self.store.fail_inbound(message.id, f"{type(exc).__name__}: {exc}", now)
+                self._received.pop(message.id, None)
+                return record
+            try:
+                stored = await self.store.commit_turn(message.id, new, outgoing, now)
+            except VersionConflict:
+                record = await self.store.get_user(message.user) or UserRecord(key=message.user)
+                if not await self._still_pending(message):
+                    return record
+                continue
+            self.metrics.processed += 1
+            started = self._received.pop(message.id, None)
+            if started is not None:
+                self.metrics.latency.observe(time.perf_counter() - started)
+            bound.debug(
+                "message_processed", flow=stored.flow, state=stored.state, replies=len(outgoing)
+            )
+            return stored
+        raise VersionConflict(f"user {message.user}: gave up after {_MAX_CONFLICTS} conflicts")
+
+    async def _still_pending(self, message: InboundMessage) -> bool:
+        pending = await self.store.pending_inbound(message.user, _BATCH)
+        return any(m.id == message.id for m in pending)
+
+
+__all__ = ["Dispatcher", "Handler", "TurnResult", "UserDrainer", "apply_inbound"]

@@ -1,0 +1,59 @@
+"""structlog configuration: JSON lines for machines, readable lines on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+from bot.config import SECRETS
+
+_REDACTED = "***"
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Never let a secret reach a log line, whoever logged it."""
+    for key in SECRETS & event.keys():
+        event[key] = _REDACTED
+    if "authorization" in event:
+        event["authorization"] = _REDACTED
+    return event
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog once, at start-up.
+
+    Args:
+        level: debug, info, warning or error.
+        fmt: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise).
+        stream: where lines go (default stderr).
+    """
+    out = stream or sys.stderr
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info if not console else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    """A structlog logger with ``context`` bound."""
+    return structlog.get_logger("windowbot", **context)
