@@ -42,6 +42,7 @@ ENVIRONMENT: Mapping[str, tuple[str, str]] = {
     "BOT_FLOWS_DIR": ("flows", "dir"),
     "BOT_LOG_LEVEL": ("log", "level"),
     "BOT_SANDBOX": ("server", "sandbox"),
+    "BOT_SEND_RATE": ("whatsapp", "send_rate"),
 }
 SECRETS = frozenset({"token", "app_secret", "verify_token"})
 
