@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import delivery, fire  # noqa: E402
+from loadgen import delivery, fire
 
 SECRET = "bench-secret"
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,19 +92,39 @@ async def main() -> None:
                 if args.e2e:
                     fport = free_port()
                     fake_url = f"http://127.0.0.1:{fport}"
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "bot.testing", "--port", str(fport),
-                         "--token", "bench-token"], env=env,
-                    ))
+                    procs.append(
+                        subprocess.Popen(
+                            [
+                                sys.executable,
+                                "-m",
+                                "bot.testing",
+                                "--port",
+                                str(fport),
+                                "--token",
+                                "bench-token",
+                            ],
+                            env=env,
+                        )
+                    )
                     await wait_http(f"{fake_url}/_fake/count")
                     env.update(
-                        WHATSAPP_TOKEN="bench-token", WHATSAPP_PHONE_NUMBER_ID="PNID",
-                        WHATSAPP_API_URL=fake_url, BOT_SEND_RATE="0",
+                        WHATSAPP_TOKEN="bench-token",
+                        WHATSAPP_PHONE_NUMBER_ID="PNID",
+                        WHATSAPP_API_URL=fake_url,
+                        BOT_SEND_RATE="0",
                     )
                 else:
                     env["BOT_FLOWS_DIR"] = str(Path(tmp.name) / "no-flows")
-                cmd = [sys.executable, "-m", "bot", "run", "--host", "127.0.0.1",
-                       "--port", str(port)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "bot",
+                    "run",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ]
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT))
             url = f"http://127.0.0.1:{port}/webhook"
             await wait_http(url.replace("/webhook", "/healthz"))
@@ -125,14 +145,18 @@ async def main() -> None:
         while await counter(base, name) - before < result.sent:
             await asyncio.sleep(0.02)
         processed_at = time.perf_counter() - t0
-        print(f"processed {result.sent} in {processed_at:.2f}s = "
-              f"{result.sent / processed_at:.0f} messages/s end to end (stored and handled)")
+        print(
+            f"processed {result.sent} in {processed_at:.2f}s = "
+            f"{result.sent / processed_at:.0f} messages/s end to end (stored and handled)"
+        )
         if fake_url:
             while await fake_count(fake_url) < result.sent:
                 await asyncio.sleep(0.02)
             replied = time.perf_counter() - t0
-            print(f"replies received by the fake Cloud API: {result.sent} in {replied:.2f}s = "
-                  f"{result.sent / replied:.0f} messages/s (webhook → flow → reply)")
+            print(
+                f"replies received by the fake Cloud API: {result.sent} in {replied:.2f}s = "
+                f"{result.sent / replied:.0f} messages/s (webhook → flow → reply)"
+            )
     finally:
         for proc in procs:
             proc.terminate()

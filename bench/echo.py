@@ -1,6 +1,6 @@
 """The baseline: a bare aiohttp handler that verifies, parses and echoes, storing nothing.
 
-    python bench/echo.py PORT SECRET
+python bench/echo.py PORT SECRET
 """
 
 from __future__ import annotations

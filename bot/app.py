@@ -33,7 +33,7 @@ class Components:
 
 
 CONFIG = web.AppKey("config", Config)
-STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 
@@ -127,7 +127,9 @@ async def receive(request: web.Request) -> web.Response:
         )
     try:
         if config.whatsapp.app_secret:
-            verify_signature(body, request.headers.get(SIGNATURE_HEADER), config.whatsapp.app_secret)
+            verify_signature(
+                body, request.headers.get(SIGNATURE_HEADER), config.whatsapp.app_secret
+            )
         delivery = parse_body(body)
     except SignatureError as exc:
         metrics.rejected_requests += 1

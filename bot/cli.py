@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bot", description="windowbot: WhatsApp Business bots as flow files."
     )
     parser.add_argument(
-        "--config", type=Path, default=None,
+        "--config",
+        type=Path,
+        default=None,
         help="TOML config file (default: ./windowbot.toml if present, else built-in defaults)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--text", help="a text message (needs an open window, or --template)")
     group.add_argument("--template", help="a template name from flows/templates.yaml")
     send.add_argument(
-        "--param", action="append", default=[], metavar="VALUE|NAME=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="VALUE|NAME=VALUE",
         help="a template parameter (repeat; NAME=VALUE for named templates)",
     )
     send.add_argument("--language", default="", help="template language (default: the chain)")
@@ -76,8 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(commands.chat(config, args.user, args.name))
         if args.command == "send":
             return asyncio.run(
-                commands.send(config, args.user, args.text, args.template, args.param,
-                              args.language)
+                commands.send(
+                    config, args.user, args.text, args.template, args.param, args.language
+                )
             )
     except BotError as exc:
         print(f"bot: {exc}", file=sys.stderr)

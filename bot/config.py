@@ -175,9 +175,7 @@ def load_config(
     sections: dict[str, Any] = {}
     for name, value in data.items():
         if name not in _SECTIONS:
-            raise ConfigError(
-                f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)})"
-            )
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
         for key in value:
@@ -227,13 +225,21 @@ def _coerce(default: Any, value: Any, where: str, origin: str) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
-                                                         "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise bad("true or false")
     if isinstance(default, int):
         try:
-            if isinstance(value, float) or isinstance(value, bool):
+            if isinstance(value, (float, bool)):
                 raise ValueError
             return int(value)
         except (TypeError, ValueError):
@@ -279,11 +285,17 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
     if config.whatsapp.send_rate < 0:
         fail("whatsapp.send_rate", "must be >= 0 (0 means unlimited)")
     if config.whatsapp.token and not config.whatsapp.phone_number_id:
-        fail("whatsapp.phone_number_id", "is required when WHATSAPP_TOKEN is set "
-             "(set WHATSAPP_PHONE_NUMBER_ID or [whatsapp] phone_number_id)")
+        fail(
+            "whatsapp.phone_number_id",
+            "is required when WHATSAPP_TOKEN is set "
+            "(set WHATSAPP_PHONE_NUMBER_ID or [whatsapp] phone_number_id)",
+        )
     if not config.store.url.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
-        fail("store.url", "must start with sqlite:/// or mongodb:// "
-             f"(got {config.store.url.split('://')[0]}://…)")
+        fail(
+            "store.url",
+            "must start with sqlite:/// or mongodb:// "
+            f"(got {config.store.url.split('://')[0]}://…)",
+        )
     if config.log.level.lower() not in _LEVELS:
         fail("log.level", f"must be one of {', '.join(_LEVELS)}, got {config.log.level!r}")
     if config.log.format not in ("auto", "json", "console"):

@@ -235,9 +235,10 @@ class Dispatcher:
         for _ in range(_MAX_CONFLICTS):
             now = self._clock()
             base = apply_inbound(record, message)
+            outgoing: tuple[Outgoing, ...] = ()
             try:
                 if self.handler is None:
-                    new, outgoing = base, ()
+                    new = base
                 else:
                     turn = await self.handler(base, message, now)
                     new, outgoing = turn.record, tuple(turn.outgoing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 import sys
 from typing import Any, TextIO
 
@@ -13,7 +14,7 @@ from bot.config import SECRETS
 _REDACTED = "***"
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let a secret reach a log line, whoever logged it."""
     for key in SECRETS & event.keys():
         event[key] = _REDACTED

@@ -93,8 +93,12 @@ class Sender:
                 if code == 131047 and self._can_fall_back(entry):
                     bound.info("window_closed_fallback_queued", code=code)
                     entry = replace(
-                        entry, status="pending", fallback_sent=True, next_attempt_at=0.0,
-                        error_code=code, reason=f"session message failed with {code}: {detail}",
+                        entry,
+                        status="pending",
+                        fallback_sent=True,
+                        next_attempt_at=0.0,
+                        error_code=code,
+                        reason=f"session message failed with {code}: {detail}",
                     )
                 else:
                     bound.warning("reply_failed", code=code, detail=detail)
@@ -139,43 +143,62 @@ class Sender:
             if decision.kind == "session" and self._can_fall_back(entry):
                 bound.info("window_closed_fallback", code=exc.code)
                 fallback = replace(
-                    entry, fallback_sent=True, error_code=exc.code,
+                    entry,
+                    fallback_sent=True,
+                    error_code=exc.code,
                     reason=f"session message refused with {exc.code}",
                 )
                 await self.store.save_outbox(fallback)
                 return await self._send(record, fallback, now)
-            return await self._fail(entry, exc, bound)
+            await self._fail(entry, exc, bound)
+            return None
         except (TransientError, RateLimited) as exc:
             attempts = entry.attempts + 1
             if attempts >= _MAX_ATTEMPTS:
-                return await self._fail(entry, exc, bound)
+                await self._fail(entry, exc, bound)
+                return None
             delay = min(600.0, 2.0**attempts) * (0.5 + self._jitter())
             bound.warning("send_deferred", error=str(exc), attempts=attempts, delay=delay)
             await self.store.save_outbox(
-                replace(entry, attempts=attempts, next_attempt_at=now + delay, reason=str(exc),
-                        error_code=exc.code)
+                replace(
+                    entry,
+                    attempts=attempts,
+                    next_attempt_at=now + delay,
+                    reason=str(exc),
+                    error_code=exc.code,
+                )
             )
             return now + delay
         except SendingHalted as exc:
             bound.error("sending_halted", code=exc.code, error=str(exc))
             await self.store.save_outbox(
-                replace(entry, next_attempt_at=now + _HALT_PAUSE, reason=str(exc),
-                        error_code=exc.code)
+                replace(
+                    entry, next_attempt_at=now + _HALT_PAUSE, reason=str(exc), error_code=exc.code
+                )
             )
             return now + _HALT_PAUSE
         except CloudAPIError as exc:
-            return await self._fail(entry, exc, bound)
+            await self._fail(entry, exc, bound)
+            return None
         self.metrics.replies_sent += 1
         if decision.kind == "template":
             self.metrics.replies_as_template += 1
         bound.info(
-            "reply_sent", sent_as=decision.kind, reason=decision.reason, wamid=wamid,
+            "reply_sent",
+            sent_as=decision.kind,
+            reason=decision.reason,
+            wamid=wamid,
             template=decision.template or None,
         )
         await self.store.save_outbox(
             replace(
-                entry, status="sent", wamid=wamid, sent_as=decision.kind,
-                reason=decision.reason if not entry.reason else f"{entry.reason}; {decision.reason}",
+                entry,
+                status="sent",
+                wamid=wamid,
+                sent_as=decision.kind,
+                reason=decision.reason
+                if not entry.reason
+                else f"{entry.reason}; {decision.reason}",
                 attempts=entry.attempts + 1,
             )
         )
@@ -185,11 +208,20 @@ class Sender:
         self, entry: OutboxEntry, exc: CloudAPIError, bound: structlog.typing.FilteringBoundLogger
     ) -> None:
         self.metrics.send_failures += 1
-        bound.warning("reply_failed", code=exc.code, error=str(exc),
-                      undeliverable=isinstance(exc, Undeliverable))
+        bound.warning(
+            "reply_failed",
+            code=exc.code,
+            error=str(exc),
+            undeliverable=isinstance(exc, Undeliverable),
+        )
         await self.store.save_outbox(
-            replace(entry, status="failed", error_code=exc.code, reason=str(exc),
-                    attempts=entry.attempts + 1)
+            replace(
+                entry,
+                status="failed",
+                error_code=exc.code,
+                reason=str(exc),
+                attempts=entry.attempts + 1,
+            )
         )
         return None
 

@@ -61,16 +61,12 @@ async def store(config: Config) -> AsyncIterator[SQLiteStore]:
 
 
 @pytest.fixture
-def make_client(
-    aiohttp_client: Callable[..., Awaitable[AppClient]], config: Config
-) -> MakeClient:
+def make_client(aiohttp_client: Callable[..., Awaitable[AppClient]], config: Config) -> MakeClient:
     """Start the app on a real loopback port with the given components (default: SQLite)."""
 
     async def make(cfg: Config | None = None, components: Components | None = None) -> AppClient:
         cfg = cfg or config
-        comps = components or Components(
-            store=SQLiteStore(cfg.store.url[len("sqlite:///") :])
-        )
+        comps = components or Components(store=SQLiteStore(cfg.store.url[len("sqlite:///") :]))
         return await aiohttp_client(create_app(cfg, comps))
 
     return make

@@ -27,8 +27,11 @@ class TestVerification:
         client = await make_client()
         resp = await client.get(
             "/webhook",
-            params={"hub.mode": "subscribe", "hub.verify_token": "verify-me",
-                    "hub.challenge": "1158201444"},
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": "verify-me",
+                "hub.challenge": "1158201444",
+            },
         )
         assert resp.status == 200 and await resp.text() == "1158201444"
 

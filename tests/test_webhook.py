@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -78,7 +79,10 @@ class TestParse:
         """A text message carries its body, the sender's profile and the receiving number."""
         (msg,) = parse_body(load("text.json")).messages
         assert (msg.id, msg.user, msg.wa_id, msg.profile_name) == (
-            "wamid.HBgM1", "5511999990000", "5511999990000", "Ana",
+            "wamid.HBgM1",
+            "5511999990000",
+            "5511999990000",
+            "Ana",
         )
         assert (msg.type, msg.text, msg.timestamp) == ("text", "hi", 1764000000)
         assert msg.phone_number_id == "106540352242922"
@@ -88,7 +92,9 @@ class TestParse:
         (msg,) = parse_body(load("button_reply.json")).messages
         assert msg.interactive is not None
         assert (msg.interactive.kind, msg.interactive.id, msg.interactive.title) == (
-            "button_reply", "book", "Book",
+            "button_reply",
+            "book",
+            "Book",
         )
         assert msg.context is not None and msg.context.id == "wamid.OUT1"
 
@@ -110,8 +116,13 @@ class TestParse:
 
     @pytest.mark.parametrize(
         ("name", "kind"),
-        [("image.json", "image"), ("audio_voice.json", "audio"), ("document.json", "document"),
-         ("video.json", "video"), ("sticker.json", "sticker")],
+        [
+            ("image.json", "image"),
+            ("audio_voice.json", "audio"),
+            ("document.json", "document"),
+            ("video.json", "video"),
+            ("sticker.json", "sticker"),
+        ],
     )
     def test_media(self, name: str, kind: str) -> None:
         """Media messages carry id, mime type and (when sent) caption, filename, voice flag."""
@@ -159,7 +170,9 @@ class TestParse:
         """A payload with only a business-scoped user_id keys the user by it."""
         (msg,) = parse_body(load("user_id_only.json")).messages
         assert (msg.user, msg.user_id, msg.wa_id) == (
-            "US.13491208655302741918", "US.13491208655302741918", "",
+            "US.13491208655302741918",
+            "US.13491208655302741918",
+            "",
         )
         assert msg.profile_name == "Bea"
 
@@ -174,7 +187,10 @@ class TestParse:
         """Every entry, change, message and status of a batch is returned, in order."""
         delivery = parse_body(load("batch.json"))
         assert [m.id for m in delivery.messages] == [
-            "wamid.HBgM20", "wamid.HBgM21", "wamid.HBgM22", "wamid.HBgM23",
+            "wamid.HBgM20",
+            "wamid.HBgM21",
+            "wamid.HBgM22",
+            "wamid.HBgM23",
         ]
         assert [m.profile_name for m in delivery.messages] == ["Ana", "Ana", "Bob", "Cy"]
         assert [s.id for s in delivery.statuses] == ["wamid.OUT9"]
@@ -212,22 +228,41 @@ class TestMalformed:
     @given(st.binary(max_size=200))
     def test_arbitrary_bytes_never_crash(self, body: bytes) -> None:
         """Any byte string either parses or raises PayloadError, nothing else."""
-        try:
+        with contextlib.suppress(PayloadError):
             parse_body(body)
-        except PayloadError:
-            pass
 
-    @given(st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-        lambda children: st.lists(children, max_size=3)
-        | st.dictionaries(st.sampled_from(["object", "entry", "changes", "value", "field",
-                                           "messages", "statuses", "id", "from", "type",
-                                           "timestamp", "text"]), children, max_size=4),
-        max_leaves=20,
-    ))
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+            lambda children: (
+                st.lists(children, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "object",
+                            "entry",
+                            "changes",
+                            "value",
+                            "field",
+                            "messages",
+                            "statuses",
+                            "id",
+                            "from",
+                            "type",
+                            "timestamp",
+                            "text",
+                        ]
+                    ),
+                    children,
+                    max_size=4,
+                )
+            ),
+            max_leaves=20,
+        )
+    )
     def test_arbitrary_json_never_crashes(self, data: object) -> None:
         """Any JSON shape either parses or raises PayloadError, never another exception."""
-        try:
-            parse_body(json.dumps({"object": "whatsapp_business_account", "entry": [data]}).encode())
-        except PayloadError:
-            pass
+        with contextlib.suppress(PayloadError):
+            parse_body(
+                json.dumps({"object": "whatsapp_business_account", "entry": [data]}).encode()
+            )

@@ -349,7 +349,8 @@ class SQLiteStore:
     async def pending_outbox(self, user: str, limit: int) -> list[OutboxEntry]:
         def op(c: sqlite3.Connection) -> list[str]:
             rows = c.execute(
-                "SELECT data FROM outbox WHERE user = ? AND status = 'pending' ORDER BY seq LIMIT ?",
+                "SELECT data FROM outbox WHERE user = ? AND status = 'pending' "
+                "ORDER BY seq LIMIT ?",
                 (user, limit),
             ).fetchall()
             return [r[0] for r in rows]
@@ -366,7 +367,10 @@ class SQLiteStore:
 
     async def save_outbox(self, entry: OutboxEntry) -> None:
         row = (
-            entry.status, entry.next_attempt_at, entry.wamid, dumps(outbox_to_json(entry)),
+            entry.status,
+            entry.next_attempt_at,
+            entry.wamid,
+            dumps(outbox_to_json(entry)),
             entry.id,
         )
         await self._call(
