@@ -75,7 +75,12 @@ class CloudAPIError(BotError):
     retryable: bool = False
 
     def __init__(
-        self, message: str, *, code: int = 0, http_status: int = 0, details: str = "",
+        self,
+        message: str,
+        *,
+        code: int = 0,
+        http_status: int = 0,
+        details: str = "",
         fbtrace_id: str = "",
     ) -> None:
         super().__init__(message)

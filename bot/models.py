@@ -15,8 +15,20 @@ JSON = dict[str, Any]
 #: Message ``type`` values the parser knows; anything else is kept with ``type="unsupported"``.
 MESSAGE_TYPES = frozenset(
     {
-        "text", "interactive", "button", "image", "video", "audio", "document", "sticker",
-        "location", "contacts", "reaction", "order", "system", "unsupported",
+        "text",
+        "interactive",
+        "button",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "reaction",
+        "order",
+        "system",
+        "unsupported",
     }
 )
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
