@@ -1,0 +1,156 @@
+"""Per-user workers over a real SQLite store (bot.dispatcher): order, exactly once, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bot.dispatcher import Dispatcher
+from bot.models import InboundMessage, Outgoing, UserRecord
+from bot.store.sqlite import SQLiteStore
+from bot.webhook import parse_message
+
+T0 = 1764000000
+
+
+def message(user: str, n: int, ts: int | None = None) -> InboundMessage:
+    """Text message number ``n`` from ``user`` (timestamp T0 + n unless given)."""
+    item = {
+        "from": user,
+        "id": f"wamid.{user}.{n}",
+        "timestamp": str(T0 + n if ts is None else ts),
+        "type": "text",
+        "text": {"body": str(n)},
+    }
+    return parse_message(item, profile_name="Tester")
+
+
+@dataclass(frozen=True)
+class Turn:
+    record: UserRecord
+    outgoing: tuple[Outgoing, ...] = ()
+
+
+async def recording_handler(record: UserRecord, msg: InboundMessage, now: float) -> Turn:
+    """Append the message text to vars['seen'] (a read-modify-write that must not be lost)."""
+    await asyncio.sleep(0)  # let other users' workers interleave
+    seen = [*record.variables.get("seen", []), msg.text]
+    return Turn(replace(record, variables={**record.variables, "seen": seen}))
+
+
+async def opened(path: Path) -> SQLiteStore:
+    store = SQLiteStore(path)
+    await store.open()
+    return store
+
+
+class TestOrder:
+    async def test_fifty_messages_from_one_user_in_timestamp_order(self, tmp_path: Path) -> None:
+        """50 messages stored in random order are handled oldest first, none lost."""
+        store = await opened(tmp_path / "bot.db")
+        msgs = [message("5511", n) for n in range(50)]
+        random.Random(7).shuffle(msgs)
+        await asyncio.gather(*(store.add_inbound([m], 0.0) for m in msgs))
+        dispatcher = Dispatcher(store, handler=recording_handler)
+        for m in msgs:
+            dispatcher.notify(m.user)
+        await dispatcher.idle()
+        user = await store.get_user("5511")
+        assert user is not None
+        assert user.variables["seen"] == [str(n) for n in range(50)]
+        assert user.message_count == 50 and user.last_inbound_at == T0 + 49
+        await store.close()
+
+    async def test_two_workers_sharing_a_store_keep_order_and_process_once(
+        self, tmp_path: Path
+    ) -> None:
+        """Two dispatchers on separate connections to one file split users, never a message."""
+        path = tmp_path / "bot.db"
+        a, b = await opened(path), await opened(path)
+        users = [f"55{u}" for u in range(5)]
+        msgs = [message(u, n) for u in users for n in range(40)]
+        random.Random(3).shuffle(msgs)
+        await a.add_inbound(msgs, 0.0)
+        da = Dispatcher(a, handler=recording_handler, sweep_seconds=0.05)
+        db = Dispatcher(b, handler=recording_handler, sweep_seconds=0.05)
+        await da.start()
+        await db.start()
+        rng = random.Random(5)
+        for m in msgs:
+            (da if rng.random() < 0.5 else db).notify(m.user)
+        for _ in range(200):
+            counts = await a.inbox_counts()
+            if counts["pending"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        await da.idle()
+        await db.idle()
+        await da.stop()
+        await db.stop()
+        assert await a.inbox_counts() == {"pending": 0, "done": 200, "failed": 0}
+        for u in users:
+            record = await a.get_user(u)
+            assert record is not None
+            assert record.variables["seen"] == [str(n) for n in range(40)], u
+            assert record.message_count == 40
+        assert da.metrics.processed + db.metrics.processed == 200
+        await a.close()
+        await b.close()
+
+
+class TestFailuresAndRecovery:
+    async def test_failing_handler_marks_message_failed_and_goes_on(self, tmp_path: Path) -> None:
+        """A turn that raises is recorded as failed with the reason; the next message runs."""
+        store = await opened(tmp_path / "bot.db")
+
+        async def handler(record: UserRecord, msg: InboundMessage, now: float) -> Turn:
+            if msg.text == "1":
+                raise RuntimeError("boom in hook")
+            return await recording_handler(record, msg, now)
+
+        await store.add_inbound([message("5511", n) for n in range(3)], 0.0)
+        dispatcher = Dispatcher(store, handler=handler)
+        dispatcher.notify("5511")
+        await dispatcher.idle()
+        assert await store.inbox_counts() == {"pending": 0, "done": 2, "failed": 1}
+        user = await store.get_user("5511")
+        assert user is not None and user.variables["seen"] == ["0", "2"]
+        assert dispatcher.metrics.failed == 1
+        await store.close()
+
+    async def test_start_recovers_messages_left_pending(self, tmp_path: Path) -> None:
+        """Messages acknowledged but never processed (a crash) are handled at start-up."""
+        path = tmp_path / "bot.db"
+        first = await opened(path)
+        await first.add_inbound([message("5511", n) for n in range(5)], 0.0)
+        await first.close()  # the process died right after the 200s
+        store = await opened(path)
+        dispatcher = Dispatcher(store, handler=recording_handler, sweep_seconds=0.05)
+        await dispatcher.start()
+        for _ in range(100):
+            if (await store.inbox_counts())["done"] == 5:
+                break
+            await asyncio.sleep(0.05)
+        await dispatcher.idle()
+        await dispatcher.stop()
+        user = await store.get_user("5511")
+        assert user is not None and user.variables["seen"] == ["0", "1", "2", "3", "4"]
+        await store.close()
+
+    async def test_leased_user_is_left_to_its_owner(self, tmp_path: Path) -> None:
+        """A user leased by another live process is not touched until the lease ends."""
+        store = await opened(tmp_path / "bot.db")
+        await store.add_inbound([message("5511", 0)], 0.0)
+        clock = [1000.0]
+        await store.acquire_user("5511", "other-process", 1030.0, clock[0])
+        dispatcher = Dispatcher(store, handler=recording_handler, clock=lambda: clock[0])
+        dispatcher.notify("5511")
+        await dispatcher.idle()
+        assert (await store.inbox_counts())["pending"] == 1
+        clock[0] = 1031.0  # the other process died; its lease ran out
+        assert await dispatcher.sweep() == 1
+        await dispatcher.idle()
+        assert (await store.inbox_counts())["done"] == 1
+        await store.close()
