@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=None,
-        help="TOML config file (default: ./windowbot.toml if present, else built-in defaults)",
+        help="TOML config file (default: $BOT_CONFIG, else ./windowbot.toml if present, "
+        "else built-in defaults)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="start the webhook server")
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bot`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config or os.environ.get("BOT_CONFIG") or None)
     except BotError as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,7 @@ ENVIRONMENT: Mapping[str, tuple[str, str]] = {
     "BOT_STORE_URL": ("store", "url"),
     "BOT_FLOWS_DIR": ("flows", "dir"),
     "BOT_LOG_LEVEL": ("log", "level"),
+    "BOT_LOG_FORMAT": ("log", "format"),
     "BOT_SANDBOX": ("server", "sandbox"),
     "BOT_SEND_RATE": ("whatsapp", "send_rate"),
 }
@@ -104,7 +105,7 @@ class WorkersConfig:
     """The workers that drain the inbox and the outbox."""
 
     concurrency: int = 512
-    lease_seconds: float = 60.0
+    lease_seconds: float = 15.0
     sweep_seconds: float = 2.0
 
 

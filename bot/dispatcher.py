@@ -89,7 +89,7 @@ class Dispatcher:
         drainer: UserDrainer | None = None,
         metrics: Metrics | None = None,
         concurrency: int = 512,
-        lease_seconds: float = 60.0,
+        lease_seconds: float = 15.0,
         sweep_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -188,20 +188,13 @@ class Dispatcher:
 
     async def _work_user(self, user: str) -> None:
         store, owner = self.store, self.owner
-        now = self._clock()
-        lease_until = now + self._lease
-        if not await store.acquire_user(user, owner, lease_until, now):
+        lease = _Lease(store, user, owner, self._lease, self._clock)
+        if not await lease.renew():
             return  # another process has the user; its worker or a later sweep takes this
         try:
             record: UserRecord | None = None
             while True:
                 self._active[user] = False
-                now = self._clock()
-                if lease_until - now < self._lease / 2:
-                    lease_until = now + self._lease
-                    if not await store.acquire_user(user, owner, lease_until, now):
-                        log.warning("lease_lost", wa_id=user)
-                        return
                 record = record or await store.get_user(user) or UserRecord(key=user)
                 statuses = await store.pending_statuses(user, _BATCH)
                 if statuses and self.drainer is not None:
@@ -210,6 +203,8 @@ class Dispatcher:
                     await store.finish_statuses([(s.id, s.status) for s in statuses])
                 messages = await store.pending_inbound(user, _BATCH)
                 for message in messages:
+                    if not await lease.keep():
+                        return
                     record = await self._handle(record, message)
                     if self.drainer is not None:
                         await self._drain(record)
@@ -271,3 +266,32 @@ class Dispatcher:
 
 
 __all__ = ["Dispatcher", "Handler", "TurnResult", "UserDrainer", "apply_inbound"]
+
+
+class _Lease:
+    """A worker's hold on one user, renewed once half its time has passed."""
+
+    def __init__(
+        self, store: Store, user: str, owner: str, seconds: float, clock: Callable[[], float]
+    ) -> None:
+        self.store, self.user, self.owner = store, user, owner
+        self.seconds, self.clock = seconds, clock
+        self.until = 0.0
+
+    async def renew(self) -> bool:
+        """Take or extend the lease; ``False`` if another owner holds it."""
+        now = self.clock()
+        until = now + self.seconds
+        if not await self.store.acquire_user(self.user, self.owner, until, now):
+            return False
+        self.until = until
+        return True
+
+    async def keep(self) -> bool:
+        """Renew if half the lease is gone; ``False`` (and a warning) if it was lost."""
+        if self.until - self.clock() >= self.seconds / 2:
+            return True
+        if await self.renew():
+            return True
+        log.warning("lease_lost", wa_id=self.user)
+        return False

@@ -1,0 +1,139 @@
+"""Crash and multi-process behaviour of real ``bot run`` processes on one SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bot.store.sqlite import SQLiteStore
+from tests.conftest import SECRET, signed
+from tests.server import BotProcess
+
+pytestmark = pytest.mark.slow
+
+
+def delivery(user: str, n: int, ts: int) -> dict[str, object]:
+    """A one-message delivery from ``user``."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "W",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "1555", "phone_number_id": "PN"},
+                            "contacts": [{"profile": {"name": f"U{user}"}, "wa_id": user}],
+                            "messages": [
+                                {
+                                    "from": user,
+                                    "id": f"wamid.{user}.{n}",
+                                    "timestamp": str(ts),
+                                    "type": "text",
+                                    "text": {"body": f"m{n}"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+async def post_all(urls: list[str], bodies: list[dict[str, object]]) -> list[int]:
+    """POST each body (round-robin over ``urls``) concurrently; the HTTP statuses."""
+    async with aiohttp.ClientSession() as session:
+
+        async def one(i: int, body: dict[str, object]) -> int:
+            raw, headers = signed(body)
+            async with session.post(
+                f"{urls[i % len(urls)]}/webhook", data=raw, headers=headers
+            ) as resp:
+                return resp.status
+
+        return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    config = tmp_path / "windowbot.toml"
+    config.write_text("[workers]\nlease_seconds = 2.0\nsweep_seconds = 0.2\n")
+    return {
+        "BOT_CONFIG": str(config),
+        "WHATSAPP_APP_SECRET": SECRET,
+        "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+        "BOT_FLOWS_DIR": str(tmp_path / "no-flows"),
+    }
+
+
+async def wait_done(store: SQLiteStore, expected: int, timeout: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await store.inbox_counts()
+        if counts["done"] + counts["failed"] >= expected or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.05)
+
+
+async def test_kill_9_after_acks_then_restart_processes_each_message_once(
+    tmp_path: Path,
+) -> None:
+    """Every message acknowledged before a SIGKILL is processed exactly once after restart."""
+    store = SQLiteStore(tmp_path / "bot.db")
+    await store.open()
+    users = [f"1555000{u:04d}" for u in range(20)]
+    held = users[:10]  # a lease the test holds keeps these users' messages pending
+    now = time.time()
+    for user in held:
+        assert await store.acquire_user(user, "test-holds", now + 3600, now)
+    ts = int(now)
+    bodies = [delivery(u, n, ts + n) for n in range(15) for u in users]
+    server = BotProcess(env_for(tmp_path), tmp_path / "bot1.log")
+    await server.start()
+    statuses = await post_all([server.url], bodies)
+    server.kill9()
+    assert statuses == [200] * len(bodies)
+    counts = await store.inbox_counts()
+    assert counts["pending"] + counts["done"] == len(bodies)  # every ack is on disk
+    assert counts["pending"] >= 150  # the held users' messages were not processed yet
+    for user in held:
+        await store.release_user(user, "test-holds")
+    async with BotProcess(env_for(tmp_path), tmp_path / "bot2.log"):
+        counts = await wait_done(store, len(bodies))
+    assert counts == {"pending": 0, "done": len(bodies), "failed": 0}
+    for user in users:
+        record = await store.get_user(user)
+        assert record is not None
+        assert (record.message_count, record.last_inbound_at) == (15, ts + 14), user
+    await store.close()
+
+
+async def test_two_processes_share_one_store(tmp_path: Path) -> None:
+    """Deliveries spread over two processes on one store are each processed once."""
+    store = SQLiteStore(tmp_path / "bot.db")
+    await store.open()
+    users = [f"1555100{u:04d}" for u in range(10)]
+    ts = int(time.time())
+    bodies = [delivery(u, n, ts + n) for n in range(20) for u in users]
+    async with (
+        BotProcess(env_for(tmp_path), tmp_path / "a.log") as a,
+        BotProcess(env_for(tmp_path), tmp_path / "b.log") as b,
+    ):
+        statuses = await post_all([a.url, b.url], bodies + bodies)  # each twice, both sides
+        assert statuses == [200] * (2 * len(bodies))
+        counts = await wait_done(store, len(bodies))
+    assert counts == {"pending": 0, "done": len(bodies), "failed": 0}
+    for user in users:
+        record = await store.get_user(user)
+        assert record is not None and record.message_count == 20, user
+    logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
+    assert "Traceback" not in logs
+    assert sum(1 for line in logs.splitlines() if '"message_duplicate"' in line) == len(bodies)
+    _ = json
