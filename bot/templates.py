@@ -69,15 +69,18 @@ ParameterFormat = Literal["positional", "named"]
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem found in a registry file."""
+    """One problem in a registry file, at a 1-based line (0 for the whole file).
 
-    path: str
+    The same shape as the flow checker's findings, so ``bot check`` can list both together.
+    """
+
+    file: Path
     line: int
     message: str
     severity: Severity = "error"
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.severity}: {self.message}"
+        return f"{self.file}:{self.line}: {self.severity}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,7 +511,7 @@ for _tag in ("bool", "int", "float", "timestamp"):
 class _Collector:
     """Gathers findings for one file so that every problem is reported at once."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
         self.findings: list[Finding] = []
 
@@ -525,7 +528,7 @@ def check_file(path: Path) -> list[Finding]:
 
 
 def _load(path: Path) -> tuple[TemplateRegistry, list[Finding]]:
-    out = _Collector(str(path))
+    out = _Collector(path)
     templates: dict[str, Template] = {}
     try:
         loader = _LineLoader(path.read_text(encoding="utf-8"))

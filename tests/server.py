@@ -34,7 +34,7 @@ class BotProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self, timeout: float = 30.0) -> BotProcess:
+    async def start(self, within: float = 30.0) -> BotProcess:
         """Start the process and wait until /healthz answers."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a short, non-blocking spawn
@@ -53,7 +53,7 @@ class BotProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         async with aiohttp.ClientSession() as session:
             while True:
                 if self.proc.poll() is not None:

@@ -73,8 +73,8 @@ def env_for(tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def wait_done(store: SQLiteStore, expected: int, timeout: float = 30.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
+async def wait_done(store: SQLiteStore, expected: int, within: float = 30.0) -> dict[str, int]:
+    deadline = time.monotonic() + within
     while True:
         counts = await store.inbox_counts()
         if counts["done"] + counts["failed"] >= expected or time.monotonic() > deadline:

@@ -44,7 +44,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from bot.errors import StoreError, StoreUnavailable, VersionConflict
+from bot.errors import ConfigError, StoreError, StoreUnavailable, VersionConflict
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
 from bot.store.base import (
     inbound_from_json,
@@ -105,6 +105,9 @@ class MongoStore:
         The database is ``database``, else the URL's path, else ``windowbot``. Writes are
         acknowledged by a majority and journaled, and the server must answer within
         ``timeout_ms``; options given in the URL (``w``, ``journal``, ...) win over these.
+
+        Raises:
+            ConfigError: the URL cannot be parsed (the message shows it without password).
         """
         masked = mask_url(url)
         given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
@@ -118,11 +121,16 @@ class MongoStore:
         try:
             client: AsyncMongoClient[Doc] = AsyncMongoClient(url, **options)
             db = client[database] if database else client.get_default_database("windowbot")
-        except PyMongoError as exc:
+        except (PyMongoError, ValueError, TypeError) as exc:  # the URI parser raises all three
             reason = mask_url(str(exc))
-            raise StoreError(f"invalid MongoDB URL {masked}: {reason}") from None
+            raise ConfigError(f"invalid MongoDB URL {masked}: {reason}") from None
         description = masked if database is None else f"{masked} (database {database!r})"
         return cls(db, client=client, description=description)
+
+    @property
+    def database(self) -> AsyncDatabase[Doc]:
+        """The database the store keeps its collections in."""
+        return self._db
 
     # --- lifecycle ----------------------------------------------------------------------
 
