@@ -1,0 +1,478 @@
+"""``FakeCloudAPI``: a loopback HTTP server that answers like Meta's ``/messages`` endpoint.
+
+Re-exported by :mod:`bot.testing`; see there for the builders it shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+from bot.models import JSON, MEDIA_TYPES
+from bot.templates import TemplateRegistry
+
+WINDOW_SECONDS = 24 * 60 * 60
+RE_ENGAGEMENT = (
+    "Message failed to send because more than 24 hours have passed since the customer last"
+    " replied to this number."
+)
+_TITLES = {
+    1: "An unknown error occurred",
+    2: "Service temporarily unavailable",
+    100: "Invalid parameter",
+    190: "Invalid OAuth access token - Cannot parse access token",
+    130429: "Rate limit hit",
+    131000: "Something went wrong",
+    131026: "Message Undeliverable",
+    131047: "Re-engagement message",
+    131048: "Spam rate limit hit",
+    131056: "(Business Account, Consumer Account) pair rate limit hit",
+    132000: "Number of parameters does not match the expected number of params",
+    132001: "Template name does not exist in the translation",
+    132015: "Template is Paused",
+    132016: "Template is Disabled",
+}
+_DEFAULT_STATUS = {190: 401, 131000: 500, 1: 500, 2: 503}
+_TYPES = MEDIA_TYPES | {"text", "interactive", "location", "contacts", "reaction", "template"}
+_BAD_SPACING = re.compile(r"[\n\t]| {5,}")
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """A message the fake accepted: ``body`` is the request JSON exactly as posted.
+
+    ``error_code`` is 131047 for a message accepted and then failed by the asynchronous
+    window rule (``window_errors="async"``), else 0.
+    """
+
+    to: str
+    type: str
+    body: JSON
+    wamid: str
+    time: float
+    error_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    status: int
+    code: int
+    timeout: bool
+    message: str
+
+
+@dataclass
+class _Problem(Exception):
+    code: int
+    details: str
+    status: int = 400
+    extra: JSON = field(default_factory=dict)
+
+
+class FakeCloudAPI:
+    """Meta's send endpoint on ``127.0.0.1``: ``async with FakeCloudAPI() as fake:``.
+
+    Point the bot at ``fake.url`` (``WHATSAPP_API_URL``) with ``fake.token`` and
+    ``fake.phone_number_id``. Accepted messages land in ``fake.messages``. Session messages
+    to a user who has not written within 24 hours of ``clock()`` (tell the fake with
+    :meth:`user_wrote`) fail with 131047: in the send answer (``window_errors="sync"``) or,
+    like Meta often does, as a ``failed`` status webhook after a normal answer (``"async"``).
+    With ``webhook_url`` and ``app_secret`` set, every accepted message is followed by signed
+    status webhooks (``emit_statuses``). With a ``registry``, templates are checked like Meta
+    does (unknown → 132001, wrong parameter count → 132000, paused → 132015...).
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = "test-token",
+        phone_number_id: str = "123456789012345",
+        api_version: str | None = None,
+        registry: TemplateRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        window_errors: Literal["sync", "async"] = "sync",
+        enforce_window: bool = True,
+        webhook_url: str | None = None,
+        app_secret: str | None = None,
+        emit_statuses: Sequence[str] = ("sent", "delivered"),
+    ) -> None:
+        self.token = token
+        self.phone_number_id = phone_number_id
+        self.api_version = api_version
+        self.registry = registry
+        self.clock = clock
+        self.window_errors = window_errors
+        self.enforce_window = enforce_window
+        self.webhook_url = webhook_url
+        self.app_secret = app_secret
+        self.emit_statuses = tuple(emit_statuses)
+        self.messages: list[SentMessage] = []
+        self.requests: list[Any] = []  # every decoded request body, refused ones included
+        self.read_receipts: list[str] = []
+        self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
+        self._inbound: dict[str, float] = {}
+        self._failures: deque[_Failure] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._seq = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self._port = 0
+
+    @property
+    def url(self) -> str:
+        """The base url to use instead of ``https://graph.facebook.com``."""
+        if not self._port:
+            raise RuntimeError("FakeCloudAPI is not started: use 'async with FakeCloudAPI()'")
+        return f"http://127.0.0.1:{self._port}"
+
+    def messages_to(self, wa_id: str) -> list[SentMessage]:
+        """The accepted messages addressed to ``wa_id``, in order."""
+        return [m for m in self.messages if m.to == wa_id]
+
+    def user_wrote(self, wa_id: str, timestamp: float | None = None) -> None:
+        """Record an inbound message from ``wa_id`` at ``timestamp`` (default: ``clock()``)."""
+        when = self.clock() if timestamp is None else float(timestamp)
+        self._inbound[wa_id] = max(when, self._inbound.get(wa_id, when))
+
+    def fail_next(
+        self,
+        n: int = 1,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        timeout: bool = False,
+        message: str = "",
+    ) -> None:
+        """Answer the next ``n`` send requests with an error instead of accepting them.
+
+        ``status=500`` alone gives a 500 with code 131000; ``code=130429`` alone gives a 400
+        (401 for 190); ``timeout=True`` holds the request without answering until the client
+        gives up. Nothing is recorded for a failed request.
+        """
+        if status is None and code is None and not timeout:
+            raise ValueError("give status, code or timeout=True")
+        code = code if code is not None else (131000 if (status or 500) >= 500 else 100)
+        status = status if status is not None else _DEFAULT_STATUS.get(code, 400)
+        for _ in range(n):
+            self._failures.append(_Failure(status, code, timeout, message))
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        app = web.Application()
+        app.router.add_post("/{version}/{phone_number_id}/messages", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = int(self._runner.addresses[0][1])
+        self._client = aiohttp.ClientSession()
+
+    async def settle(self) -> None:
+        """Wait until every status webhook scheduled so far has been posted."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Post pending status webhooks, then stop the server."""
+        self._closing.set()
+        await self.settle()
+        if self._client is not None:
+            await self._client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._client, self._runner = None, None
+
+    async def __aenter__(self) -> FakeCloudAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def emit_status(
+        self,
+        wamid: str,
+        status: str,
+        *,
+        recipient: str | None = None,
+        errors: Iterable[Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Post one signed status webhook about ``wamid``; return the bot's HTTP status."""
+        from bot.testing import envelope, signed_request, status_item
+
+        if not self.webhook_url or not self.app_secret or self._client is None:
+            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
+        if recipient is None:
+            recipient = next((m.to for m in self.messages if m.wamid == wamid), "")
+        item = status_item(wamid, status, recipient, timestamp=self.clock(), errors=errors)
+        body = envelope(statuses=[item], phone_number_id=self.phone_number_id)
+        raw, headers = signed_request(body, self.app_secret)
+        async with self._client.post(self.webhook_url, data=raw, headers=headers) as response:
+            self.webhook_answers.append(response.status)
+            return response.status
+
+    # --- the endpoint -------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        self.requests.append(body)
+        try:
+            version = request.match_info["version"]
+            if not re.fullmatch(r"v\d+\.\d+", version) or (
+                self.api_version and version != self.api_version
+            ):
+                raise _Problem(100, f"Unknown or unsupported API version {version}")
+            if request.headers.get("Authorization") != f"Bearer {self.token}":
+                raise _Problem(190, "Invalid or missing access token", 401)
+            if request.match_info["phone_number_id"] != self.phone_number_id:
+                pnid = request.match_info["phone_number_id"]
+                raise _Problem(100, f"Object with ID '{pnid}' does not exist")
+            if self._failures:
+                failure = self._failures.popleft()
+                if failure.timeout:
+                    await _wait(self._closing, 120.0)
+                    return web.Response(status=504)
+                raise _Problem(failure.code, failure.message, failure.status)
+            if not isinstance(body, dict):
+                raise _Problem(100, "The request body must be a JSON object")
+            if body.get("status") == "read":
+                return self._read(body)
+            _check_message(body)
+            if body.get("type") == "template" and self.registry is not None:
+                _check_template(body["template"], self.registry)
+            return self._accept(body)
+        except _Problem as problem:
+            return _error(problem)
+
+    def _read(self, body: JSON) -> web.Response:
+        if body.get("messaging_product") != "whatsapp" or not body.get("message_id"):
+            raise _Problem(100, "messaging_product and message_id are required")
+        self.read_receipts.append(str(body["message_id"]))
+        return web.json_response({"success": True})
+
+    def _accept(self, body: JSON) -> web.Response:
+        to, kind = str(body["to"]), str(body.get("type", "text"))
+        error_code = 0
+        if kind != "template" and self.enforce_window:
+            last = self._inbound.get(to)
+            if last is None or self.clock() - last > WINDOW_SECONDS:
+                if self.window_errors == "sync":
+                    raise _Problem(131047, RE_ENGAGEMENT)
+                error_code = 131047
+        wamid = f"wamid.FAKE{next(self._seq):06d}{uuid.uuid4().hex[:20].upper()}"
+        self.messages.append(SentMessage(to, kind, body, wamid, self.clock(), error_code))
+        if self.webhook_url and self.app_secret:
+            self._schedule(self._report(wamid, to, error_code))
+        answer: JSON = {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": to}],
+            "messages": [{"id": wamid}],
+        }
+        if kind == "template":
+            answer["messages"][0]["message_status"] = "accepted"
+        return web.json_response(answer)
+
+    async def _report(self, wamid: str, to: str, error_code: int) -> None:
+        if error_code:
+            error = {
+                "code": error_code,
+                "title": _TITLES[error_code],
+                "message": _TITLES[error_code],
+                "error_data": {"details": RE_ENGAGEMENT},
+            }
+            await self.emit_status(wamid, "failed", recipient=to, errors=[error])
+            return
+        for status in self.emit_statuses:
+            await self.emit_status(wamid, status, recipient=to)
+
+    def _schedule(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+
+
+def _error(problem: _Problem) -> web.Response:
+    title = _TITLES.get(problem.code, "Invalid parameter")
+    error: JSON = {
+        "message": f"(#{problem.code}) {title}",
+        "type": "OAuthException",
+        "code": problem.code,
+        "error_data": {"messaging_product": "whatsapp", "details": problem.details or title},
+        "fbtrace_id": f"AFake{uuid.uuid4().hex[:16]}",
+    }
+    return web.json_response({"error": error}, status=problem.status)
+
+
+def _need(condition: bool, details: str) -> None:
+    if not condition:
+        raise _Problem(100, details)
+
+
+def _text(value: Any, name: str, limit: int, *, required: bool = True) -> None:
+    if value is None and not required:
+        return
+    _need(isinstance(value, str) and bool(value), f"Param {name} is required")
+    _need(len(value) <= limit, f"Param {name} must be at most {limit} characters long")
+
+
+def _check_message(body: JSON) -> None:
+    """Raise a 100 problem, worded like Meta's, for a malformed send request."""
+    _need(
+        body.get("messaging_product") == "whatsapp", "The parameter messaging_product is required"
+    )
+    _need(isinstance(body.get("to"), str) and bool(body["to"]), "The parameter to is required")
+    _need(body.get("recipient_type", "individual") == "individual", "Invalid recipient_type")
+    kind = body.get("type", "text")
+    _need(kind in _TYPES, f"Param type must be one of {', '.join(sorted(_TYPES))}")
+    content = body.get(kind)
+    if kind == "contacts":
+        _need(isinstance(content, list) and bool(content), "Param contacts is required")
+        return
+    _need(isinstance(content, dict), f"Param {kind} must be an object")
+    assert isinstance(content, dict)
+    if kind == "text":
+        _text(content.get("body"), "text['body']", 4096)
+    elif kind == "interactive":
+        _check_interactive(content)
+    elif kind in MEDIA_TYPES:
+        _need(bool(content.get("link") or content.get("id")), f"Param {kind} needs link or id")
+        _text(content.get("caption"), f"{kind}['caption']", 1024, required=False)
+    elif kind == "location":
+        for key in ("latitude", "longitude"):
+            _need(isinstance(content.get(key), int | float), f"Param location['{key}'] is required")
+    elif kind == "reaction":
+        _need(
+            isinstance(content.get("message_id"), str), "Param reaction['message_id'] is required"
+        )
+        _need(isinstance(content.get("emoji"), str), "Param reaction['emoji'] is required")
+    elif kind == "template":
+        _check_template_shape(content)
+
+
+def _check_interactive(content: JSON) -> None:
+    kind = content.get("type")
+    action = content.get("action")
+    _need(isinstance(action, dict), "Param interactive['action'] is required")
+    assert isinstance(action, dict)
+    body = content.get("body")
+    _text(body.get("text") if isinstance(body, dict) else None, "interactive['body']['text']", 1024)
+    if kind == "button":
+        buttons = action.get("buttons")
+        _need(isinstance(buttons, list) and 1 <= len(buttons) <= 3, "Param buttons: 1 to 3 buttons")
+        assert isinstance(buttons, list)
+        ids, titles = set(), set()
+        for i, button in enumerate(buttons):
+            reply = button.get("reply") if isinstance(button, dict) else None
+            _need(isinstance(reply, dict) and button.get("type") == "reply", f"Param buttons[{i}]")
+            assert isinstance(reply, dict)
+            _text(reply.get("id"), f"buttons[{i}]['reply']['id']", 256)
+            _text(reply.get("title"), f"buttons[{i}]['reply']['title']", 20)
+            ids.add(reply["id"])
+            titles.add(reply["title"])
+        _need(len(ids) == len(titles) == len(buttons), "Button ids and titles must be unique")
+    elif kind == "list":
+        _text(action.get("button"), "action['button']", 20)
+        sections = action.get("sections")
+        _need(isinstance(sections, list) and 1 <= len(sections) <= 10, "Param sections: 1 to 10")
+        assert isinstance(sections, list)
+        rows = [r for s in sections if isinstance(s, dict) for r in s.get("rows") or []]
+        _need(1 <= len(rows) <= 10, "Total row count exceed max allowed count: 10")
+        for i, row in enumerate(rows):
+            _need(isinstance(row, dict), f"Param rows[{i}] must be an object")
+            _text(row.get("id"), f"rows[{i}]['id']", 200)
+            _text(row.get("title"), f"rows[{i}]['title']", 24)
+            _text(row.get("description"), f"rows[{i}]['description']", 72, required=False)
+    else:
+        _need(
+            kind
+            in (
+                "cta_url",
+                "flow",
+                "product",
+                "product_list",
+                "location_request_message",
+                "address_message",
+            ),
+            f"Param interactive['type'] {kind!r} is invalid",
+        )
+
+
+def _check_template_shape(content: JSON) -> None:
+    _need(isinstance(content.get("name"), str) and bool(content["name"]), "Param template['name']")
+    language = content.get("language")
+    _need(
+        isinstance(language, dict) and isinstance(language.get("code"), str),
+        "Param template['language']['code'] is required",
+    )
+    components = content.get("components", [])
+    _need(isinstance(components, list), "Param template['components'] must be a list")
+    for i, component in enumerate(components):
+        _need(
+            isinstance(component, dict)
+            and component.get("type") in ("header", "body", "button", "footer"),
+            f"Param components[{i}]['type']",
+        )
+        for j, param in enumerate(component.get("parameters") or []):
+            where = f"components[{i}]['parameters'][{j}]"
+            _need(isinstance(param, dict) and isinstance(param.get("type"), str), f"Param {where}")
+            if param["type"] == "text":
+                _text(param.get("text"), f"{where}['text']", 1024)
+                _need(
+                    not _BAD_SPACING.search(param["text"]),
+                    "Param text cannot have new-line/"
+                    "tab characters or more than 4 consecutive spaces",
+                )
+
+
+def _check_template(content: JSON, registry: TemplateRegistry) -> None:
+    name, code = content["name"], content["language"]["code"]
+    template = registry.get(name)
+    variant = template.variants.get(code) if template else None
+    if template is None or variant is None:
+        raise _Problem(132001, f"template name ({name}) does not exist in {code}")
+    if variant.status != "APPROVED":
+        number = {"PAUSED": 132015, "DISABLED": 132016}.get(variant.status, 132001)
+        raise _Problem(number, f"template {name} ({code}) is {variant.status}")
+    for part, want in (("body", template.parameters), ("header", template.header_parameters)):
+        given = [
+            p
+            for c in content.get("components", [])
+            if c.get("type") == part
+            for p in c.get("parameters") or []
+        ]
+        if len(given) != len(want):
+            raise _Problem(
+                132000,
+                f"{part}: number of localizable_params ({len(given)}) does not"
+                f" match the expected number of params ({len(want)})",
+            )
+        if template.parameter_format == "named":
+            names = {p.get("parameter_name") for p in given}
+            if names != set(want):
+                raise _Problem(132000, f"{part}: parameter names must be {', '.join(want)}")

@@ -1,0 +1,279 @@
+"""A test kit for bots built on windowbot: a fake Cloud API and webhook builders.
+
+``FakeCloudAPI`` is a real HTTP server on a loopback port that answers like Meta's
+``/messages`` endpoint, enforces the 24-hour window and posts signed status webhooks back.
+The builders produce complete webhook envelopes as Meta sends them::
+
+    body, headers = signed_request(text_message("5511999990000", "hi"), app_secret)
+    await client.post("/webhook", data=body, headers=headers)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bot._fake_cloud import FakeCloudAPI, SentMessage
+from bot.models import JSON
+from bot.webhook import SIGNATURE_HEADER, sign
+
+__all__ = [
+    "DISPLAY_PHONE_NUMBER",
+    "PHONE_NUMBER_ID",
+    "WABA_ID",
+    "FakeCloudAPI",
+    "SentMessage",
+    "button_reply",
+    "contact",
+    "envelope",
+    "list_reply",
+    "location_message",
+    "media_message",
+    "message_item",
+    "new_wamid",
+    "quick_reply",
+    "reaction_message",
+    "signed_request",
+    "status_item",
+    "text_message",
+]
+
+PHONE_NUMBER_ID = "123456789012345"
+DISPLAY_PHONE_NUMBER = "15550001111"
+WABA_ID = "102290129340398"
+MIME_TYPES = {
+    "image": "image/jpeg",
+    "video": "video/mp4",
+    "audio": "audio/ogg; codecs=opus",
+    "document": "application/pdf",
+    "sticker": "image/webp",
+}
+
+
+def new_wamid(prefix: str = "TEST") -> str:
+    """A unique wamid-looking id, ``wamid.TEST…``."""
+    return f"wamid.{prefix}{uuid.uuid4().hex.upper()}"
+
+
+def envelope(
+    messages: Iterable[JSON] = (),
+    statuses: Iterable[JSON] = (),
+    contacts: Iterable[JSON] = (),
+    *,
+    phone_number_id: str = PHONE_NUMBER_ID,
+    display_phone_number: str = DISPLAY_PHONE_NUMBER,
+    waba_id: str = WABA_ID,
+) -> JSON:
+    """A whole webhook body with one entry and one ``messages`` change holding the items."""
+    value: JSON = {
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": display_phone_number,
+            "phone_number_id": phone_number_id,
+        },
+    }
+    for key, items in (("contacts", contacts), ("messages", messages), ("statuses", statuses)):
+        listed = list(items)
+        if listed:
+            value[key] = listed
+    change = {"field": "messages", "value": value}
+    return {"object": "whatsapp_business_account", "entry": [{"id": waba_id, "changes": [change]}]}
+
+
+def contact(wa_id: str, name: str = "Test User") -> JSON:
+    """One ``contacts[]`` item: the sender's profile."""
+    return {"profile": {"name": name}, "wa_id": wa_id}
+
+
+def message_item(
+    wa_id: str,
+    type: str,
+    content: Any,
+    *,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> JSON:
+    """One ``messages[]`` item of ``type`` with its ``content`` (``None``: no payload key)."""
+    item: JSON = {
+        "from": wa_id,
+        "id": wamid or new_wamid(),
+        "timestamp": str(int(time.time() if timestamp is None else timestamp)),
+        "type": type,
+    }
+    if content is not None:
+        item[type] = content
+    if context is not None:
+        item["context"] = dict(context)
+    return item
+
+
+def _single(
+    wa_id: str,
+    type: str,
+    content: Any,
+    wamid: str | None,
+    timestamp: float | None,
+    name: str,
+    context: Mapping[str, Any] | None = None,
+) -> JSON:
+    item = message_item(wa_id, type, content, wamid=wamid, timestamp=timestamp, context=context)
+    return envelope(messages=[item], contacts=[contact(wa_id, name)])
+
+
+def text_message(
+    wa_id: str,
+    body: str,
+    *,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+    context: Mapping[str, Any] | None = None,
+) -> JSON:
+    """A webhook carrying one text message from ``wa_id``."""
+    return _single(wa_id, "text", {"body": body}, wamid, timestamp, name, context)
+
+
+def button_reply(
+    wa_id: str,
+    id: str,
+    title: str,
+    *,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+    context: Mapping[str, Any] | None = None,
+) -> JSON:
+    """A webhook carrying a tap on one of our interactive reply buttons."""
+    content = {"type": "button_reply", "button_reply": {"id": id, "title": title}}
+    return _single(wa_id, "interactive", content, wamid, timestamp, name, context)
+
+
+def list_reply(
+    wa_id: str,
+    id: str,
+    title: str,
+    description: str = "",
+    *,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+    context: Mapping[str, Any] | None = None,
+) -> JSON:
+    """A webhook carrying the choice of a row of one of our list messages."""
+    row = {"id": id, "title": title}
+    if description:
+        row["description"] = description
+    content = {"type": "list_reply", "list_reply": row}
+    return _single(wa_id, "interactive", content, wamid, timestamp, name, context)
+
+
+def quick_reply(
+    wa_id: str,
+    payload: str,
+    text: str | None = None,
+    *,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+    context: Mapping[str, Any] | None = None,
+) -> JSON:
+    """A webhook carrying a tap on a template's quick-reply button (message type ``button``)."""
+    content = {"payload": payload, "text": payload if text is None else text}
+    return _single(wa_id, "button", content, wamid, timestamp, name, context)
+
+
+def media_message(
+    kind: str,
+    wa_id: str,
+    *,
+    media_id: str | None = None,
+    mime_type: str | None = None,
+    caption: str = "",
+    filename: str = "",
+    voice: bool = False,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+) -> JSON:
+    """A webhook carrying an image, video, audio, document or sticker."""
+    if kind not in MIME_TYPES:
+        raise ValueError(f"media kind must be one of {', '.join(MIME_TYPES)}, got {kind!r}")
+    content: JSON = {
+        "id": media_id or uuid.uuid4().hex[:16],
+        "mime_type": mime_type or MIME_TYPES[kind],
+        "sha256": uuid.uuid4().hex * 2,
+    }
+    if caption:
+        content["caption"] = caption
+    if filename:
+        content["filename"] = filename
+    if voice:
+        content["voice"] = True
+    return _single(wa_id, kind, content, wamid, timestamp, name)
+
+
+def location_message(
+    wa_id: str,
+    latitude: float,
+    longitude: float,
+    *,
+    location_name: str = "",
+    address: str = "",
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+) -> JSON:
+    """A webhook carrying a shared location (``location_name`` is the place's name)."""
+    content: JSON = {"latitude": latitude, "longitude": longitude}
+    if location_name:
+        content["name"] = location_name
+    if address:
+        content["address"] = address
+    return _single(wa_id, "location", content, wamid, timestamp, name)
+
+
+def reaction_message(
+    wa_id: str,
+    message_id: str,
+    emoji: str,
+    *,
+    wamid: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+) -> JSON:
+    """A webhook carrying an emoji reaction to ``message_id`` (empty emoji: removed)."""
+    content = {"message_id": message_id, "emoji": emoji}
+    return _single(wa_id, "reaction", content, wamid, timestamp, name)
+
+
+def status_item(
+    wamid: str,
+    status: str,
+    recipient: str,
+    *,
+    timestamp: float | None = None,
+    errors: Iterable[Mapping[str, Any]] | None = None,
+    category: str | None = None,
+) -> JSON:
+    """One ``statuses[]`` item about a message we sent; ``category`` adds pricing info."""
+    item: JSON = {
+        "id": wamid,
+        "status": status,
+        "timestamp": str(int(time.time() if timestamp is None else timestamp)),
+        "recipient_id": recipient,
+    }
+    if category is not None:
+        item["pricing"] = {"billable": True, "pricing_model": "PMP", "category": category}
+    if errors is not None:
+        item["errors"] = [dict(e) for e in errors]
+    return item
+
+
+def signed_request(body: JSON | bytes, app_secret: str) -> tuple[bytes, dict[str, str]]:
+    """The body bytes and the headers Meta would send with them, signature included."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return raw, {"Content-Type": "application/json", SIGNATURE_HEADER: sign(raw, app_secret)}

@@ -1,0 +1,336 @@
+"""The WhatsApp Cloud API client: request shapes, error mapping, retries and the rate limit.
+
+One :class:`CloudAPI` per process, on one ``aiohttp.ClientSession``. It turns Meta's error
+codes into the few :mod:`bot.errors` classes the sender acts on, retries what is safe to retry
+(5xx, timeouts, throughput limits) with exponential backoff and full jitter, never retries a
+request Meta refused as wrong, and stops all sending once the access token is rejected (190).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random as _random
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import structlog
+
+from bot.errors import (
+    CloudAPIError,
+    InvalidRequest,
+    RateLimited,
+    SendingHalted,
+    TemplateRejected,
+    TransientError,
+    Undeliverable,
+    WindowClosed,
+)
+from bot.models import JSON
+
+DEFAULT_BASE_URL = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v23.0"
+
+#: Meta codes by what the product does about them (see WHATSAPP.md).
+WINDOW_CODES = frozenset({131047})
+TEMPLATE_CODES = frozenset({132000, 132001, 132005, 132012, 132015, 132016})
+RATE_LIMIT_CODES = frozenset({130429, 131056, 4, 80007})  # 4/80007: Graph app/account limits
+HALT_CODES = frozenset({190, 131048})
+UNDELIVERABLE_CODES = frozenset({131026})
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+def error_from_response(http_status: int, body: Any) -> CloudAPIError:
+    """The :class:`~bot.errors.CloudAPIError` subclass for an error answer of the Cloud API.
+
+    ``body`` is the decoded JSON (``{"error": {...}}``) or anything else for a body that was
+    not JSON (a proxy's HTML page): then the HTTP status alone decides.
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    try:
+        code = int(error.get("code", 0))
+    except (TypeError, ValueError):
+        code = 0
+    data = error.get("error_data")
+    details = str(data.get("details", "")) if isinstance(data, dict) else ""
+    said = str(error.get("message", "")) or f"HTTP {http_status}"
+    if details and details not in said:
+        said = f"{said}: {details}"
+    said = said.rstrip(". ")
+    trace = str(error.get("fbtrace_id", ""))
+
+    def make(cls: type[CloudAPIError], what: str) -> CloudAPIError:
+        message = f"Cloud API error {code} (HTTP {http_status}): {said}. {what}"
+        return cls(message, code=code, http_status=http_status, details=details, fbtrace_id=trace)
+
+    if code in WINDOW_CODES:
+        return make(WindowClosed, "The 24-hour window is closed: send the template fallback.")
+    if code in TEMPLATE_CODES:
+        return make(TemplateRejected, "Fix the template call or the registry; not retried.")
+    if code in RATE_LIMIT_CODES or (http_status == 429 and not code):
+        return make(RateLimited, "Throughput limit: backing off and retrying.")
+    if code == 190:
+        return make(
+            SendingHalted,
+            "The access token is invalid or expired: renew"
+            " WHATSAPP_TOKEN and resume sending; messages stay queued.",
+        )
+    if code in HALT_CODES:
+        return make(
+            SendingHalted,
+            "Spam rate limit: stop sending and check the account's"
+            " quality rating in WhatsApp Manager.",
+        )
+    if code in UNDELIVERABLE_CODES:
+        return make(Undeliverable, "The recipient cannot receive messages; not retried.")
+    if http_status >= 500 or http_status == 0:
+        return make(TransientError, "Meta had a problem: retrying with backoff.")
+    return make(InvalidRequest, "The request is wrong; not retried (see the details).")
+
+
+class RateLimiter:
+    """At most ``rate`` acquisitions per second across every caller (a leaky bucket).
+
+    Each caller is given the next free slot, ``1/rate`` seconds after the previous one, and
+    sleeps until it; slots are handed out synchronously, so concurrent callers never share
+    one. ``rate`` 0 means unlimited.
+    """
+
+    def __init__(self, rate: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep):
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+
+    async def acquire(self) -> float:
+        """Wait for the next slot; return how long this caller waited."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + 1.0 / self.rate
+        wait = slot - now
+        if wait > 0:
+            await self._sleep(wait)
+        return wait
+
+
+class CloudAPI:
+    """The Cloud API client: ``await api.send(wa_id, message)`` returns the new wamid.
+
+    Use it as ``async with CloudAPI(...) as api:`` (or ``await api.start()`` / ``close()``),
+    or pass a ``session`` the application owns (it is then not closed here).
+
+    Args:
+        phone_number_id: the sending number's id.
+        token: the access token; never logged, masked in ``repr``.
+        base_url: ``https://graph.facebook.com``, or a fake's url in tests and the sandbox.
+        api_version: the Graph API version, like ``v23.0``.
+        rate_limit: messages per second for the whole process (Meta's default tier is 80);
+            0 turns the limiter off.
+        timeout: seconds for one request, connection included.
+        max_retries: retries after the first attempt for retryable errors.
+        backoff_base: seconds; the n-th retry waits ``random() * min(cap, base * 2**n)``.
+        backoff_cap: the longest wait between two attempts.
+        session, sleep, random, clock: injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        phone_number_id: str,
+        token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        api_version: str = DEFAULT_API_VERSION,
+        rate_limit: float = 80.0,
+        timeout: float = 10.0,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
+        sleep: Sleep = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.phone_number_id = phone_number_id
+        self.base_url = base_url.rstrip("/")
+        self.api_version = api_version
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.limiter = RateLimiter(rate_limit, clock=clock, sleep=sleep)
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._session = session
+        self._own_session = False
+        self._sleep = sleep
+        self._random = random
+        self._halted: CloudAPIError | None = None
+        # One logger per client, bound on first use (so structlog's capture_logs sees it).
+        self._log = structlog.get_logger("bot.whatsapp")
+
+    def __repr__(self) -> str:
+        return (
+            f"CloudAPI(base_url={self.base_url!r}, api_version={self.api_version!r},"
+            f" phone_number_id={self.phone_number_id!r}, token='***')"
+        )
+
+    @property
+    def url(self) -> str:
+        """The messages endpoint of the sending number."""
+        return f"{self.base_url}/{self.api_version}/{self.phone_number_id}/messages"
+
+    @property
+    def halted(self) -> bool:
+        """Whether sending stopped after error 190 (until :meth:`resume`)."""
+        return self._halted is not None
+
+    def resume(self) -> None:
+        """Allow sending again, once the access token has been renewed."""
+        if self._halted is not None:
+            self._log.warning("sending_resumed", code=self._halted.code)
+        self._halted = None
+
+    async def start(self) -> None:
+        """Create the HTTP session unless one was passed in."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+            self._own_session = True
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client created it; safe to call twice."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        if self._own_session:
+            self._session = None
+            self._own_session = False
+
+    async def __aenter__(self) -> CloudAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt + 1``: full jitter under an exponential cap."""
+        return self._random() * min(self.backoff_cap, self.backoff_base * 2.0**attempt)
+
+    async def send(self, to: str, message: JSON) -> str:
+        """Send ``message`` (a Cloud API body without ``messaging_product``/``to``) to ``to``.
+
+        Returns:
+            The wamid of the accepted message (accepted, not yet delivered).
+
+        Raises:
+            CloudAPIError: the subclass for Meta's code once retries are exhausted or for an
+                error that is never retried; :class:`SendingHalted` at once while halted.
+        """
+        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
+        payload.update(message)
+        kind = str(message.get("type", ""))
+        data, attempts = await self._request(payload, to=to, kind=kind)
+        messages = data.get("messages")
+        wamid = messages[0].get("id") if isinstance(messages, list) and messages else None
+        if not isinstance(wamid, str) or not wamid:
+            self._log.error(
+                "send_failed", to=to, type=kind, attempts=attempts, error="no message id"
+            )
+            raise CloudAPIError("the Cloud API accepted the message but returned no message id")
+        self._log.info("message_sent", to=to, type=kind, wamid=wamid, attempts=attempts)
+        return wamid
+
+    async def mark_read(self, message_id: str) -> None:
+        """Mark an inbound message as read (blue ticks)."""
+        payload = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
+        await self._request(payload, to="", kind="read")
+
+    async def _request(self, payload: JSON, *, to: str, kind: str) -> tuple[JSON, int]:
+        attempt = 0
+        while True:
+            await self.limiter.acquire()
+            self._check_halted()  # again: another send may have halted us while we waited
+            try:
+                return await self._post(payload), attempt + 1
+            except CloudAPIError as exc:
+                if exc.code == 190:
+                    self._halted = exc
+                    self._log.critical(
+                        "sending_halted",
+                        code=exc.code,
+                        http_status=exc.http_status,
+                        error=str(exc),
+                        action="renew WHATSAPP_TOKEN, then resume",
+                    )
+                if not exc.retryable or attempt >= self.max_retries:
+                    self._log.warning(
+                        "send_failed",
+                        to=to,
+                        type=kind,
+                        code=exc.code,
+                        http_status=exc.http_status,
+                        attempts=attempt + 1,
+                        error=str(exc),
+                    )
+                    raise
+                delay = self.backoff(attempt)
+                attempt += 1
+                self._log.info(
+                    "send_retry",
+                    to=to,
+                    type=kind,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    code=exc.code,
+                    http_status=exc.http_status,
+                )
+                await self._sleep(delay)
+
+    def _check_halted(self) -> None:
+        if self._halted is not None:
+            raise SendingHalted(
+                f"sending is halted after error {self._halted.code} (access token invalid or"
+                " expired): renew WHATSAPP_TOKEN, then resume(); messages stay queued",
+                code=self._halted.code,
+                http_status=self._halted.http_status,
+            )
+
+    async def _post(self, payload: JSON) -> JSON:
+        if self._session is None:
+            raise RuntimeError("CloudAPI is not started: use 'async with CloudAPI(...)' first")
+        try:
+            async with self._session.post(
+                self.url,
+                json=payload,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                status, text = response.status, await response.text()
+        except TimeoutError:
+            raise TransientError(f"no answer from the Cloud API within {self.timeout}s") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(
+                f"cannot reach the Cloud API at {self.base_url}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if 200 <= status < 300:
+            if isinstance(data, dict):
+                return data
+            raise CloudAPIError(
+                f"the Cloud API answered HTTP {status} without a JSON object", http_status=status
+            )
+        raise error_from_response(status, data)
