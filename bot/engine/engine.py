@@ -1,0 +1,301 @@
+"""The engine: one inbound message and a user's record in, replies and the new record out.
+
+The engine holds only what the flow files define (compiled once by :meth:`Engine.load`);
+everything about a user lives in the :class:`~bot.models.UserRecord` the caller passes in
+and gets back in :class:`Turn`, so a million users cost the engine nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from bot.engine._check_replies import FallbackChecker
+from bot.engine.check import analyze
+from bot.engine.findings import Finding, format_findings
+from bot.engine.hooks import HookContext, Reminder, call, text
+from bot.engine.machine import (
+    NO_GROUPS,
+    CompiledState,
+    Compiler,
+    FlowMachine,
+    Groups,
+    Rule,
+    View,
+)
+from bot.engine.render import message_context, user_context
+from bot.engine.reply import CompiledReply
+from bot.errors import FlowError
+from bot.models import InboundMessage, Outgoing, UserRecord
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What one message did.
+
+    Attributes:
+        record: the user's record with the new ``flow``, ``state`` and ``variables``; every
+            other field (``version`` included) is as passed in, ready for a version-checked
+            write.
+        outgoing: the replies, in order.
+        reminders: messages hooks asked to send later.
+        trigger: what fired, for logs: a rule's label (``reply book``, ``text hi``...),
+            ``start`` (new user), ``restart`` (message in a final state), ``reprompt`` (no
+            rule matched), ``invalid <rule>`` (a ``save:`` refused the input) or ``reset``
+            (the record named a flow or state that no longer exists).
+        source_state: ``flow.state`` the user was in (``""`` for a new user).
+    """
+
+    record: UserRecord
+    outgoing: tuple[Outgoing, ...]
+    reminders: tuple[Reminder, ...]
+    trigger: str
+    source_state: str
+
+
+class Engine:
+    """Compiled flows of one folder; :meth:`handle` runs one message through them."""
+
+    def __init__(
+        self,
+        flows: Mapping[str, FlowMachine],
+        default_flow: str,
+        *,
+        variables: Mapping[str, Any] | None = None,
+        warnings: Sequence[Finding] = (),
+        directory: Path | None = None,
+    ) -> None:
+        if default_flow not in flows:
+            raise FlowError(f"default flow '{default_flow}' does not exist")
+        self._flows = MappingProxyType(dict(flows))
+        self.default_flow = default_flow
+        self.defaults: Mapping[str, Any] = MappingProxyType(dict(variables or {}))
+        self.warnings: tuple[Finding, ...] = tuple(warnings)
+        self.directory = directory
+
+    @classmethod
+    def load(
+        cls,
+        flows_dir: Path,
+        *,
+        fallback_checker: FallbackChecker | None = None,
+        default_flow: str | None = None,
+    ) -> Engine:
+        """Check and compile every flow of ``flows_dir``.
+
+        Args:
+            flows_dir: the flows folder.
+            fallback_checker: see :func:`~bot.engine.check.check_folder`.
+            default_flow: the flow new users start in; else ``default_flow:`` of
+                ``_project.yaml``, else ``welcome``, else the only flow.
+
+        Raises:
+            FlowError: the check found errors; ``findings`` holds all of them.
+        """
+        flows_dir = Path(flows_dir)
+        analysis = analyze(flows_dir, fallback_checker=fallback_checker, default_flow=default_flow)
+        errors = analysis.errors
+        if errors:
+            raise FlowError(
+                f"{len(errors)} error(s) in {flows_dir}; fix them and load again:\n"
+                f"{format_findings(errors)}",
+                list(errors),
+            )
+        warnings = [f for f in analysis.findings if f.severity == "warning"]
+        if warnings:
+            log.warning("flow_warnings", count=len(warnings), findings=format_findings(warnings))
+        project = analysis.project
+        compiled = Compiler(project, analysis.renderer, analysis.modules).compile()
+        variables: dict[str, Any] = {}
+        for flow in project.flows.values():
+            for state in flow.states.values():
+                for rule in state.rules:
+                    variables.update((s.var, "") for s in rule.saves)
+            for rule in (*flow.commands, *project.commands):
+                variables.update((s.var, "") for s in rule.saves)
+        variables.update(project.variables)
+        for flow in project.flows.values():
+            variables.update(flow.variables)
+        return cls(
+            compiled,
+            analysis.default_flow,
+            variables=variables,
+            warnings=warnings,
+            directory=flows_dir,
+        )
+
+    @property
+    def flows(self) -> Mapping[str, FlowMachine]:
+        """Compiled flows by name (read-only)."""
+        return self._flows
+
+    async def handle(self, record: UserRecord, message: InboundMessage, now: float) -> Turn:
+        """Run one message: at most one transition, its actions, and the replies.
+
+        A record with an empty ``flow`` or ``state`` is a new user: the message enters the
+        default flow's initial state and gets that state's replies (it is not matched
+        against rules). Otherwise commands, then the state's rules, are tried in order; the
+        first whose trigger matches and whose ``if:`` hooks agree fires. When none does, a
+        final state starts the user over in the default flow and any other state repeats
+        its ``say:`` replies.
+
+        Raises:
+            RenderError: a reply could not be rendered (the checker prevents most causes).
+        """
+        return await _Turn(self, record, message, now).run()
+
+
+class _Turn:
+    """Scratch space for one message; dropped when :class:`Turn` is returned."""
+
+    def __init__(
+        self, engine: Engine, record: UserRecord, message: InboundMessage, now: float
+    ) -> None:
+        self.engine = engine
+        self.record = record
+        self.message = message
+        self.now = now
+        self.flow = record.flow
+        self.state = record.state
+        self.vars: dict[str, Any] = dict(record.variables)
+        self.out: list[Outgoing] = []
+        self.reminders: list[Reminder] = []
+        self.user = user_context(record)
+        self.msg = message_context(message)
+
+    async def run(self) -> Turn:
+        record, flows = self.record, self.engine.flows
+        source = f"{record.flow}.{record.state}" if record.flow or record.state else ""
+        flow = flows.get(record.flow)
+        state = flow.states.get(record.state) if flow is not None else None
+        if not record.flow or not record.state:
+            trigger = "start"
+            await self.enter_default()
+        elif state is None:
+            log.warning("state_unknown", flow=record.flow, state=record.state, user=record.key)
+            trigger = "reset"
+            await self.enter_default()
+        else:
+            trigger = await self.dispatch(state)
+        new = dataclasses.replace(record, flow=self.flow, state=self.state, variables=self.vars)
+        return Turn(new, tuple(self.out), tuple(self.reminders), trigger, source)
+
+    async def dispatch(self, state: CompiledState) -> str:
+        view = View.of(self.message)
+        for rule in state.dispatch:
+            groups = rule.match(view)
+            if groups is None:
+                continue
+            trigger = await self.fire(rule, state, groups)
+            if trigger is not None:
+                return trigger
+        if state.final:
+            await self.enter_default()
+            return "restart"
+        self.say(state.say, self.engine.flows[state.flow].constants)
+        return "reprompt"
+
+    async def fire(self, rule: Rule, state: CompiledState, groups: Groups) -> str | None:
+        """Run a matched rule; ``None`` if its conditions say no."""
+        values = {}
+        const = self.engine.flows[rule.flow].constants
+        for save in rule.saves:
+            ok, value = save.extract(self.message, groups)
+            if not ok:
+                self.say(save.invalid or state.say, const, groups)
+                return f"invalid {rule.label}"
+            values[save.var] = value
+        scratch = {**self.vars, **values}
+        ctx = self.context(scratch, const, state.flow, state.name, groups)
+        for condition in rule.conditions:
+            if not await call(condition, ctx):
+                return None
+        for condition in rule.unless:
+            if await call(condition, ctx):
+                return None
+        extra: list[Outgoing] = []
+        for action in rule.actions:
+            extra += _replies(await call(action, ctx), f"{state.flow}.{state.name}")
+        self.vars = scratch
+        self.reminders += ctx.reminders
+        self.say(rule.say, const, groups)
+        self.out += extra
+        if rule.target is not None:
+            await self.enter(*rule.target)
+        return rule.label
+
+    async def enter_default(self) -> None:
+        default = self.engine.flows[self.engine.default_flow]
+        await self.enter(default.name, default.initial)
+
+    async def enter(self, flow_name: str, state_name: str) -> None:
+        flow = self.engine.flows[flow_name]
+        state = flow.states[state_name]
+        self.flow, self.state = flow_name, state_name
+        if state.enter:
+            ctx = self.context(self.vars, flow.constants, flow_name, state_name, {})
+            for action in state.enter:
+                self.out += _replies(await call(action, ctx), f"{flow_name}.{state_name}")
+            self.reminders += ctx.reminders
+        self.say(state.say, flow.constants)
+
+    def context(
+        self,
+        variables: dict[str, Any],
+        const: Mapping[str, Any],
+        flow: str,
+        state: str,
+        groups: Groups,
+    ) -> HookContext:
+        return HookContext(
+            user=self.record,
+            message=self.message,
+            vars=variables,
+            const=const,
+            now=self.now,
+            flow=flow,
+            state=state,
+            match=groups,
+            reminders=[],
+        )
+
+    def say(
+        self,
+        replies: tuple[CompiledReply, ...],
+        const: Mapping[str, Any],
+        groups: Groups = NO_GROUPS,
+    ) -> None:
+        if not replies:
+            return
+        message = {**self.msg, "match": dict(groups)} if groups else self.msg
+        ctx = {
+            "user": self.user,
+            "message": message,
+            "vars": {**self.engine.defaults, **self.vars},
+            "const": const,
+        }
+        self.out += [reply.render(ctx) for reply in replies]
+
+
+def _replies(result: Any, note: str) -> list[Outgoing]:
+    """What an action returned, as replies (``None`` and booleans mean none)."""
+    if result is None or isinstance(result, bool):
+        return []
+    if isinstance(result, str):
+        return [text(result, note=note)]
+    if isinstance(result, Outgoing):
+        return [result]
+    if isinstance(result, list | tuple):
+        return [r for item in result for r in _replies(item, note)]
+    raise TypeError(
+        f"a do: hook returned {type(result).__name__}; return None, a string, an "
+        "Outgoing, or a list of them"
+    )

@@ -1,0 +1,222 @@
+"""Sandboxed Jinja: compiling reply texts once, building the context, checking names.
+
+Flow authors' strings are templates; what users send is *data* placed in the context and
+never compiled, so a user typing ``{{ 7*7 }}`` sees exactly that echoed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from bot.engine._replies import is_template
+from bot.engine.findings import did_you_mean
+from bot.errors import RenderError
+from bot.models import InboundMessage, UserRecord
+
+#: A compiled string: context → value.
+Renderable = Callable[[Mapping[str, Any]], Any]
+
+ROOTS = frozenset({"user", "message", "vars", "const"})
+USER_FIELDS = frozenset(
+    {
+        "key",
+        "wa_id",
+        "user_id",
+        "profile_name",
+        "language",
+        "message_count",
+        "last_inbound_at",
+        "flow",
+        "state",
+    }
+)
+MESSAGE_FIELDS = frozenset(
+    {
+        "wamid",
+        "type",
+        "text",
+        "id",
+        "title",
+        "description",
+        "payload",
+        "caption",
+        "media",
+        "location",
+        "match",
+        "timestamp",
+        "emoji",
+    }
+)
+
+
+def user_context(record: UserRecord) -> dict[str, Any]:
+    """``user`` as templates see it."""
+    return {
+        "key": record.key,
+        "wa_id": record.wa_id,
+        "user_id": record.user_id,
+        "profile_name": record.profile_name,
+        "language": record.language,
+        "message_count": record.message_count,
+        "last_inbound_at": record.last_inbound_at,
+        "flow": record.flow,
+        "state": record.state,
+    }
+
+
+def message_context(message: InboundMessage) -> dict[str, Any]:
+    """``message`` as templates see it (``match`` is filled per rule from regex groups)."""
+    inter, button, media, loc = message.interactive, message.button, message.media, message.location
+    return {
+        "wamid": message.id,
+        "type": message.type,
+        "text": message.text,
+        "id": inter.id if inter else "",
+        "title": inter.title if inter else "",
+        "description": inter.description if inter else "",
+        "payload": button.payload if button else "",
+        "caption": media.caption if media else "",
+        "media": None
+        if media is None
+        else {
+            "kind": media.kind,
+            "id": media.id,
+            "mime_type": media.mime_type,
+            "caption": media.caption,
+            "filename": media.filename,
+            "voice": media.voice,
+        },
+        "location": None
+        if loc is None
+        else {
+            "latitude": loc.latitude,
+            "longitude": loc.longitude,
+            "name": loc.name,
+            "address": loc.address,
+        },
+        "match": {},
+        "timestamp": message.timestamp,
+        "emoji": message.reaction.emoji if message.reaction else "",
+    }
+
+
+class Renderer:
+    """One sandboxed environment; compiles strings once and checks them."""
+
+    def __init__(self) -> None:
+        self.env = ImmutableSandboxedEnvironment(
+            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+        )
+
+    def text(self, source: str, where: str) -> Renderable:
+        """A reply string: rendered by Jinja if it holds markup, else used as it is."""
+        if not is_template(source):
+            return lambda _ctx: source
+        template = self.env.from_string(source)
+
+        def render(ctx: Mapping[str, Any]) -> str:
+            try:
+                return template.render(ctx)
+            except TemplateError as exc:
+                raise RenderError(f"{where}: {exc}") from exc
+
+        return render
+
+    def expression(self, source: str, where: str) -> Renderable:
+        """A template parameter: a Jinja expression, or a template if it holds ``{{``."""
+        if is_template(source):
+            return self.text(source, where)
+        expr = self.env.compile_expression(source, undefined_to_none=False)
+
+        def evaluate(ctx: Mapping[str, Any]) -> str:
+            try:
+                return str(expr(**ctx))
+            except TemplateError as exc:
+                raise RenderError(f"{where}: {exc}") from exc
+
+        return evaluate
+
+    def problems(
+        self,
+        source: str,
+        *,
+        expression: bool,
+        variables: frozenset[str],
+        constants: frozenset[str],
+    ) -> list[tuple[int, str]]:
+        """(1-based line within ``source``, message) for syntax errors and unknown names."""
+        try:
+            if expression and not is_template(source):
+                self.env.compile_expression(source)
+                source = "{{ (" + source + ") }}"
+            ast = self.env.parse(source)
+            self.env.from_string(source)  # unknown filters and tests surface here
+        except TemplateError as exc:
+            lineno = getattr(exc, "lineno", 1) or 1
+            message = getattr(exc, "message", None) or str(exc)
+            return [(lineno, f"Jinja syntax error: {message}")]
+        out = []
+        for name in sorted(meta.find_undeclared_variables(ast) - ROOTS - set(self.env.globals)):
+            out.append(
+                (
+                    _lineno(ast, name),
+                    f"unknown name '{name}'{_root_hint(name, variables, constants)}",
+                )
+            )
+        known = {
+            "user": USER_FIELDS,
+            "message": MESSAGE_FIELDS,
+            "vars": variables,
+            "const": constants,
+        }
+        for root, attr, lineno in _root_lookups(ast):
+            if attr not in known[root]:
+                hint = did_you_mean(attr, known[root])
+                what = "variable" if root == "vars" else "field"
+                if root == "vars" and not hint:
+                    hint = " (declare it under vars: or save: it somewhere)"
+                if root == "const" and not hint:
+                    hint = " (declare it under constants:)"
+                out.append((lineno, f"unknown {what} '{root}.{attr}'{hint}"))
+        return out
+
+
+def _root_lookups(ast: nodes.Template) -> list[tuple[str, str, int]]:
+    found = []
+    for node in ast.find_all(nodes.Getattr):
+        base = node.node
+        if isinstance(base, nodes.Name) and base.name in ROOTS:
+            found.append((base.name, str(node.attr), int(node.lineno)))
+    for item in ast.find_all(nodes.Getitem):
+        base, arg = item.node, item.arg
+        if (
+            isinstance(base, nodes.Name)
+            and base.name in ROOTS
+            and isinstance(arg, nodes.Const)
+            and isinstance(arg.value, str)
+        ):
+            found.append((base.name, arg.value, int(item.lineno)))
+    return found
+
+
+def _lineno(ast: nodes.Template, name: str) -> int:
+    for node in ast.find_all(nodes.Name):
+        if node.name == name:
+            return int(node.lineno)
+    return 1
+
+
+def _root_hint(name: str, variables: frozenset[str], constants: frozenset[str]) -> str:
+    for root, names in (
+        ("vars", variables),
+        ("const", constants),
+        ("user", USER_FIELDS),
+        ("message", MESSAGE_FIELDS),
+    ):
+        if name in names:
+            return f" (did you mean '{root}.{name}'?)"
+    return did_you_mean(name, ROOTS) or " (templates see user, message, vars and const)"

@@ -1,0 +1,47 @@
+"""Hooks of the example flows: plain functions that receive a HookContext.
+
+A real bot would ask a calendar; this one keeps the taken slots in memory so the example
+runs anywhere. Times are relative to the day the message arrives (UTC).
+"""
+
+from __future__ import annotations
+
+from bot.engine import HookContext
+from bot.models import Outgoing, TemplateCall
+
+DAY = 86_400
+_taken: set[str] = {"d2_0900"}  # pretend someone already booked this one
+
+
+def slot_time(slot_id: str, now: float) -> float:
+    """Unix time of a slot id like ``d1_1500`` (day offset, then HHMM), counted from ``now``."""
+    day, hhmm = slot_id.split("_")
+    midnight = now - now % DAY
+    return midnight + int(day[1:]) * DAY + int(hhmm[:2]) * 3600 + int(hhmm[2:]) * 60
+
+
+def slot_available(ctx: HookContext) -> bool:
+    """Condition: the slot just picked is not taken."""
+    return str(ctx.vars.get("slot_id", "")) not in _taken
+
+
+def book_slot(ctx: HookContext) -> None:
+    """Action: take the slot."""
+    _taken.add(str(ctx.vars["slot_id"]))
+
+
+async def schedule_reminder(ctx: HookContext) -> None:
+    """Action: remind the user one hour before the appointment (a template if the window
+    has closed by then, which it usually has)."""
+    name, slot = str(ctx.vars["name"]), str(ctx.vars["slot"])
+    ctx.schedule(
+        Outgoing(
+            message={
+                "type": "text",
+                "text": {"body": f"Reminder: your appointment is at {slot}.", "preview_url": False},
+            },
+            fallback=TemplateCall("appointment_reminder", (name, slot)),
+            note="booking.reminder",
+        ),
+        at=slot_time(str(ctx.vars["slot_id"]), ctx.now) - 3600,
+    )
