@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from transitions.extensions.diagrams_mermaid import Graph
@@ -22,6 +23,9 @@ class _FlowGraph(Graph):
         states, transitions = super()._get_elements()
         if not self.commands:
             transitions = [t for t in transitions if t.get("trigger") != COMMAND_EVENT]
+            used = {t["source"] for t in transitions} | {t.get("dest") for t in transitions}
+            # stand-ins for other flows' states carry a label; drop those only commands reach
+            states = [s for s in states if "label" not in s or s["name"] in used]
         return states, transitions
 
 
@@ -42,5 +46,7 @@ def mermaid(engine: Engine, flow: str, *, commands: bool = False) -> str:
     # transitions writes the title verbatim between front-matter fences; Mermaid expects
     # the ``title:`` key there.
     source = _FlowGraph(machine, commands=commands).get_graph(title=f"title: {flow}").source
-    finals = [f"  {name} --> [*]" for name, s in compiled.states.items() if s.final]
-    return "\n".join([source, *finals]) + "\n"
+    # Mermaid's keyword is ``class``; transitions 0.9.3 writes ``Class``.
+    lines = [re.sub(r"^(\s*)Class ", r"\1class ", line) for line in source.splitlines()]
+    lines += [f"  {name} --> [*]" for name, s in compiled.states.items() if s.final]
+    return "\n".join(lines) + "\n"

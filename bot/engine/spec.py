@@ -120,7 +120,7 @@ class TriggerSpec:
             return "location"
         if self.kind == "regex":
             return f"regex /{self.values[0]}/"
-        shown = " | ".join(self.values)
+        shown = ", ".join(self.values)
         return f"{self.kind} {shown}"
 
 
