@@ -92,6 +92,10 @@ class FakeCloudAPI:
     With ``webhook_url`` and ``app_secret`` set, every accepted message is followed by signed
     status webhooks (``emit_statuses``). With a ``registry``, templates are checked like Meta
     does (unknown → 132001, wrong parameter count → 132000, paused → 132015...).
+    ``phone_number_id="*"`` accepts any number id. For a fake in another process (the
+    sandbox, benchmarks: ``python -m bot.testing``) three control routes mirror the methods:
+    ``GET /_fake/count``, ``GET /_fake/messages`` and ``POST /_fake/inbound``
+    (``{"wa_id": ..., "timestamp": ...}``, like :meth:`user_wrote`).
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class FakeCloudAPI:
         webhook_url: str | None = None,
         app_secret: str | None = None,
         emit_statuses: Sequence[str] = ("sent", "delivered"),
+        port: int = 0,
     ) -> None:
         self.token = token
         self.phone_number_id = phone_number_id
@@ -129,7 +134,7 @@ class FakeCloudAPI:
         self._seq = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._port = 0
+        self._port = port
 
     @property
     def url(self) -> str:
@@ -173,9 +178,12 @@ class FakeCloudAPI:
         """Listen on a free loopback port."""
         app = web.Application()
         app.router.add_post("/{version}/{phone_number_id}/messages", self._handle)
+        app.router.add_get("/_fake/count", self._count)
+        app.router.add_get("/_fake/messages", self._list)
+        app.router.add_post("/_fake/inbound", self._inbound_route)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
         self._client = aiohttp.ClientSession()
@@ -245,7 +253,7 @@ class FakeCloudAPI:
                 raise _Problem(100, f"Unknown or unsupported API version {version}")
             if request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise _Problem(190, "Invalid or missing access token", 401)
-            if request.match_info["phone_number_id"] != self.phone_number_id:
+            if self.phone_number_id not in ("*", request.match_info["phone_number_id"]):
                 pnid = request.match_info["phone_number_id"]
                 raise _Problem(100, f"Object with ID '{pnid}' does not exist")
             if self._failures:
@@ -264,6 +272,18 @@ class FakeCloudAPI:
             return self._accept(body)
         except _Problem as problem:
             return _error(problem)
+
+    async def _count(self, request: web.Request) -> web.Response:
+        return web.json_response({"count": len(self.messages)})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        fields = ("to", "type", "body", "wamid", "time", "error_code")
+        return web.json_response([{k: getattr(m, k) for k in fields} for m in self.messages])
+
+    async def _inbound_route(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        self.user_wrote(str(data["wa_id"]), data.get("timestamp"))
+        return web.json_response({"ok": True})
 
     def _read(self, body: JSON) -> web.Response:
         if body.get("messaging_product") != "whatsapp" or not body.get("message_id"):

@@ -6,14 +6,19 @@ The builders produce complete webhook envelopes as Meta sends them::
 
     body, headers = signed_request(text_message("5511999990000", "hi"), app_secret)
     await client.post("/webhook", data=body, headers=headers)
+
+``python -m bot.testing --port 8081`` runs the fake on its own, for the sandbox and benchmarks.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bot._fake_cloud import FakeCloudAPI, SentMessage
@@ -277,3 +282,39 @@ def signed_request(body: JSON | bytes, app_secret: str) -> tuple[bytes, dict[str
     """The body bytes and the headers Meta would send with them, signature included."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return raw, {"Content-Type": "application/json", SIGNATURE_HEADER: sign(raw, app_secret)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a :class:`FakeCloudAPI` until interrupted (``python -m bot.testing``).
+
+    Standalone, the fake cannot see the users' messages, so the 24-hour rule is off unless
+    ``--enforce-window`` is given (then tell it with ``POST /_fake/inbound``).
+    """
+    parser = argparse.ArgumentParser(prog="python -m bot.testing", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--token", default="test-token")
+    parser.add_argument("--phone-number-id", default="*", help="default: accept any")
+    parser.add_argument("--enforce-window", action="store_true")
+    parser.add_argument("--webhook-url", help="post status webhooks to the bot here")
+    parser.add_argument("--app-secret", help="sign them with this app secret")
+    args = parser.parse_args(argv)
+    fake = FakeCloudAPI(
+        token=args.token,
+        phone_number_id=args.phone_number_id,
+        enforce_window=args.enforce_window,
+        webhook_url=args.webhook_url,
+        app_secret=args.app_secret,
+        port=args.port,
+    )
+
+    async def serve() -> None:
+        async with fake:
+            print(f"fake Cloud API on {fake.url} (token {args.token!r})", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

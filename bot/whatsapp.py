@@ -127,6 +127,11 @@ class CloudAPI:
     Use it as ``async with CloudAPI(...) as api:`` (or ``await api.start()`` / ``close()``),
     or pass a ``session`` the application owns (it is then not closed here).
 
+    Only error answers, timeouts and broken connections are retried, so a message Meta
+    refused is never sent twice. A timeout is the one ambiguous case: Meta may have accepted
+    the message before the answer was lost, and the Cloud API has no idempotency key, so
+    the retry can deliver it twice (at least once beats never for replies).
+
     Args:
         phone_number_id: the sending number's id.
         token: the access token; never logged, masked in ``repr``.

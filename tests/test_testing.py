@@ -298,3 +298,32 @@ class TestFakeWindow:
         async with FakeCloudAPI() as fake:
             with pytest.raises(RuntimeError, match="webhook_url and app_secret"):
                 await fake.emit_status("wamid.X", "read")
+
+
+class TestFakeControlRoutes:
+    async def test_count_messages_and_inbound_over_http(self) -> None:
+        """The /_fake routes let another process tell the fake about users and read results."""
+        fake = FakeCloudAPI(phone_number_id="*", clock=lambda: NOW)
+        async with fake, aiohttp.ClientSession() as session:
+            inbound = {"wa_id": USER, "timestamp": NOW - HOUR}
+            async with session.post(f"{fake.url}/_fake/inbound", json=inbound) as r:
+                assert r.status == 200
+            url = f"{fake.url}/v23.0/ANY-NUMBER/messages"
+            headers = {"Authorization": f"Bearer {fake.token}"}
+            async with session.post(url, json=request(), headers=headers) as r:
+                assert r.status == 200
+            async with session.get(f"{fake.url}/_fake/count") as r:
+                assert await r.json() == {"count": 1}
+            async with session.get(f"{fake.url}/_fake/messages") as r:
+                [listed] = await r.json()
+        assert listed["to"] == USER and listed["body"]["text"] == {"body": "hi"}
+
+    async def test_unknown_phone_number_id_is_refused(self) -> None:
+        """With a fixed phone_number_id, another id is a code 100 error."""
+        async with FakeCloudAPI() as fake, aiohttp.ClientSession() as session:
+            url = f"{fake.url}/v23.0/999/messages"
+            headers = {"Authorization": f"Bearer {fake.token}"}
+            async with session.post(url, json=request(), headers=headers) as r:
+                body = await r.json()
+        assert r.status == 400 and body["error"]["code"] == 100
+        assert "999" in body["error"]["error_data"]["details"]
