@@ -16,6 +16,7 @@ from types import ModuleType
 
 from bot.engine import hooks as hooks_mod
 from bot.engine._check_replies import FallbackChecker, ReplyChecker
+from bot.engine._check_rules import shadowed
 from bot.engine.findings import Finding, did_you_mean, sort_findings
 from bot.engine.loader import load_project
 from bot.engine.render import Renderer
@@ -33,7 +34,6 @@ from bot.engine.spec import (
 
 #: The flow new users start in when nothing else is configured.
 DEFAULT_FLOW = "welcome"
-_TEXT_KINDS = ("text", "keywords", "regex")
 
 
 @dataclass
@@ -289,38 +289,8 @@ class _Checker:
         return module
 
     def _shadowing(self, file: Path, rules: tuple[RuleSpec, ...]) -> None:
-        covered: dict[str, dict[str, int]] = {}  # kind → value (or "*") → line that took it
-        for rule in rules:
-            takers: list[int] = []
-            for t in rule.triggers:
-                kinds = covered.get(t.kind, {})
-                text_any = covered.get("text", {}).get(ANY) if t.kind in _TEXT_KINDS else None
-                whole = covered.get("else", {}).get(ANY) or kinds.get(ANY) or text_any
-                if whole:
-                    takers.append(whole)
-                elif t.values and all(v in kinds for v in t.values):
-                    takers.append(kinds[t.values[0]])
-                else:
-                    for v in t.values:
-                        if v in kinds and t.kind in ("text", "reply", "payload", "media"):
-                            self.add(
-                                file,
-                                t.line,
-                                f"'{v}' is already handled by the rule at line {kinds[v]}",
-                                "warning",
-                            )
-            if len(takers) == len(rule.triggers):
-                self.add(
-                    file,
-                    rule.line,
-                    f"this rule can never fire: the rule at line "
-                    f"{takers[0]} above already catches '{rule.label}'",
-                )
-            if rule.guarded:
-                continue
-            for t in rule.triggers:
-                for v in t.values if t.kind != "regex" else ():
-                    covered.setdefault(t.kind, {}).setdefault(v, rule.line)
+        for line, message, severity in shadowed(rules):
+            self.add(file, line, message, severity)
 
     def _command_overlap(self, file: Path, flow: FlowSpec, rule: RuleSpec) -> None:
         commands = [*flow.commands, *self.p.commands]
