@@ -55,6 +55,7 @@ STATUSES = frozenset(
         "LOCKED",
     }
 )
+_CHAIN_POLICIES = frozenset({"", "auto", "user", "chain"})  # "pick per user", for check_call
 BODY_LIMIT = 1024  # characters of the rendered body
 HEADER_LIMIT = 60  # characters of the rendered text header
 
@@ -172,15 +173,16 @@ class TemplateRegistry:
         self,
         name: str,
         language_policy: str | Sequence[str] = "",
-        params: int | Sequence[str] | None = None,
+        params: int | Sequence[str] | Mapping[str, str] | None = None,
     ) -> list[str]:
         """Problems with a flow's fallback declaration, as readable strings.
 
         Args:
             name: the template name.
-            language_policy: a fixed language code; or ``""``/``"auto"`` when the variant is
-                chosen per user; or the languages in use (each missing one is a warning).
-            params: the parameter count (positional) or names (named); ``None`` skips it.
+            language_policy: a fixed language code; or ``""``/``"auto"``/``"user"`` when the
+                variant is chosen per user; or the languages in use (a missing one warns).
+            params: the count or the values (positional), the names or a name → value
+                mapping (named); ``None`` skips the parameter check.
 
         Returns:
             Errors, and warnings prefixed ``"warning: "``; empty when all is well.
@@ -190,9 +192,8 @@ class TemplateRegistry:
             known = ", ".join(sorted(self.templates)) or "none"
             return [f"template {name!r} is not in {self.path or 'the registry'} (known: {known})"]
         out: list[str] = []
-        fixed = isinstance(language_policy, str) and language_policy not in ("", "auto")
-        if fixed:
-            assert isinstance(language_policy, str)
+        if isinstance(language_policy, str) and language_policy not in _CHAIN_POLICIES:
+            language_policy = normalize_language(language_policy)
             status = template.status(language_policy)
             if status is None:
                 have = ", ".join(sorted(template.variants))
@@ -239,30 +240,26 @@ def status_note(name: str, status: str, languages: Sequence[str]) -> str:
     return f"{where}: it is never sent; fix it in WhatsApp Manager or use another template"
 
 
-def _param_problems(template: Template, params: int | Sequence[str]) -> list[str]:
-    want = template.parameters
+def _param_problems(
+    template: Template, params: int | Sequence[str] | Mapping[str, str]
+) -> list[str]:
+    want, name = template.parameters, template.name
     if template.parameter_format == "positional":
-        if not isinstance(params, int):
-            return [
-                f"template {template.name} is positional: give {len(want)} parameter(s)"
-                " as a list, not names"
-            ]
-        if params != len(want):
-            return [
-                f"template {template.name} takes {len(want)} parameter(s), the flow gives {params}"
-            ]
+        if isinstance(params, Mapping):
+            return [f"template {name} is positional: give {len(want)} value(s) in order, not names"]
+        count = params if isinstance(params, int) else len(params)
+        if count != len(want):
+            return [f"template {name} takes {len(want)} parameter(s), the flow gives {count}"]
         return []
     if isinstance(params, int):
-        return [
-            f"template {template.name} takes named parameters {', '.join(want)}; give them by name"
-        ]
+        return [f"template {name} takes named parameters {', '.join(want)}; give them by name"]
     missing, extra = set(want) - set(params), set(params) - set(want)
     out = []
     if missing:
-        out.append(f"template {template.name}: missing parameter(s) {', '.join(sorted(missing))}")
+        out.append(f"template {name}: missing parameter(s) {', '.join(sorted(missing))}")
     if extra:
         out.append(
-            f"template {template.name}: unknown parameter(s) {', '.join(sorted(extra))}"
+            f"template {name}: unknown parameter(s) {', '.join(sorted(extra))}"
             f" (it takes {', '.join(want)})"
         )
     return out

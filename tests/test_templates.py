@@ -270,6 +270,20 @@ class TestCheckCall:
         assert any("unknown parameter(s) when" in p for p in problems)
         assert "named parameters" in registry.check_call("appointment_confirmation", "", 2)[0]
 
+    def test_values_and_mappings_are_accepted(self, registry: TemplateRegistry) -> None:
+        """A call's own values (tuple or name → value mapping) can be checked directly."""
+        assert registry.check_call("business_hours", "user", ("Ana",)) == []
+        assert (
+            registry.check_call("appointment_confirmation", "auto", {"name": "A", "slot": "B"})
+            == []
+        )
+        assert "is positional" in registry.check_call("business_hours", "", {"name": "A"})[0]
+        assert "the flow gives 2" in registry.check_call("business_hours", "", ("A", "B"))[0]
+
+    def test_fixed_language_is_normalised(self, registry: TemplateRegistry) -> None:
+        """'pt-br' names the pt_BR variant."""
+        assert registry.check_call("business_hours", "pt-br", 1) == []
+
 
 class TestLanguage:
     def test_normalize(self) -> None:
