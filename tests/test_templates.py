@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot.errors import TemplateError
 from bot.models import TemplateCall, UserRecord
@@ -369,6 +371,17 @@ class TestParameters:
         """A parameter over its limit is refused."""
         with pytest.raises(TemplateError, match="over the limit of 5"):
             clean_parameter("abcdef", limit=5)
+
+    @given(st.text(max_size=80))
+    def test_cleaned_text_is_always_acceptable(self, value: str) -> None:
+        """Any text either cleans to something WhatsApp accepts or is refused as empty."""
+        try:
+            text = clean_parameter(value, limit=1024)
+        except TemplateError:
+            assert not value.strip()
+            return
+        assert text == text.strip() and text
+        assert "\n" not in text and "\t" not in text and "     " not in text
 
 
 class TestBuild:
