@@ -554,7 +554,9 @@ def _entries(data: Any, out: _Collector) -> Iterable[tuple[str, int, Any]]:
     """(name, line, entry) for each template, from a list or a mapping, under ``templates:``."""
     if data is None:
         return []
-    if isinstance(data, _Marked) and set(data) == {"templates"}:
+    if isinstance(data, _Marked) and "templates" in data:
+        for key in set(data) - {"templates"}:
+            out.error(data.line_of(key), key, "unknown top-level key; list templates under it")
         line, data = data.line_of("templates"), data["templates"]
         if data is None:
             return []

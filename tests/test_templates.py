@@ -223,6 +223,12 @@ class TestLoad:
         )
         assert "no" in TemplateRegistry.load(path).templates["a"].variants
 
+    def test_unknown_top_level_key(self, tmp_path: Path) -> None:
+        """Next to 'templates:' nothing else is allowed; the stray key is named."""
+        path = write(tmp_path, "version: 2\ntemplates: {}\n")
+        [finding] = errors_of(path)
+        assert (finding.line, finding.message.split(":")[0]) == (1, "version")
+
     def test_missing_file_is_a_finding(self, tmp_path: Path) -> None:
         """An unreadable file is reported, not a traceback."""
         [finding] = errors_of(tmp_path / "absent.yaml")
