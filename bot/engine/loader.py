@@ -263,7 +263,7 @@ class _FlowReader:
         m = r.mapping(node, "a command" if command else "a rule", RULE_KEYS)
         if m is None:
             return None
-        triggers = [self.trigger(k, *m[k]) for k in TRIGGER_KEYS if k in m]
+        triggers = [self.trigger(k, *m[k]) for k in m if k in TRIGGER_KEYS]
         found = [t for t in triggers if t is not None]
         if not triggers:
             r.report(node, f"a rule needs a trigger: one of {', '.join(TRIGGER_KEYS)}")

@@ -81,7 +81,7 @@ def _matcher(trigger: TriggerSpec) -> Matcher:
         pattern = re.compile(rf"(?<!\w)(?:{words})(?!\w)", re.IGNORECASE)
         return lambda v: NO_GROUPS if v.text and pattern.search(v.text) else None
     if trigger.kind == "regex":
-        regex = re.compile(values[0])
+        regex = re.compile(values[0], re.IGNORECASE)  # like text: and keywords:
 
         def search(v: View) -> Groups | None:
             if v.type != "text":
