@@ -58,7 +58,7 @@ class TestLoad:
 
     def test_example_parameters_are_derived_from_the_body(self, registry: TemplateRegistry) -> None:
         """Positional and named parameters come from the body's placeholders."""
-        assert registry.templates["business_hours"].parameters == ("1",)
+        assert registry.templates["business_hours"].parameters == ("1", "2")
         assert registry.templates["appointment_confirmation"].parameters == ("name", "slot")
         assert registry.templates["appointment_confirmation"].parameter_format == "named"
         reminder = registry.templates["appointment_reminder"]
@@ -238,7 +238,7 @@ class TestLoad:
 class TestCheckCall:
     def test_good_call_has_no_problems(self, registry: TemplateRegistry) -> None:
         """An approved template called with its exact parameters is fine."""
-        assert registry.check_call("business_hours", "", 1) == []
+        assert registry.check_call("business_hours", "", 2) == []
         assert registry.check_call("appointment_confirmation", "pt_BR", ["slot", "name"]) == []
 
     def test_unknown_template(self, registry: TemplateRegistry) -> None:
@@ -259,19 +259,19 @@ class TestCheckCall:
 
     def test_fixed_language_must_exist(self, registry: TemplateRegistry) -> None:
         """A fixed language without a variant is an error."""
-        [problem] = registry.check_call("business_hours", "fr_FR", 1)
+        [problem] = registry.check_call("business_hours", "fr_FR", 2)
         assert "no fr_FR variant" in problem
 
     def test_languages_in_use_without_variant_warn(self, registry: TemplateRegistry) -> None:
         """A served language the template lacks is a warning (the chain falls back)."""
-        [problem] = registry.check_call("business_hours", ["en_US", "fr_FR"], 1)
+        [problem] = registry.check_call("business_hours", ["en_US", "fr_FR"], 2)
         assert problem.startswith("warning: ") and "fr_FR" in problem
 
     def test_parameter_count_and_names_must_match(self, registry: TemplateRegistry) -> None:
         """Counts for positional, exact names for named templates."""
         assert (
-            "takes 1 parameter(s), the flow gives 2"
-            in registry.check_call("business_hours", "", 2)[0]
+            "takes 2 parameter(s), the flow gives 3"
+            in registry.check_call("business_hours", "", 3)[0]
         )
         problems = registry.check_call("appointment_confirmation", "", ["name", "when"])
         assert any("missing parameter(s) slot" in p for p in problems)
@@ -280,17 +280,17 @@ class TestCheckCall:
 
     def test_values_and_mappings_are_accepted(self, registry: TemplateRegistry) -> None:
         """A call's own values (tuple or name → value mapping) can be checked directly."""
-        assert registry.check_call("business_hours", "user", ("Ana",)) == []
+        assert registry.check_call("business_hours", "user", ("Ana", "Mon–Fri 9–18")) == []
         assert (
             registry.check_call("appointment_confirmation", "auto", {"name": "A", "slot": "B"})
             == []
         )
         assert "is positional" in registry.check_call("business_hours", "", {"name": "A"})[0]
-        assert "the flow gives 2" in registry.check_call("business_hours", "", ("A", "B"))[0]
+        assert "the flow gives 1" in registry.check_call("business_hours", "", ("A",))[0]
 
     def test_fixed_language_is_normalised(self, registry: TemplateRegistry) -> None:
         """'pt-br' names the pt_BR variant."""
-        assert registry.check_call("business_hours", "pt-br", 1) == []
+        assert registry.check_call("business_hours", "pt-br", 2) == []
 
 
 class TestLanguage:
@@ -393,13 +393,21 @@ class TestParameters:
 class TestBuild:
     def test_positional_exact_json(self, registry: TemplateRegistry) -> None:
         """A positional body parameter has no parameter_name."""
-        call = TemplateCall("business_hours", ("Ana",))
+        call = TemplateCall("business_hours", ("Ana", "seg–sex 9h–18h"))
         assert build_template_message(registry, call, "pt_BR") == {
             "type": "template",
             "template": {
                 "name": "business_hours",
                 "language": {"code": "pt_BR"},
-                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [
+                            {"type": "text", "text": "Ana"},
+                            {"type": "text", "text": "seg–sex 9h–18h"},
+                        ],
+                    }
+                ],
             },
         }
 
@@ -464,14 +472,16 @@ class TestBuild:
     @pytest.mark.parametrize(
         ("call", "message"),
         [
-            (TemplateCall("business_hours", ()), "takes 1 parameter"),
-            (TemplateCall("business_hours", ("a", "b")), "takes 1 parameter"),
+            (TemplateCall("business_hours", ()), "takes 2 parameter"),
+            (TemplateCall("business_hours", ("a",)), "takes 2 parameter"),
+            (TemplateCall("business_hours", ("a", "b", "c")), "takes 2 parameter"),
             (TemplateCall("business_hours", {"1": "Ana"}), "is positional"),
             (TemplateCall("appointment_confirmation", ("Ana", "Tue")), "named parameters"),
             (TemplateCall("appointment_confirmation", {"name": "Ana"}), "missing: slot"),
-            (TemplateCall("business_hours", (" \n ",)), "parameter 1 is empty"),
+            (TemplateCall("business_hours", (" \n ", "9–18")), "parameter 1 is empty"),
+            (TemplateCall("business_hours", ("Ana", " \t ")), "parameter 2 is empty"),
             (TemplateCall("nope", ()), "not in the registry"),
-            (TemplateCall("business_hours", ("x" * 1100,)), "over"),
+            (TemplateCall("business_hours", ("x" * 1100, "9–18")), "over"),
         ],
     )
     def test_mismatch_raises_before_sending(
@@ -484,11 +494,12 @@ class TestBuild:
     def test_missing_variant_raises(self, registry: TemplateRegistry) -> None:
         """Building for a language the template lacks raises."""
         with pytest.raises(TemplateError, match="no fr_FR variant"):
-            build_template_message(registry, TemplateCall("business_hours", ("A",)), "fr_FR")
+            build_template_message(registry, TemplateCall("business_hours", ("A", "B")), "fr_FR")
 
     def test_render_preview(self, registry: TemplateRegistry) -> None:
         """render() shows the text the user would read."""
         template: Template = registry.templates["appointment_update"]
-        assert template.render("es_MX", TemplateCall("appointment_update", ("Ana",))) == (
-            "Hola Ana, hay una novedad sobre tu cita. Responde a este mensaje para verla."
+        call = TemplateCall("appointment_update", ("Ana", "ahora es el martes a las 10:00"))
+        assert template.render("es_MX", call) == (
+            "Hola Ana, una novedad sobre tu cita: ahora es el martes a las 10:00"
         )

@@ -26,7 +26,8 @@ NOW = 1_764_000_000.0
 HOUR = 3600
 POLICY = WindowPolicy(country_languages={"55": "pt_BR", "52": "es_MX", "1": "en_US"})
 TEXT = {"type": "text", "text": {"body": "Your appointment moved.", "preview_url": False}}
-UPDATE = TemplateCall("appointment_update", ("Ana",))
+CHANGE = "moved to Tue 10:00"
+UPDATE = TemplateCall("appointment_update", ("Ana", CHANGE))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,15 @@ class TestDecideFallback:
             "template": {
                 "name": "appointment_update",
                 "language": {"code": "pt_BR"},
-                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}],
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [
+                            {"type": "text", "text": "Ana"},
+                            {"type": "text", "text": CHANGE},
+                        ],
+                    }
+                ],
             },
         }
 
@@ -157,9 +166,13 @@ class TestDecideFallback:
 
     def test_fixed_language_must_be_approved(self, registry: TemplateRegistry) -> None:
         """A call fixing its language gets exactly that variant or nothing."""
-        fixed = Outgoing(TEXT, TemplateCall("appointment_update", ("Ana",), language="es-MX"))
+        fixed = Outgoing(
+            TEXT, TemplateCall("appointment_update", ("Ana", CHANGE), language="es-MX")
+        )
         assert run(user(25), fixed, registry).language == "es_MX"
-        french = Outgoing(TEXT, TemplateCall("appointment_update", ("Ana",), language="fr_FR"))
+        french = Outgoing(
+            TEXT, TemplateCall("appointment_update", ("Ana", CHANGE), language="fr_FR")
+        )
         decision = run(user(25), french, registry)
         assert decision.kind == "skip"
         assert decision.reason == "not sent: template appointment_update has no variant in fr_FR"
@@ -212,28 +225,35 @@ class TestDecideFallback:
         )
         assert "no template registry" in run(user(25), Outgoing(TEXT, UPDATE), None).reason
 
+    @pytest.mark.parametrize("position", [1, 2])
     @pytest.mark.parametrize("value", ["", "   ", "\n"])
-    def test_empty_parameter_is_refused(self, registry: TemplateRegistry, value: str) -> None:
+    def test_empty_parameter_is_refused(
+        self, registry: TemplateRegistry, value: str, position: int
+    ) -> None:
         """An empty parameter skips the send, naming the parameter."""
-        outgoing = Outgoing(TEXT, TemplateCall("appointment_update", (value,)))
+        values = (value, CHANGE) if position == 1 else ("Ana", value)
+        outgoing = Outgoing(TEXT, TemplateCall("appointment_update", values))
         decision = run(user(25), outgoing, registry)
         assert decision.kind == "skip"
-        assert decision.reason.startswith("not sent: template parameter 1 is empty")
+        assert decision.reason.startswith(f"not sent: template parameter {position} is empty")
 
     @pytest.mark.parametrize("value", ["Ana\nMaria", "Ana\tMaria", "Ana     Maria"])
     def test_bad_whitespace_is_normalised(self, registry: TemplateRegistry, value: str) -> None:
         """Newlines, tabs and 5 spaces become one space instead of a 132000-style refusal."""
-        outgoing = Outgoing(TEXT, TemplateCall("appointment_update", (value,)))
+        outgoing = Outgoing(TEXT, TemplateCall("appointment_update", (value, CHANGE)))
         decision = run(user(25), outgoing, registry)
         assert decision.message is not None
         [component] = decision.message["template"]["components"]
-        assert component["parameters"] == [{"type": "text", "text": "Ana Maria"}]
+        assert component["parameters"] == [
+            {"type": "text", "text": "Ana Maria"},
+            {"type": "text", "text": CHANGE},
+        ]
 
     def test_parameter_count_mismatch_is_skipped(self, registry: TemplateRegistry) -> None:
-        """Two values for a one-parameter template are refused before sending."""
-        outgoing = Outgoing(TEXT, TemplateCall("appointment_update", ("Ana", "extra")))
+        """Three values for a two-parameter template are refused before sending."""
+        outgoing = Outgoing(TEXT, TemplateCall("appointment_update", ("Ana", CHANGE, "extra")))
         decision = run(user(25), outgoing, registry)
-        assert decision.kind == "skip" and "takes 1 parameter(s), got 2" in decision.reason
+        assert decision.kind == "skip" and "takes 2 parameter(s), got 3" in decision.reason
 
     def test_after_131047_the_template_is_forced(self, registry: TemplateRegistry) -> None:
         """decide_fallback takes the template path even though the clock says open."""
