@@ -6,36 +6,53 @@ inbox (unique wamid), and only then answer 200; the dispatcher's workers take it
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 
 from bot.config import Config
-from bot.dispatcher import Dispatcher, Handler, UserDrainer
+from bot.dispatcher import Dispatcher, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.metrics import Metrics
+from bot.sender import Sender, Transport
 from bot.store.base import Store
+from bot.templates import TemplateRegistry
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
+from bot.window import WindowPolicy
 
 log = structlog.get_logger("windowbot.app")
 
 
 @dataclass(slots=True)
 class Components:
-    """What the app is made of; ``bot.cli`` builds it from the config, tests build their own."""
+    """What the app is made of; ``bot.runtime`` builds it from the config, tests their own.
+
+    Attributes:
+        store: where everything is kept.
+        handler: the flow engine's ``handle`` (``None``: messages are recorded, not answered).
+        transport: opens the Cloud API client (or a stand-in) for the app's lifetime;
+            ``None`` leaves replies queued in the outbox.
+        registry: the templates fallbacks may use.
+        policy: the window decision's settings.
+    """
 
     store: Store
     handler: Handler | None = None
-    drainer_factory: Callable[[web.Application], UserDrainer | None] | None = None
+    transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
+    registry: TemplateRegistry | None = None
+    policy: WindowPolicy = field(default_factory=WindowPolicy)
 
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+SENDER = web.AppKey("sender", Sender)
 
 
 def create_app(config: Config, components: Components) -> web.Application:
@@ -81,22 +98,29 @@ def _dispatcher_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        drainer = components.drainer_factory(app) if components.drainer_factory else None
-        dispatcher = Dispatcher(
-            app[STORE],
-            handler=components.handler,
-            drainer=drainer,
-            metrics=app[METRICS],
-            concurrency=config.workers.concurrency,
-            lease_seconds=config.workers.lease_seconds,
-            sweep_seconds=config.workers.sweep_seconds,
-        )
-        app[DISPATCHER] = dispatcher
-        await dispatcher.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            drainer = None
+            if components.transport is not None:
+                transport = await stack.enter_async_context(components.transport())
+                drainer = app[SENDER] = Sender(
+                    app[STORE],
+                    transport,
+                    registry=components.registry,
+                    policy=components.policy,
+                    metrics=app[METRICS],
+                )
+            dispatcher = app[DISPATCHER] = Dispatcher(
+                app[STORE],
+                handler=components.handler,
+                drainer=drainer,
+                metrics=app[METRICS],
+                concurrency=config.workers.concurrency,
+                lease_seconds=config.workers.lease_seconds,
+                sweep_seconds=config.workers.sweep_seconds,
+            )
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.stop)
             yield
-        finally:
-            await dispatcher.stop()
 
     return ctx
 

@@ -80,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "graph":
             return commands.graph(config, args.flow, args.output)
         if args.command == "chat":
-            return asyncio.run(commands.chat(config, args.user, args.name))
+            from bot.chat import chat
+
+            if config.log.level in ("debug", "info"):
+                configure_logging("warning", config.log.format)  # keep the conversation readable
+            return asyncio.run(chat(config, args.user, args.name))
         if args.command == "send":
             return asyncio.run(
                 commands.send(

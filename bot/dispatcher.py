@@ -23,7 +23,7 @@ import structlog
 
 from bot.errors import StoreError, VersionConflict
 from bot.metrics import Metrics
-from bot.models import InboundMessage, Outgoing, StatusUpdate, UserRecord
+from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
 from bot.store.base import Store
 
 log = structlog.get_logger("windowbot.dispatcher")
@@ -32,14 +32,51 @@ _BATCH = 64
 _MAX_CONFLICTS = 20
 
 
+class Scheduled(Protocol):
+    """A reminder a hook asked for: a reply, or a template, to send at ``at``."""
+
+    @property
+    def at(self) -> float: ...
+
+    @property
+    def outgoing(self) -> Outgoing | None: ...
+
+    @property
+    def template(self) -> TemplateCall | None: ...
+
+    @property
+    def note(self) -> str: ...
+
+
 class TurnResult(Protocol):
-    """What a handler returns: the user's new record and the replies to queue."""
+    """What a handler returns: the user's new record, the replies and reminders to queue."""
 
     @property
     def record(self) -> UserRecord: ...
 
     @property
     def outgoing(self) -> Sequence[Outgoing]: ...
+
+    @property
+    def reminders(self) -> Sequence[Scheduled]: ...
+
+
+def _scheduled(turn: TurnResult) -> list[Outgoing]:
+    """The turn's reminders as outbox entries that wait for their time."""
+    out = []
+    for reminder in turn.reminders:
+        if reminder.outgoing is not None:
+            out.append(replace(reminder.outgoing, send_at=reminder.at))
+        else:
+            out.append(
+                Outgoing(
+                    message=None,
+                    fallback=reminder.template,
+                    note=reminder.note,
+                    send_at=reminder.at,
+                )
+            )
+    return out
 
 
 Handler = Callable[[UserRecord, InboundMessage, float], Awaitable[TurnResult]]
@@ -236,7 +273,7 @@ class Dispatcher:
                     new = base
                 else:
                     turn = await self.handler(base, message, now)
-                    new, outgoing = turn.record, tuple(turn.outgoing)
+                    new, outgoing = turn.record, (*turn.outgoing, *_scheduled(turn))
             except Exception as exc:
                 bound.exception("message_failed", flow=record.flow, state=record.state)
                 self.metrics.failed += 1

@@ -202,12 +202,15 @@ class Outgoing:
 
     ``message`` is the Cloud API body *without* ``messaging_product``/``to`` (for example
     ``{"type": "text", "text": {"body": "hi", "preview_url": False}}``); ``None`` for a
-    business-initiated template-only send.
+    business-initiated template-only send. A reply with ``send_at`` is a scheduled reminder:
+    it waits in the outbox without holding up the user's other replies, and the window
+    decision is made when it goes out.
     """
 
     message: JSON | None
     fallback: TemplateCall | None = None
     note: str = ""  # why this reply exists (state, trigger); shown in logs and ``bot chat``
+    send_at: float = 0.0  # a reminder: not before this unix time (0: as soon as possible)
 
 
 OutboxState = Literal["pending", "sent", "delivered", "read", "failed", "skipped"]

@@ -2,14 +2,111 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
 import structlog
 from aiohttp import web
 
 from bot.app import Components, create_app
 from bot.config import Config, resolve
+from bot.engine import Engine, FallbackSpec
+from bot.errors import FlowError
+from bot.sender import LogTransport, Transport
 from bot.store import store_from_url
+from bot.templates import Finding, RegistryFileError, TemplateRegistry, check_file
+from bot.whatsapp import CloudAPI
+from bot.window import WindowPolicy
 
 log = structlog.get_logger("windowbot")
+
+TEMPLATES_FILE = "templates.yaml"
+
+
+def load_registry(flows_dir: Path) -> tuple[TemplateRegistry | None, list[Finding]]:
+    """The flows folder's template registry (``None`` without one) and what is wrong in it."""
+    path = flows_dir / TEMPLATES_FILE
+    if not path.is_file():
+        return None, []
+    findings = check_file(path)
+    try:
+        return TemplateRegistry.load(path), findings
+    except RegistryFileError:
+        return None, findings
+
+
+def fallback_checker(registry: TemplateRegistry | None) -> Callable[[FallbackSpec], list[str]]:
+    """How ``bot check`` validates a reply's template fallback against the registry."""
+
+    def check(spec: FallbackSpec) -> list[str]:
+        if registry is None:
+            return [
+                f"template fallback {spec.template!r}: no valid {TEMPLATES_FILE} in the flows "
+                "folder declares it (see `bot check` for that file's own errors)"
+            ]
+        params: int | tuple[str, ...] = spec.names if spec.named else len(spec.params)
+        return registry.check_call(spec.template, spec.language or "user", params)
+
+    return check
+
+
+def window_policy(config: Config) -> WindowPolicy:
+    """The window decision's settings from the config."""
+    return WindowPolicy(
+        margin_seconds=config.window.margin_seconds,
+        country_languages=dict(config.window.country_languages),
+        default_language=config.window.default_language,
+    )
+
+
+@contextlib.asynccontextmanager
+async def make_transport(config: Config) -> AsyncIterator[Transport]:
+    """The Cloud API client, or, in sandbox mode, a transport that logs replies."""
+    if config.sandbox:
+        yield LogTransport()
+        return
+    wa = config.whatsapp
+    async with CloudAPI(
+        phone_number_id=wa.phone_number_id,
+        token=wa.token,
+        base_url=wa.api_url,
+        api_version=wa.api_version,
+        rate_limit=wa.send_rate,
+        timeout=wa.timeout,
+        max_retries=wa.max_retries,
+    ) as api:
+        yield api
+
+
+def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]:
+    """Load and check the flows and templates; raise ``FlowError`` with the whole report."""
+    flows_dir = resolve(config, config.flows.dir)
+    if not flows_dir.is_dir():
+        log.warning("no_flows", flows=str(flows_dir), effect="messages are stored, not answered")
+        return None, None
+    registry, findings = load_registry(flows_dir)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        raise FlowError(
+            f"{TEMPLATES_FILE} has {len(errors)} error(s); run `bot check` for the report:\n"
+            + "\n".join(str(f) for f in errors),
+            list(errors),
+        )
+    engine = Engine.load(
+        flows_dir,
+        fallback_checker=fallback_checker(registry),
+        default_flow=config.flows.default_flow,
+    )
+    for warning in [*findings, *engine.warnings]:
+        log.warning("flow_check_warning", finding=str(warning))
+    log.info(
+        "flows_loaded",
+        flows=sorted(engine.flows),
+        folder=str(flows_dir),
+        templates=sorted(registry.templates) if registry else [],
+    )
+    return engine, registry
 
 
 def build_app(config: Config) -> web.Application:
@@ -29,4 +126,14 @@ def build_app(config: Config) -> web.Application:
             reason="sandbox mode and no WHATSAPP_APP_SECRET",
             effect="ANY caller can post webhooks: set WHATSAPP_APP_SECRET before going live",
         )
-    return create_app(config, Components(store=store))
+    engine, registry = load_engine(config)
+    return create_app(
+        config,
+        Components(
+            store=store,
+            handler=engine.handle if engine is not None else None,
+            transport=lambda: make_transport(config),
+            registry=registry,
+            policy=window_policy(config),
+        ),
+    )

@@ -109,13 +109,18 @@ class Sender:
 
     async def drain(self, record: UserRecord, now: float) -> float | None:
         """Send the user's pending entries in order; return when to retry if one must wait."""
+        next_due: float | None = None
         for entry in await self.store.pending_outbox(record.key, 100):
             if entry.next_attempt_at > now:
-                return entry.next_attempt_at
+                if entry.outgoing.send_at and entry.attempts == 0:
+                    # a reminder that is not due yet: it does not hold up later replies
+                    next_due = min(next_due or entry.next_attempt_at, entry.next_attempt_at)
+                    continue
+                return entry.next_attempt_at  # a retry: later replies wait for it (order)
             retry_at = await self._send(record, entry, now)
             if retry_at is not None:
                 return retry_at
-        return None
+        return next_due
 
     def _can_fall_back(self, entry: OutboxEntry) -> bool:
         return entry.outgoing.fallback is not None and not entry.fallback_sent

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot.dispatcher import Dispatcher
+from bot.engine import Reminder
 from bot.models import InboundMessage, Outgoing, UserRecord
 from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_message
@@ -31,6 +32,7 @@ def message(user: str, n: int, ts: int | None = None) -> InboundMessage:
 class Turn:
     record: UserRecord
     outgoing: tuple[Outgoing, ...] = ()
+    reminders: tuple[Reminder, ...] = ()
 
 
 async def recording_handler(record: UserRecord, msg: InboundMessage, now: float) -> Turn:

@@ -97,7 +97,8 @@ class Store(Protocol):
 
         ``record.version`` is the version that was read (0 for a new user). In one atomic step:
         the record is stored with ``version + 1``, ``outgoing`` is appended to the user's
-        outbox (``seq`` continuing the user's sequence), and the inbox message ``message_id``
+        outbox (``seq`` continuing the user's sequence; an entry's ``next_attempt_at`` is its
+        outgoing's ``send_at``), and the inbox message ``message_id``
         (if any) is marked done. Raises ``VersionConflict`` and changes nothing if the stored
         version differs.
         """
@@ -138,6 +139,7 @@ def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
     return {
         "message": outgoing.message,
         "note": outgoing.note,
+        "send_at": outgoing.send_at,
         "fallback": None
         if fb is None
         else {
@@ -165,7 +167,12 @@ def outgoing_from_json(data: Mapping[str, Any]) -> Outgoing:
             header=tuple(fb.get("header", ())),
             buttons=tuple(fb.get("buttons", ())),
         )
-    return Outgoing(message=data.get("message"), fallback=call, note=data.get("note", ""))
+    return Outgoing(
+        message=data.get("message"),
+        fallback=call,
+        note=data.get("note", ""),
+        send_at=float(data.get("send_at", 0.0)),
+    )
 
 
 def user_to_json(record: UserRecord) -> dict[str, Any]:

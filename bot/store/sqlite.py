@@ -297,11 +297,13 @@ class SQLiteStore:
                     seq=next_seq,
                     outgoing=out,
                     created_at=now,
+                    next_attempt_at=out.send_at,
                 )
                 c.execute(
                     "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
-                    "VALUES (?, ?, ?, 'pending', 0, '', ?)",
-                    (entry.id, entry.user, entry.seq, dumps(outbox_to_json(entry))),
+                    "VALUES (?, ?, ?, 'pending', ?, '', ?)",
+                    (entry.id, entry.user, entry.seq, entry.next_attempt_at,
+                     dumps(outbox_to_json(entry))),
                 )
                 next_seq += 1
             c.execute(
