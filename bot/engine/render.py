@@ -6,6 +6,7 @@ never compiled, so a user typing ``{{ 7*7 }}`` sees exactly that echoed back.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from bot.models import InboundMessage, UserRecord
 Renderable = Callable[[Mapping[str, Any]], Any]
 
 ROOTS = frozenset({"user", "message", "vars", "const"})
+_PATH = re.compile(r"(user|message|vars|const)((?:\.[A-Za-z_]\w*)+)")
 USER_FIELDS = frozenset(
     {
         "key",
@@ -111,6 +113,8 @@ class Renderer:
         self.env = ImmutableSandboxedEnvironment(
             undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
+        # Jinja copies its globals into every render's context; keep only what replies use.
+        self.env.globals = {"range": self.env.globals["range"]}
 
     def text(self, source: str, where: str) -> Renderable:
         """A reply string: rendered by Jinja if it holds markup, else used as it is."""
@@ -138,7 +142,22 @@ class Renderer:
             except TemplateError as exc:
                 raise RenderError(f"{where}: {exc}") from exc
 
-        return evaluate
+        path = _PATH.fullmatch(source.strip())
+        if path is None:
+            return evaluate
+        root, keys = path.group(1), path.group(2).split(".")[1:]
+
+        def lookup(ctx: Mapping[str, Any]) -> str:
+            # ``vars.name`` and the like: plain dict lookups, as Jinja would do them; any
+            # other case (a missing key, an object) goes through Jinja for its exact error.
+            value = ctx[root]
+            for key in keys:
+                if not isinstance(value, Mapping) or key not in value:
+                    return evaluate(ctx)
+                value = value[key]
+            return str(value)
+
+        return lookup
 
     def problems(
         self,

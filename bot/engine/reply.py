@@ -67,14 +67,14 @@ class CompiledReply:
 
     __slots__ = ("body", "fallback", "note")
 
-    def __init__(self, body: Any, fallback: CompiledFallback | None, note: str) -> None:
-        self.body = body
+    def __init__(self, body: dict[str, Any], fallback: CompiledFallback | None, note: str) -> None:
+        self.body = _builder(body)
         self.fallback = fallback
         self.note = note
 
     def render(self, ctx: Mapping[str, Any]) -> Outgoing:
         """The reply for this context."""
-        message = _fill(self.body, ctx)
+        message = self.body(ctx)
         fallback = self.fallback.render(ctx) if self.fallback is not None else None
         return Outgoing(message=message, fallback=fallback, note=self.note)
 
@@ -171,11 +171,23 @@ def _param(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-def _fill(tree: Any, ctx: Mapping[str, Any]) -> Any:
+def _builder(tree: Any) -> Renderable:
+    """A function that builds a fresh copy of ``tree`` with its callables evaluated.
+
+    Compiled once per reply, so rendering walks no tree: each dict or list becomes one
+    comprehension over its precomputed parts, and static parts are copied, never shared
+    (callers may mutate the bodies they get).
+    """
     if callable(tree):
-        return tree(ctx)
+        leaf: Renderable = tree
+        return leaf
     if isinstance(tree, dict):
-        return {k: _fill(v, ctx) for k, v in tree.items()}
+        parts = [
+            (k, _builder(v) if isinstance(v, dict | list) or callable(v) else None, v)
+            for k, v in tree.items()
+        ]
+        return lambda ctx: {k: f(ctx) if f is not None else v for k, f, v in parts}
     if isinstance(tree, list):
-        return [_fill(v, ctx) for v in tree]
-    return tree
+        builders = [_builder(v) for v in tree]
+        return lambda ctx: [f(ctx) for f in builders]
+    return lambda ctx: tree

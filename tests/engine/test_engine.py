@@ -480,3 +480,23 @@ class TestSharedMachines:
             assert flow.machine is machines[name]
             assert len(flow.machine.models) == 0
             assert flow.machine.model_graphs == {}
+
+
+class TestStrictRendering:
+    async def test_missing_value_in_a_fallback_param_raises(self, tmp_path: Path) -> None:
+        """A parameter path through a value that is not there fails loudly, never renders ''."""
+        engine = one_flow(
+            tmp_path,
+            """
+            vars: {where: ""}
+            states:
+              start:
+                say:
+                  - text: Hi
+                    fallback: {template: t, params: [vars.where.latitude]}
+                on: [{else: true, to: end}]
+              end: {final: true}
+            """,
+        )
+        with pytest.raises(RenderError, match="latitude"):
+            await engine.handle(user(), text("x"), NOW)
