@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -57,7 +57,7 @@ async def until(condition: Callable[[], bool], within: float = 15.0) -> None:
 
 @pytest.fixture
 async def bot(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Bot]:
-    window_errors = getattr(request, "param", "sync")
+    window_errors: Literal["sync", "async"] = getattr(request, "param", "sync")
     process = BotProcess(
         {
             "WHATSAPP_APP_SECRET": SECRET,
