@@ -8,13 +8,13 @@ clean is exactly a folder that loads.
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from bot.engine import hooks as hooks_mod
+from bot.engine._check_graph import unreachable
 from bot.engine._check_replies import FallbackChecker, ReplyChecker
 from bot.engine._check_rules import shadowed
 from bot.engine.findings import Finding, did_you_mean, sort_findings
@@ -165,6 +165,12 @@ class _Checker:
 
     def _flow(self, flow: FlowSpec) -> None:
         replies = self._replies_checker(flow.file, flow.constants)
+        if flow.hooks_line and not self.a.hooks_file(flow.hooks).is_file():
+            self.add(
+                flow.file,
+                flow.hooks_line,
+                f"hooks module {self.a.hooks_file(flow.hooks)} not found",
+            )
         if flow.initial and flow.initial not in flow.states:
             self.add(
                 flow.file,
@@ -360,42 +366,7 @@ class _Checker:
                 )
 
     def _reachability(self) -> None:
-        start = self.a.default_flow
-        if start not in self.p.flows:
-            return
-        seen: set[tuple[str, str]] = set()
-        queue = deque([(start, self.p.flows[start].initial)])
-        while queue:
-            node = queue.popleft()
-            flow = self.p.flows.get(node[0])
-            if node in seen or flow is None or node[1] not in flow.states:
-                continue
-            seen.add(node)
-            state = flow.states[node[1]]
-            rules = [*state.rules, *(flow.commands + self.p.commands if state.commands else ())]
-            for rule in rules:
-                if rule.target is not None:
-                    other = self.p.flows.get(rule.target.flow or flow.name)
-                    if other is not None:
-                        queue.append((other.name, rule.target.state or other.initial))
-        for flow in self.p.flows.values():
-            if not any(f == flow.name for f, _ in seen):
-                self.add(
-                    flow.file,
-                    flow.line,
-                    f"flow '{flow.name}' is never entered: no "
-                    f"goto: leads to it and it is not the default flow",
-                    "warning",
-                )
-                continue
-            for state in flow.states.values():
-                if (flow.name, state.name) not in seen:
-                    self.add(
-                        flow.file,
-                        state.line,
-                        f"state '{state.name}' is unreachable: no rule leads to it",
-                        "warning",
-                    )
+        self.a.findings.extend(unreachable(self.p, self.a.default_flow))
 
 
 def _all_rules(project: ProjectSpec, flow: FlowSpec) -> list[RuleSpec]:

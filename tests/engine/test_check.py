@@ -263,6 +263,12 @@ class TestHooks:
         finding = only(check_folder(folder), "hooks module")
         assert finding.line == line(folder, "welcome.yaml", "log_it")
 
+    def test_named_hooks_module_must_exist(self, tmp_path: Path) -> None:
+        """``hooks: name`` pointing at no file is an error at that line, even if unused."""
+        folder = flows(tmp_path, BASE.replace("flow: welcome", "flow: welcome\nhooks: shop_hooks"))
+        finding = only(check_folder(folder), "shop_hooks.py not found")
+        assert finding.line == line(folder, "welcome.yaml", "hooks: shop_hooks")
+
     def test_syntax_error_in_hooks_file(self, tmp_path: Path) -> None:
         """A hooks file that does not import is reported in that file, at its line."""
         flow = BASE.replace("        to: done\n", "        do: [log_it]\n        to: done\n", 1)
