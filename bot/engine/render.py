@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.engine._replies import is_template
@@ -115,12 +115,20 @@ class Renderer:
         )
         # Jinja copies its globals into every render's context; keep only what replies use.
         self.env.globals = {"range": self.env.globals["range"]}
+        self._templates: dict[str, Template] = {}
+
+    def template(self, source: str) -> Template:
+        """The compiled template of ``source``; each distinct string is compiled once."""
+        template = self._templates.get(source)
+        if template is None:
+            template = self._templates[source] = self.env.from_string(source)
+        return template
 
     def text(self, source: str, where: str) -> Renderable:
         """A reply string: rendered by Jinja if it holds markup, else used as it is."""
         if not is_template(source):
             return lambda _ctx: source
-        template = self.env.from_string(source)
+        template = self.template(source)
 
         def render(ctx: Mapping[str, Any]) -> str:
             try:
@@ -173,7 +181,7 @@ class Renderer:
                 self.env.compile_expression(source)
                 source = "{{ (" + source + ") }}"
             ast = self.env.parse(source)
-            self.env.from_string(source)  # unknown filters and tests surface here
+            self.template(source)  # unknown filters and tests surface here
         except TemplateError as exc:
             lineno = getattr(exc, "lineno", 1) or 1
             message = getattr(exc, "message", None) or str(exc)

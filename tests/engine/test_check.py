@@ -50,6 +50,16 @@ class TestExampleFlows:
         assert check_folder(flows(tmp_path)) == []
 
 
+class TestReadmeExample:
+    def test_the_documented_example_checks_clean(self, tmp_path: Path) -> None:
+        """The first YAML example of flows/README.md is a valid flow."""
+        readme = (FLOWS / "README.md").read_text(encoding="utf-8")
+        example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+        hooks = "def slot_available(ctx):\n    return True\n\ndef hold_slot(ctx):\n    pass\n"
+        folder = write(tmp_path / "flows", {"booking.yaml": example, "hooks.py": hooks})
+        assert check_folder(folder) == []
+
+
 class TestYamlSyntax:
     def test_syntax_error_reports_its_line(self, tmp_path: Path) -> None:
         """A YAML syntax error is one finding at the offending line."""
