@@ -23,6 +23,19 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the time of writing (tests and tools swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Set up structlog once, at start-up.
 
@@ -31,7 +44,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         fmt: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise).
         stream: where lines go (default stderr).
     """
-    out = stream or sys.stderr
+    out = stream or _Stderr()
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())

@@ -1,0 +1,198 @@
+"""The ``bot`` command: check, graph, send and chat against the example flows."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.chat import ChatSession, parse_duration
+from bot.cli import main
+from bot.commands import send
+from bot.config import Config, load_config
+from bot.store.sqlite import SQLiteStore
+from bot.testing import FakeCloudAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_for(tmp_path: Path, flows: Path = ROOT / "flows", **env: str) -> Config:
+    return load_config(
+        None,
+        environ={
+            "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+            "BOT_FLOWS_DIR": str(flows),
+            **env,
+        },
+    )
+
+
+class TestCheck:
+    def test_example_flows_pass(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot check on the shipped flows exits 0 and reports no error."""
+        code = main(["--config", str(ROOT / "config.example.toml"), "check"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "0 error(s)" in out and "PENDING" in out  # spring_sale is awaiting approval
+
+    def test_broken_flow_fails_with_file_and_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A typo in a flow makes bot check exit 1 naming the file, line and a suggestion."""
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        text = (flows / "welcome.yaml").read_text().replace("to: hours", "to: hour", 1)
+        (flows / "welcome.yaml").write_text(text)
+        line = text.splitlines().index("        to: hour") + 1
+        monkeypatch.setenv("BOT_FLOWS_DIR", str(flows))
+        assert main(["check"]) == 1
+        out = capsys.readouterr().out
+        assert f"welcome.yaml:{line}: error:" in out and "'hours'" in out
+
+    def test_template_mismatch_is_reported(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A fallback whose parameter count differs from the template is an error at its line."""
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        text = (flows / "welcome.yaml").read_text()
+        text = text.replace(
+            'params: [user.profile_name or "there", const.hours]', "params: [const.hours]", 1
+        )
+        (flows / "welcome.yaml").write_text(text)
+        monkeypatch.setenv("BOT_FLOWS_DIR", str(flows))
+        assert main(["check"]) == 1
+        out = capsys.readouterr().out
+        assert "business_hours" in out and "2 parameter" in out
+
+    def test_bot_run_refuses_broken_flows(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """bot run prints the same report and exits non-zero instead of starting."""
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        (flows / "welcome.yaml").write_text("flow: welcome\ninitial: nowhere\nstates: {}\n")
+        monkeypatch.setenv("BOT_FLOWS_DIR", str(flows))
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+        assert main(["run", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert "welcome.yaml" in err and "nowhere" in err and "Traceback" not in err
+
+    def test_bad_config_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A bad config stops the command with exit 2 and one line naming the key."""
+        bad = tmp_path / "bot.toml"
+        bad.write_text("[server]\nport = 'x'\n")
+        assert main(["--config", str(bad), "check"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "server.port" in err
+
+
+class TestGraph:
+    def test_prints_mermaid(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot graph booking prints a stateDiagram-v2 with the flow's states."""
+        assert main(["--config", str(ROOT / "config.example.toml"), "graph", "booking"]) == 0
+        out = capsys.readouterr().out
+        assert "stateDiagram-v2" in out.splitlines()[:5]
+        assert "ask_name" in out and "confirm" in out
+
+    def test_writes_markdown(self, tmp_path: Path) -> None:
+        """--output writes a Markdown file with a mermaid block."""
+        target = tmp_path / "booking.md"
+        cfg = str(ROOT / "config.example.toml")
+        assert main(["--config", cfg, "graph", "booking", "--output", str(target)]) == 0
+        text = target.read_text()
+        assert text.startswith("# Flow `booking`") and "```mermaid\n" in text
+        assert "stateDiagram-v2" in text and text.rstrip().endswith("```")
+
+    def test_unknown_flow(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown flow name lists the flows there are."""
+        assert main(["--config", str(ROOT / "config.example.toml"), "graph", "bookng"]) == 1
+        assert "booking" in capsys.readouterr().err
+
+
+class TestSend:
+    async def test_template_send_goes_through_decision_and_outbox(self, tmp_path: Path) -> None:
+        """bot send --template to a user who never wrote sends the approved template."""
+        async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
+            cfg = config_for(
+                tmp_path,
+                WHATSAPP_TOKEN="tok",
+                WHATSAPP_PHONE_NUMBER_ID="PN",
+                WHATSAPP_API_URL=fake.url,
+            )
+            code = await send(
+                cfg,
+                "5215512345678",
+                None,
+                "appointment_update",
+                ["Ana", "your dentist moved to Tue 10:00"],
+                "",
+            )
+            assert code == 0
+            (msg,) = fake.messages_to("5215512345678")
+            assert msg.type == "template"
+            assert msg.body["template"]["language"]["code"] == "es_MX"  # country code 52
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        assert await store.pending_outbox("5215512345678", 10) == []
+        await store.close()
+
+    async def test_text_outside_window_is_not_sent(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """bot send --text to a user whose window is closed is recorded as not sent, with why."""
+        async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
+            cfg = config_for(
+                tmp_path,
+                WHATSAPP_TOKEN="tok",
+                WHATSAPP_PHONE_NUMBER_ID="PN",
+                WHATSAPP_API_URL=fake.url,
+            )
+            assert await send(cfg, "15550001234", "hello", None, [], "") == 0
+            assert fake.messages == []
+        assert "not sent" in capsys.readouterr().out
+
+    async def test_unknown_template_is_refused_before_queuing(self, tmp_path: Path) -> None:
+        """A template not in the registry is refused with a clear error; nothing is queued."""
+        from bot.errors import BotError
+
+        with pytest.raises(BotError, match="nosuch"):
+            await send(config_for(tmp_path), "15550001234", None, "nosuch", [], "")
+
+
+class TestChat:
+    async def test_conversation_window_and_state(self, tmp_path: Path) -> None:
+        """A scripted chat books a slot, shows state, and a late message gets a template reply."""
+        out = io.StringIO()
+        async with ChatSession(config_for(tmp_path), "15550009999", "Ana", out) as chat:
+            lines = ["hi", "1", "Ana Souza", "1", "1", "/state", "/wait 25h", "/late 26h menu"]
+            for line in lines:
+                assert await chat.handle_line(line)
+            assert not await chat.handle_line("/quit")
+        text = out.getvalue()
+        assert "Welcome to Lumen Dental" in text
+        assert "What name should the appointment be under?" in text
+        assert "1. Tomorrow 09:00" in text
+        assert "state booked" in text and "'slot': 'Tomorrow 09:00'" in text
+        assert "[template: window closed" in text and "business_hours" in text
+        assert text.count("[session:") >= 5
+
+    async def test_template_text_is_literal(self, tmp_path: Path) -> None:
+        """A user typing Jinja gets it back literally, never evaluated."""
+        out = io.StringIO()
+        async with ChatSession(config_for(tmp_path), "15550009998", "Bo", out) as chat:
+            await chat.handle_line("hello")
+            await chat.handle_line("{{ 7*7 }}")
+        assert "{{ 7*7 }}" in out.getvalue() and "49" not in out.getvalue()
+
+    def test_parse_duration(self) -> None:
+        """Durations accept s/m/h/d and refuse anything else."""
+        assert parse_duration("25h") == 90000 and parse_duration("30m") == 1800
+        with pytest.raises(ValueError, match="25x"):
+            parse_duration("25x")
+        _ = time
