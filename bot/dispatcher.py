@@ -140,6 +140,7 @@ class Dispatcher:
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._active: dict[str, bool] = {}  # user -> notified again while working
+        self._wants: dict[str, set[str]] = {}  # user -> "statuses", "outbox" to look at too
         self._tasks: set[asyncio.Task[None]] = set()
         self._received: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
@@ -171,10 +172,27 @@ class Dispatcher:
 
     # --- entry points -------------------------------------------------------------------
 
-    def notify(self, user: str, received_at: float | None = None, wamid: str = "") -> None:
-        """Say that ``user`` has work; starts a worker unless one is already running."""
+    def notify(
+        self,
+        user: str,
+        received_at: float | None = None,
+        wamid: str = "",
+        *,
+        statuses: bool = False,
+        everything: bool = False,
+    ) -> None:
+        """Say that ``user`` has work; starts a worker unless one is already running.
+
+        A plain notification means "new inbound messages"; ``statuses`` adds status items to
+        apply, ``everything`` (the sweep) also the outbox entries that are due.
+        """
         if wamid and received_at is not None:
             self._received[wamid] = received_at
+        if statuses or everything:
+            wants = self._wants.setdefault(user, set())
+            wants.add("statuses")
+            if everything:
+                wants.add("outbox")
         if user in self._active:
             self._active[user] = True
             return
@@ -192,7 +210,7 @@ class Dispatcher:
         for user in users:
             if user in self._active or self._retry_at.get(user, 0) > now:
                 continue
-            self.notify(user)
+            self.notify(user, everything=True)
             started += 1
         return started
 
@@ -229,15 +247,17 @@ class Dispatcher:
         if not await lease.renew():
             return  # another process has the user; its worker or a later sweep takes this
         try:
-            record: UserRecord | None = None
+            record = await store.get_user(user) or UserRecord(key=user)
             while True:
                 self._active[user] = False
-                record = record or await store.get_user(user) or UserRecord(key=user)
-                statuses = await store.pending_statuses(user, _BATCH)
-                if statuses and self.drainer is not None:
-                    await self.drainer.apply_statuses(record, statuses)
-                if statuses:
-                    await store.finish_statuses([(s.id, s.status) for s in statuses])
+                wants = self._wants.pop(user, set())
+                statuses = []
+                if "statuses" in wants:
+                    statuses = await store.pending_statuses(user, _BATCH)
+                    if statuses and self.drainer is not None:
+                        await self.drainer.apply_statuses(record, statuses)
+                    if statuses:
+                        await store.finish_statuses([(s.id, s.status) for s in statuses])
                 messages = await store.pending_inbound(user, _BATCH)
                 for message in messages:
                     if not await lease.keep():
@@ -245,7 +265,7 @@ class Dispatcher:
                     record = await self._handle(record, message)
                     if self.drainer is not None:
                         await self._drain(record)
-                if not messages and self.drainer is not None:
+                if self.drainer is not None and not messages and (statuses or "outbox" in wants):
                     await self._drain(record)
                 if not statuses and not messages and not self._active.get(user):
                     return
