@@ -40,7 +40,10 @@ async def schedule_reminder(ctx: HookContext) -> None:
                 "type": "text",
                 "text": {"body": f"Reminder: your appointment is at {slot}.", "preview_url": False},
             },
-            fallback=TemplateCall("appointment_reminder", (name, slot)),
+            # named parameters; its quick-reply button comes back as payload CONFIRM
+            fallback=TemplateCall(
+                "appointment_reminder", {"name": name, "slot": slot}, buttons=("CONFIRM",)
+            ),
             note="booking.reminder",
         ),
         at=slot_time(str(ctx.vars["slot_id"]), ctx.now) - 3600,

@@ -129,9 +129,14 @@ class TestBooking:
         midnight = NOW - NOW % 86_400
         assert reminder.at == midnight + 86_400 + 10 * 3600
         assert reminder.outgoing is not None and reminder.outgoing.fallback == TemplateCall(
-            "appointment_reminder", ("Ana Souza", "Tomorrow 11:00")
+            "appointment_reminder",
+            {"name": "Ana Souza", "slot": "Tomorrow 11:00"},
+            buttons=("CONFIRM",),
         )
         assert chat.record.version == 7
+        turn = await chat.send(payload("CONFIRM", "Confirm"))
+        assert bodies(turn) == ["Thanks for confirming, see you then!"]
+        assert chat.at == "booking.booked"
         turn = await chat.send(text("thanks!"))
         assert (turn.trigger, chat.at) == ("restart", "welcome.menu")
 
