@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import Config, resolve
-from bot.engine import Engine, Finding, check_folder, format_findings, mermaid
+from bot.engine import Engine, check_folder, mermaid
 from bot.errors import BotError, ConfigError
+from bot.findings import format_findings
 from bot.models import Outgoing, TemplateCall, UserRecord
 from bot.runtime import fallback_checker, load_registry, make_transport, window_policy
 from bot.sender import Sender
@@ -23,8 +24,10 @@ def check(config: Config) -> int:
         print(f"bot: flows folder {flows_dir} does not exist (set [flows] dir or BOT_FLOWS_DIR)")
         return 1
     registry, template_findings = load_registry(flows_dir)
-    findings = [Finding(f.file, f.line, f.message, f.severity) for f in template_findings]
-    findings += check_folder(flows_dir, fallback_checker=fallback_checker(registry))
+    findings = [
+        *template_findings,
+        *check_folder(flows_dir, fallback_checker=fallback_checker(registry)),
+    ]
     errors = sum(1 for f in findings if f.severity == "error")
     warnings = len(findings) - errors
     if findings:

@@ -13,9 +13,10 @@ from bot.app import Components, create_app
 from bot.config import Config, resolve
 from bot.engine import Engine, FallbackSpec
 from bot.errors import FlowError
+from bot.findings import Finding
 from bot.sender import LogTransport, Transport
 from bot.store import store_from_url
-from bot.templates import Finding, RegistryFileError, TemplateRegistry, check_file
+from bot.templates import RegistryFileError, TemplateRegistry, check_file
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from bot.errors import TemplateError
+from bot.findings import Finding
 from bot.models import JSON, TemplateCall, UserRecord
 
 #: The ten categories this product allows (see WHATSAPP.md); all are utility-type.
@@ -64,24 +65,7 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _WHITESPACE = re.compile(r"\s+")
 
-Severity = Literal["error", "warning"]
 ParameterFormat = Literal["positional", "named"]
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem in a registry file, at a 1-based line (0 for the whole file).
-
-    The same shape as the flow checker's findings, so ``bot check`` can list both together.
-    """
-
-    file: Path
-    line: int
-    message: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.severity}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.errors import TemplateError
+from bot.findings import Finding
 from bot.models import TemplateCall, UserRecord
 from bot.templates import (
-    Finding,
     RegistryFileError,
     Template,
     TemplateRegistry,

@@ -8,10 +8,10 @@ Public API: :class:`Engine` (load a folder, handle a message), :class:`Turn` and
 
 from bot.engine.check import check_folder
 from bot.engine.engine import Engine, Turn
-from bot.engine.findings import Finding, format_findings
 from bot.engine.graph import mermaid
 from bot.engine.hooks import HookContext, Reminder
 from bot.engine.spec import FallbackSpec
+from bot.findings import Finding, format_findings
 
 __all__ = [
     "Engine",

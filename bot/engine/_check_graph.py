@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from bot.engine.findings import Finding
 from bot.engine.spec import ProjectSpec
+from bot.findings import Finding
 
 
 def unreachable(project: ProjectSpec, default_flow: str) -> list[Finding]:

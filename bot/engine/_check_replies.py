@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bot.engine._replies import is_template
-from bot.engine.findings import Finding
 from bot.engine.render import Renderer
 from bot.engine.reply import LIMITS, MAX_BUTTONS, MAX_ROWS
 from bot.engine.spec import FallbackSpec, ReplySpec
+from bot.findings import Finding
 
 FallbackChecker = Callable[[FallbackSpec], list[str]]
 _TEMPLATE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")

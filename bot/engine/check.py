@@ -17,7 +17,6 @@ from bot.engine import hooks as hooks_mod
 from bot.engine._check_graph import unreachable
 from bot.engine._check_replies import FallbackChecker, ReplyChecker
 from bot.engine._check_rules import shadowed
-from bot.engine.findings import Finding, did_you_mean, sort_findings
 from bot.engine.loader import load_project
 from bot.engine.render import Renderer
 from bot.engine.spec import (
@@ -31,6 +30,7 @@ from bot.engine.spec import (
     StateSpec,
     Target,
 )
+from bot.findings import Finding, did_you_mean, sort_findings
 
 #: The flow new users start in when nothing else is configured.
 DEFAULT_FLOW = "welcome"

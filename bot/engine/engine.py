@@ -18,7 +18,6 @@ import structlog
 
 from bot.engine._check_replies import FallbackChecker
 from bot.engine.check import analyze
-from bot.engine.findings import Finding, format_findings
 from bot.engine.hooks import HookContext, Reminder, call, text
 from bot.engine.machine import (
     NO_GROUPS,
@@ -32,6 +31,7 @@ from bot.engine.machine import (
 from bot.engine.render import message_context, user_context
 from bot.engine.reply import CompiledReply
 from bot.errors import FlowError
+from bot.findings import Finding, format_findings
 from bot.models import InboundMessage, Outgoing, UserRecord
 
 log = structlog.get_logger(__name__)

@@ -13,7 +13,6 @@ from yaml.nodes import Node, ScalarNode
 
 from bot.engine._replies import MEDIA_KINDS, ReplyReader
 from bot.engine._yaml import Reader, compose, line_of
-from bot.engine.findings import Finding, did_you_mean
 from bot.engine.spec import (
     ANY,
     FlowSpec,
@@ -26,6 +25,7 @@ from bot.engine.spec import (
     TriggerKind,
     TriggerSpec,
 )
+from bot.findings import Finding, did_you_mean
 
 PROJECT_FILE = "_project.yaml"
 #: Files in the flows folder that are not flows (the template registry owns ``templates.yaml``).

@@ -14,8 +14,8 @@ from jinja2 import StrictUndefined, Template, TemplateError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from bot.engine._replies import is_template
-from bot.engine.findings import did_you_mean
 from bot.errors import RenderError
+from bot.findings import did_you_mean
 from bot.models import InboundMessage, UserRecord
 
 #: A compiled string: context → value.

@@ -302,8 +302,13 @@ class SQLiteStore:
                 c.execute(
                     "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
                     "VALUES (?, ?, ?, 'pending', ?, '', ?)",
-                    (entry.id, entry.user, entry.seq, entry.next_attempt_at,
-                     dumps(outbox_to_json(entry))),
+                    (
+                        entry.id,
+                        entry.user,
+                        entry.seq,
+                        entry.next_attempt_at,
+                        dumps(outbox_to_json(entry)),
+                    ),
                 )
                 next_seq += 1
             c.execute(

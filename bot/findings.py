@@ -1,4 +1,4 @@
-"""Problems found in flow files: what, where, and how bad."""
+"""Problems found in flow and template files: what, where, and how bad."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ Severity = Literal["error", "warning"]
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem in a flow file, at a 1-based line (0 when it concerns the whole file)."""
+    """One problem in a flow or template file, at a 1-based line (0: the whole file)."""
 
     file: Path
     line: int
