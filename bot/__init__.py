@@ -1,20 +1,52 @@
 """windowbot: WhatsApp Business bots as flow files.
 
-The public API is re-exported here; everything else is an implementation detail.
+The public API is re-exported here; modules whose names start with ``_`` are private.
+The test kit (fake Cloud API, webhook builders) is :mod:`bot.testing`.
 """
 
-from bot.errors import BotError, ConfigError, FlowError, StoreError, TemplateError
+from bot.config import Config, load_config
+from bot.engine import Engine, HookContext, Reminder, Turn
+from bot.errors import (
+    BotError,
+    CloudAPIError,
+    ConfigError,
+    FlowError,
+    StoreError,
+    StoreUnavailable,
+    TemplateError,
+    WebhookError,
+)
 from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
+from bot.store import Store, store_from_url
+from bot.templates import TemplateRegistry
+from bot.whatsapp import CloudAPI
+from bot.window import Decision, WindowPolicy, decide
 
 __all__ = [
     "BotError",
+    "CloudAPI",
+    "CloudAPIError",
+    "Config",
     "ConfigError",
+    "Decision",
+    "Engine",
     "FlowError",
+    "HookContext",
     "InboundMessage",
     "Outgoing",
+    "Reminder",
     "StatusUpdate",
+    "Store",
     "StoreError",
+    "StoreUnavailable",
     "TemplateCall",
     "TemplateError",
+    "TemplateRegistry",
+    "Turn",
     "UserRecord",
+    "WebhookError",
+    "WindowPolicy",
+    "decide",
+    "load_config",
+    "store_from_url",
 ]

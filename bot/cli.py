@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -34,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the webhook server")
     run.add_argument("--host", default=None, help="interface to listen on (default 0.0.0.0)")
     run.add_argument("--port", type=int, default=None, help="port (default 8080)")
-    sub.add_parser("check", help="check every flow and template; exit 1 on errors")
+    check = sub.add_parser("check", help="check every flow and template; exit 1 on errors")
+    check.add_argument(
+        "flows_dir",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="the flows folder (default: [flows] dir of the config, or BOT_FLOWS_DIR)",
+    )
     graph = sub.add_parser("graph", help="print a flow as a Mermaid state diagram")
     graph.add_argument("flow", help="the flow's name")
     graph.add_argument("--output", type=Path, default=None, help="write Markdown to this file")
@@ -54,9 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a template parameter (repeat; NAME=VALUE for named templates)",
     )
     send.add_argument("--language", default="", help="template language (default: the chain)")
-    for sp in (run, chat, send):
-        sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    for sp in (graph, sub.choices["check"]):
+    for sp in (run, check, graph, chat, send):  # --config is accepted after the command too
         sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -76,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot import commands
 
         if args.command == "check":
+            if args.flows_dir is not None:
+                config = replace(config, flows=replace(config.flows, dir=args.flows_dir.resolve()))
             return commands.check(config)
         if args.command == "graph":
             return commands.graph(config, args.flow, args.output)
