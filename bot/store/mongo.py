@@ -1,5 +1,12 @@
 """The MongoDB store, on PyMongo's native async driver (a motor database works too).
 
+Collections: ``users`` (``_id`` = user key, the record, ``version``, ``next_seq``), ``inbox``
+(``_id`` = wamid; ``user``, ``ts``, ``status``, ``data``, ``received_at``), ``statuses`` (``_id``
+= ``"{wamid}:{status}"``; ``user`` = recipient, ``applied``), ``outbox`` (``_id`` =
+``outbox_id(user, seq)`` plus the entry's fields) and ``leases`` (``_id`` = user; ``owner``,
+``until``). Payloads are stored through the JSON helpers of :mod:`bot.store.base`, so every
+backend keeps the same data. Deduplication is by ``_id`` (duplicate key errors, per item).
+
 MongoDB only promises atomicity for one document, so :meth:`MongoStore.commit_turn` makes the
 **user document the commit point** instead of using a multi-document transaction:
 
@@ -172,19 +179,13 @@ class MongoStore:
             raise StoreUnavailable(
                 f"MongoDB at {self.description} is unavailable ({what}: {_reason(exc)}); {_CHECK}"
             ) from None
-        except OperationFailure as exc:
-            if exc.code in _AUTH_FAILED:
+        except PyMongoError as exc:
+            if isinstance(exc, OperationFailure) and exc.code in _AUTH_FAILED:
                 raise StoreUnavailable(
                     f"MongoDB at {self.description} refused access ({what}: {_reason(exc)}); "
                     "check the user, password and authSource in the URL"
                 ) from None
-            raise StoreError(
-                f"MongoDB at {self.description}: {what} failed: {_reason(exc)}"
-            ) from exc
-        except PyMongoError as exc:
-            raise StoreError(
-                f"MongoDB at {self.description}: {what} failed: {_reason(exc)}"
-            ) from exc
+            raise StoreError(f"MongoDB at {self.description}: {what}: {_reason(exc)}") from exc
 
     # --- inbox and statuses -------------------------------------------------------------
 
