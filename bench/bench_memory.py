@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_webhook import ROOT, counter, free_port, wait_http  # noqa: E402
-from loadgen import delivery, fire  # noqa: E402
+from bench_webhook import ROOT, counter, free_port, wait_http
+from loadgen import delivery, fire
 
-from bot.models import UserRecord  # noqa: E402
-from bot.store.base import user_to_json  # noqa: E402
-from bot.store.sqlite import SQLiteStore  # noqa: E402
+from bot.models import UserRecord
+from bot.store.base import user_to_json
+from bot.store.sqlite import SQLiteStore
 
 SECRET = "bench-secret"
 
