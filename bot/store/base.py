@@ -95,19 +95,28 @@ class Store(Protocol):
     ) -> UserRecord:
         """Apply one turn atomically and return the stored record.
 
-        ``record.version`` is the version that was read (0 for a new user). In one atomic step:
+        ``record.version`` is the version that was read (0 for a new user). Atomically as far
+        as any reader can tell:
         the record is stored with ``version + 1``, ``outgoing`` is appended to the user's
         outbox (``seq`` continuing the user's sequence; an entry's ``next_attempt_at`` is its
         outgoing's ``send_at``), and the inbox message ``message_id``
         (if any) is marked done. Raises ``VersionConflict`` and changes nothing if the stored
-        version differs.
+        version differs. A user's ``seq`` starts at 0.
+
+        Backends without multi-document transactions (MongoDB) may complete the outbox append
+        and the done mark after the record write, provided ``get_user``, ``pending_inbound``,
+        ``pending_outbox`` and ``commit_turn`` of that user first finish such a turn;
+        ``inbox_counts`` may briefly lag.
         """
 
     async def fail_inbound(self, message_id: str, reason: str, now: float) -> None:
         """Mark an inbox message that cannot be processed as ``failed`` with the reason."""
 
     async def pending_statuses(self, user: str, limit: int) -> list[StatusUpdate]:
-        """The user's unapplied status items (by ``recipient``), oldest first."""
+        """The user's unapplied status items (by ``recipient``), oldest first.
+
+        Ties (same timestamp) by arrival, then sent < delivered < read.
+        """
 
     async def finish_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
         """Mark status items (wamid, status) as applied."""
@@ -116,13 +125,16 @@ class Store(Protocol):
         """The user's entries with status ``pending``, in ``seq`` order."""
 
     async def outbox_by_wamid(self, wamid: str) -> OutboxEntry | None:
-        """The outbox entry whose sent message has this wamid."""
+        """The outbox entry whose sent message has this wamid; ``None`` for an empty wamid."""
 
     async def save_outbox(self, entry: OutboxEntry) -> None:
-        """Replace the stored entry with the same ``id`` (the caller holds the user's lease)."""
+        """Replace the stored entry with the same ``id`` (the caller holds the user's lease).
+
+        A no-op if no entry has that ``id``.
+        """
 
     async def inbox_counts(self) -> dict[str, int]:
-        """Inbox messages by status (``pending``, ``done``, ``failed``), for health and tests."""
+        """Inbox messages by status; always has the keys ``pending``, ``done`` and ``failed``."""
 
 
 # --- serialisation shared by the backends ----------------------------------------------------
@@ -291,11 +303,32 @@ def outbox_id(user: str, seq: int) -> str:
     return f"{user}:{seq}"
 
 
+def new_outbox_entries(
+    user: str, first_seq: int, outgoing: Sequence[Outgoing], now: float
+) -> list[OutboxEntry]:
+    """The outbox entries a turn appends, numbered from ``first_seq``.
+
+    A reminder (``send_at``) is not due before its time; everything else is due at once.
+    """
+    return [
+        OutboxEntry(
+            id=outbox_id(user, seq),
+            user=user,
+            seq=seq,
+            outgoing=out,
+            created_at=now,
+            next_attempt_at=out.send_at,
+        )
+        for seq, out in enumerate(outgoing, start=first_seq)
+    ]
+
+
 __all__ = [
     "Store",
     "dumps",
     "inbound_from_json",
     "inbound_to_json",
+    "new_outbox_entries",
     "outbox_from_json",
     "outbox_id",
     "outbox_to_json",

@@ -56,8 +56,8 @@ from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, User
 from bot.store.base import (
     inbound_from_json,
     inbound_to_json,
+    new_outbox_entries,
     outbox_from_json,
-    outbox_id,
     outbox_to_json,
     status_from_json,
     status_to_json,
@@ -337,17 +337,9 @@ class MongoStore:
         if current is not None:
             await self._finish_turn(current)  # the write below replaces the previous ``_turn``
         seq = 0 if current is None else int(current.get("next_seq", 0))
-        entries = []
-        for out in outgoing:
-            entry = OutboxEntry(
-                id=outbox_id(record.key, seq),
-                user=record.key,
-                seq=seq,
-                outgoing=out,
-                created_at=now,
-            )
-            entries.append({"_id": entry.id, **outbox_to_json(entry)})
-            seq += 1
+        new = new_outbox_entries(record.key, seq, outgoing, now)
+        entries = [{"_id": e.id, **outbox_to_json(e)} for e in new]
+        seq += len(new)
         doc: Doc = {
             "_id": record.key,
             **user_to_json(record),

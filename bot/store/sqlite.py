@@ -27,8 +27,8 @@ from bot.store.base import (
     dumps,
     inbound_from_json,
     inbound_to_json,
+    new_outbox_entries,
     outbox_from_json,
-    outbox_id,
     outbox_to_json,
     status_from_json,
     status_to_json,
@@ -290,27 +290,16 @@ class SQLiteStore:
                 raise VersionConflict(
                     f"user {record.key}: read version {read_version}, stored {current}"
                 )
-            for out in payloads:
-                entry = OutboxEntry(
-                    id=outbox_id(record.key, next_seq),
-                    user=record.key,
-                    seq=next_seq,
-                    outgoing=out,
-                    created_at=now,
-                    next_attempt_at=out.send_at,
-                )
-                c.execute(
-                    "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
-                    "VALUES (?, ?, ?, 'pending', ?, '', ?)",
-                    (
-                        entry.id,
-                        entry.user,
-                        entry.seq,
-                        entry.next_attempt_at,
-                        dumps(outbox_to_json(entry)),
-                    ),
-                )
-                next_seq += 1
+            entries = new_outbox_entries(record.key, next_seq, payloads, now)
+            c.executemany(
+                "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
+                "VALUES (?, ?, ?, 'pending', ?, '', ?)",
+                [
+                    (e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e)))
+                    for e in entries
+                ],
+            )
+            next_seq += len(entries)
             c.execute(
                 "INSERT INTO users (key, version, next_seq, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET version = excluded.version, "
@@ -338,7 +327,8 @@ class SQLiteStore:
         def op(c: sqlite3.Connection) -> list[str]:
             rows = c.execute(
                 "SELECT data FROM statuses WHERE user = ? AND applied = 0 "
-                "ORDER BY ts, received_at LIMIT ?",
+                "ORDER BY ts, received_at, CASE status WHEN 'sent' THEN 0 "
+                "WHEN 'delivered' THEN 1 WHEN 'read' THEN 2 ELSE 3 END LIMIT ?",
                 (user, limit),
             ).fetchall()
             return [r[0] for r in rows]
@@ -365,6 +355,9 @@ class SQLiteStore:
         return [outbox_from_json(json.loads(d)) for d in await self._call(op)]
 
     async def outbox_by_wamid(self, wamid: str) -> OutboxEntry | None:
+        if not wamid:
+            return None
+
         def op(c: sqlite3.Connection) -> str | None:
             row = c.execute("SELECT data FROM outbox WHERE wamid = ?", (wamid,)).fetchone()
             return None if row is None else str(row[0])

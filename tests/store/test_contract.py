@@ -466,6 +466,20 @@ class TestOutbox:
         await store.commit_turn(None, user(), [reply("hi")], NOW)
         assert await store.outbox_by_wamid("wamid.nobody") is None
 
+    async def test_empty_wamid_finds_nothing(self, store: Store) -> None:
+        """Unsent entries (no wamid yet) are never found by an empty wamid."""
+        await store.commit_turn(None, user(), [reply("hi")], NOW)
+        assert await store.outbox_by_wamid("") is None
+
+    async def test_reminder_waits_for_its_time(self, store: Store) -> None:
+        """A reply with ``send_at`` is pending but only due, and work, from that time."""
+        later = dataclasses.replace(reply("remember"), send_at=NOW + 3600)
+        await store.commit_turn(None, user(), [later], NOW)
+        [entry] = await store.pending_outbox(ANA, 10)
+        assert entry.next_attempt_at == NOW + 3600 and entry.outgoing.send_at == NOW + 3600
+        assert await store.users_with_work(NOW + 60, 10) == []
+        assert await store.users_with_work(NOW + 3600, 10) == [ANA]
+
     async def test_pending_outbox_limit_in_seq_order(self, store: Store) -> None:
         """``limit`` takes the lowest ``seq`` first."""
         await store.commit_turn(None, user(), [reply(str(i)) for i in range(5)], NOW)
