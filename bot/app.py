@@ -181,7 +181,7 @@ async def receive(request: web.Request) -> web.Response:
     for status, new in zip(delivery.statuses, seen, strict=True):
         if new:
             metrics.statuses += 1
-            dispatcher.notify(status.recipient, statuses=True)
+            dispatcher.status_arrived(status.recipient, failed=status.status == "failed")
     return web.Response(text="OK")
 
 

@@ -202,6 +202,17 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def status_arrived(self, user: str, *, failed: bool) -> None:
+        """A status item for ``user`` was stored.
+
+        Progress (sent, delivered, read) is applied by the store on the way in; only a
+        ``failed`` status needs the user's worker (it may queue a template fallback), or a
+        status that may have beaten its wamid into the outbox while the worker is sending.
+        Anything else left pending is picked up by the sweep.
+        """
+        if failed or user in self._active:
+            self.notify(user, statuses=True)
+
     async def sweep(self) -> int:
         """Notify every user with work that nobody holds; return how many."""
         now = self._clock()

@@ -57,7 +57,13 @@ class Store(Protocol):
         """Insert messages into the inbox; for each, ``True`` if new, ``False`` if a duplicate."""
 
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
-        """Insert status items; for each, ``True`` if new, ``False`` if seen before."""
+        """Insert status items; for each, ``True`` if new, ``False`` if seen before.
+
+        Delivery progress is applied on the way in: a new ``sent``/``delivered``/``read``
+        whose wamid names an outbox entry moves that entry forward (never back: see
+        :data:`PROGRESS`) and is stored as applied. ``failed`` statuses, and statuses whose
+        wamid is not known (yet), stay pending for the user's worker.
+        """
 
     # --- leases ---------------------------------------------------------------------------
 
@@ -135,6 +141,14 @@ class Store(Protocol):
 
     async def inbox_counts(self) -> dict[str, int]:
         """Inbox messages by status; always has the keys ``pending``, ``done`` and ``failed``."""
+
+
+#: Delivery progress: a status moves an outbox entry forward from these states only.
+PROGRESS: dict[str, tuple[str, ...]] = {
+    "sent": ("pending",),
+    "delivered": ("pending", "sent"),
+    "read": ("pending", "sent", "delivered"),
+}
 
 
 # --- serialisation shared by the backends ----------------------------------------------------
@@ -324,6 +338,7 @@ def new_outbox_entries(
 
 
 __all__ = [
+    "PROGRESS",
     "Store",
     "dumps",
     "inbound_from_json",

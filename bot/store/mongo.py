@@ -54,6 +54,7 @@ from pymongo.errors import (
 from bot.errors import ConfigError, StoreError, StoreUnavailable, VersionConflict
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
 from bot.store.base import (
+    PROGRESS,
     inbound_from_json,
     inbound_to_json,
     new_outbox_entries,
@@ -218,7 +219,19 @@ class MongoStore:
             for s in statuses
         ]
         with self._translate("add_statuses"):
-            return await self._insert_new(self._statuses, docs)
+            fresh = await self._insert_new(self._statuses, docs)
+            for status, new in zip(statuses, fresh, strict=True):
+                if new and status.status in PROGRESS:
+                    await self._apply_progress(status.id, status.status)
+            return fresh
+
+    async def _apply_progress(self, wamid: str, name: str) -> None:
+        """Move the outbox entry ``wamid`` names forward to ``name``; mark the status applied."""
+        moved = await self._outbox.update_one(
+            {"wamid": wamid, "status": {"$in": list(PROGRESS[name])}}, {"$set": {"status": name}}
+        )
+        if moved.matched_count or await self._outbox.find_one({"wamid": wamid}, {"_id": 1}):
+            await self._statuses.update_one({"_id": f"{wamid}:{name}"}, {"$set": {"applied": True}})
 
     async def _insert_new(self, coll: AsyncCollection[Doc], docs: list[Doc]) -> list[bool]:
         """Insert ``docs``; for each, whether it was new (a duplicate ``_id`` is not an error)."""

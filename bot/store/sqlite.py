@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from bot.errors import StoreUnavailable, VersionConflict
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
 from bot.store.base import (
+    PROGRESS,
     dumps,
     inbound_from_json,
     inbound_to_json,
@@ -210,6 +211,9 @@ class SQLiteStore:
                     row,
                 )
                 out.append(cur.rowcount == 1)
+                wamid, name = row[0], row[1]
+                if cur.rowcount == 1 and name in PROGRESS:
+                    _apply_progress(c, wamid, name)
             return out
 
         return await self._call(op)
@@ -359,7 +363,9 @@ class SQLiteStore:
             return None
 
         def op(c: sqlite3.Connection) -> str | None:
-            row = c.execute("SELECT data FROM outbox WHERE wamid = ?", (wamid,)).fetchone()
+            row = c.execute(  # the condition lets SQLite use the partial index
+                "SELECT data FROM outbox WHERE wamid = ? AND wamid != ''", (wamid,)
+            ).fetchone()
             return None if row is None else str(row[0])
 
         data = await self._call(op)
@@ -389,6 +395,20 @@ class SQLiteStore:
             return counts
 
         return await self._call(op)
+
+
+def _apply_progress(c: sqlite3.Connection, wamid: str, name: str) -> None:
+    """Move the outbox entry ``wamid`` names forward to ``name``; mark the status applied."""
+    lower = PROGRESS[name]
+    marks = ",".join("?" * len(lower))
+    c.execute(
+        "UPDATE outbox SET status = ?, data = json_set(data, '$.status', ?) "
+        f"WHERE wamid = ? AND wamid != '' AND status IN ({marks})",
+        (name, name, wamid, *lower),
+    )
+    known = c.execute("SELECT 1 FROM outbox WHERE wamid = ? AND wamid != ''", (wamid,)).fetchone()
+    if known:
+        c.execute("UPDATE statuses SET applied = 1 WHERE wamid = ? AND status = ?", (wamid, name))
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

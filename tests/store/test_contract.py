@@ -441,6 +441,50 @@ class TestStatuses:
         assert await store.pending_statuses(ANA, 10) == []
 
 
+class TestStatusProgress:
+    async def sent_entry(self, store: Store, wamid: str = "wamid.out1") -> OutboxEntry:
+        await store.commit_turn(None, user(), [reply("hi", fallback=True)], NOW)
+        [entry] = await store.pending_outbox(ANA, 10)
+        sent = dataclasses.replace(entry, status="sent", wamid=wamid, sent_as="session")
+        await store.save_outbox(sent)
+        return sent
+
+    async def test_progress_is_applied_on_the_way_in(self, store: Store) -> None:
+        """delivered then read move the entry forward and need no worker."""
+        await self.sent_entry(store)
+        await store.add_statuses([status("wamid.out1", "delivered")], NOW)
+        entry = await store.outbox_by_wamid("wamid.out1")
+        assert entry is not None and entry.status == "delivered"
+        await store.add_statuses([status("wamid.out1", "read", ts=1_764_000_060)], NOW)
+        entry = await store.outbox_by_wamid("wamid.out1")
+        assert entry is not None and entry.status == "read" and entry.sent_as == "session"
+        assert await store.pending_statuses(ANA, 10) == []
+        assert await store.users_with_work(NOW, 10) == []
+
+    async def test_progress_never_moves_back(self, store: Store) -> None:
+        """A delivered that arrives after read leaves the entry read."""
+        await self.sent_entry(store)
+        await store.add_statuses([status("wamid.out1", "read")], NOW)
+        await store.add_statuses([status("wamid.out1", "delivered")], NOW)
+        entry = await store.outbox_by_wamid("wamid.out1")
+        assert entry is not None and entry.status == "read"
+        assert await store.pending_statuses(ANA, 10) == []
+
+    async def test_failed_and_unknown_stay_pending(self, store: Store) -> None:
+        """A failed status, and one for a wamid not in the outbox, wait for the worker."""
+        await self.sent_entry(store)
+        await store.add_statuses(
+            [status("wamid.out1", "failed"), status("wamid.early", "delivered")], NOW
+        )
+        entry = await store.outbox_by_wamid("wamid.out1")
+        assert entry is not None and entry.status == "sent"
+        pending = await store.pending_statuses(ANA, 10)
+        assert sorted((s.id, s.status) for s in pending) == [
+            ("wamid.early", "delivered"),
+            ("wamid.out1", "failed"),
+        ]
+
+
 class TestOutbox:
     async def test_save_and_find_by_wamid(self, store: Store) -> None:
         """A saved entry replaces the stored one and is found again by its wamid."""
