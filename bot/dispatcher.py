@@ -238,15 +238,18 @@ class Dispatcher:
     # --- one user's worker --------------------------------------------------------------
 
     async def _work(self, user: str) -> None:
+        # Each worker is its own task with its own context: every log line written while
+        # handling this user (engine, hooks, sender, store) carries these keys.
+        structlog.contextvars.bind_contextvars(wa_id=user)
         try:
             async with self._slots:
                 await self._work_user(user)
         except asyncio.CancelledError:
             raise
         except StoreError as exc:
-            log.warning("user_work_interrupted", wa_id=user, error=str(exc))
+            log.warning("user_work_interrupted", error=str(exc))
         except Exception:
-            log.exception("user_work_crashed", wa_id=user)
+            log.exception("user_work_crashed")
         finally:
             self._active.pop(user, None)
             if not self._active:
@@ -294,7 +297,9 @@ class Dispatcher:
 
     async def _handle(self, record: UserRecord, message: InboundMessage) -> UserRecord:
         """Run one message's turn and store it atomically; returns the stored record."""
-        bound = log.bind(wa_id=message.user, message_id=message.id)
+        structlog.contextvars.bind_contextvars(
+            message_id=message.id, flow=record.flow, state=record.state
+        )
         for _ in range(_MAX_CONFLICTS):
             now = self._clock()
             base = apply_inbound(record, message)
@@ -306,7 +311,7 @@ class Dispatcher:
                     turn = await self.handler(base, message, now)
                     new, outgoing = turn.record, (*turn.outgoing, *_scheduled(turn))
             except Exception as exc:
-                bound.exception("message_failed", flow=record.flow, state=record.state)
+                log.exception("message_failed")
                 self.metrics.failed += 1
                 await self.store.fail_inbound(message.id, f"{type(exc).__name__}: {exc}", now)
                 self._received.pop(message.id, None)
@@ -322,8 +327,11 @@ class Dispatcher:
             started = self._received.pop(message.id, None)
             if started is not None:
                 self.metrics.latency.observe(time.perf_counter() - started)
-            bound.debug(
-                "message_processed", flow=stored.flow, state=stored.state, replies=len(outgoing)
+            log.debug(
+                "message_processed",
+                to_flow=stored.flow,
+                to_state=stored.state,
+                replies=len(outgoing),
             )
             return stored
         raise VersionConflict(f"user {message.user}: gave up after {_MAX_CONFLICTS} conflicts")

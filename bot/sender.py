@@ -78,6 +78,7 @@ class Sender:
         self.metrics = metrics or Metrics()
         self.on_decision = on_decision
         self._jitter = jitter
+        self._halted_until = 0.0  # 190/131048: no sends before this time, for every user
 
     async def apply_statuses(self, record: UserRecord, statuses: Sequence[StatusUpdate]) -> None:
         """Record delivery progress; a 131047 ``failed`` status queues the fallback once."""
@@ -109,6 +110,14 @@ class Sender:
 
     async def drain(self, record: UserRecord, now: float) -> float | None:
         """Send the user's pending entries in order; return when to retry if one must wait."""
+        if self._halted_until:
+            if now < self._halted_until:
+                return self._halted_until  # the token was refused: keep everything queued
+            self._halted_until = 0.0
+            resume = getattr(self.transport, "resume", None)
+            if resume is not None:
+                log.warning("sending_resumed", after="pause; trying the token again")
+                resume()
         next_due: float | None = None
         for entry in await self.store.pending_outbox(record.key, 100):
             if entry.next_attempt_at > now:
@@ -175,7 +184,8 @@ class Sender:
             )
             return now + delay
         except SendingHalted as exc:
-            bound.error("sending_halted", code=exc.code, error=str(exc))
+            self._halted_until = now + _HALT_PAUSE
+            bound.error("sending_halted", code=exc.code, error=str(exc), retry_in=_HALT_PAUSE)
             await self.store.save_outbox(
                 replace(
                     entry, next_attempt_at=now + _HALT_PAUSE, reason=str(exc), error_code=exc.code
