@@ -117,6 +117,7 @@ def _dispatcher_ctx(
                 concurrency=config.workers.concurrency,
                 lease_seconds=config.workers.lease_seconds,
                 sweep_seconds=config.workers.sweep_seconds,
+                order_window=config.workers.order_window_seconds,
             )
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)

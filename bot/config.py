@@ -86,7 +86,7 @@ class FlowsConfig:
     """Where the flow files are."""
 
     dir: Path = Path("flows")
-    default_flow: str = "welcome"
+    default_flow: str = ""  # "": _project.yaml's default_flow, else "welcome"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,7 @@ class WorkersConfig:
     concurrency: int = 512
     lease_seconds: float = 15.0
     sweep_seconds: float = 2.0
+    order_window_seconds: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +304,8 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
         fail("log.format", f"must be auto, json or console, got {config.log.format!r}")
     if config.workers.concurrency < 1:
         fail("workers.concurrency", "must be at least 1")
+    if config.workers.order_window_seconds < 0:
+        fail("workers.order_window_seconds", "must be >= 0 (0 turns the wait off)")
     if config.workers.lease_seconds <= 0 or config.workers.sweep_seconds <= 0:
         fail("workers.lease_seconds", "and workers.sweep_seconds must be positive")
     if config.window.margin_seconds < 0:

@@ -115,6 +115,9 @@ class Dispatcher:
         concurrency: the most users handled at once in this process.
         lease_seconds: how long a lease lasts before another process may take the user over.
         sweep_seconds: how often to look for work nobody holds.
+        order_window: how long a worker woken by a new message waits before reading the
+            user's pending messages, so that a burst delivered out of order is still handled
+            in timestamp order (adds this much latency to the first reply of a burst).
         clock: ``time.time`` unless a test moves time.
     """
 
@@ -128,6 +131,7 @@ class Dispatcher:
         concurrency: int = 512,
         lease_seconds: float = 15.0,
         sweep_seconds: float = 2.0,
+        order_window: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -137,6 +141,7 @@ class Dispatcher:
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._lease = lease_seconds
         self._sweep_every = sweep_seconds
+        self._order_window = order_window
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._active: dict[str, bool] = {}  # user -> notified again while working
@@ -198,7 +203,8 @@ class Dispatcher:
             return
         self._active[user] = False
         self._idle.clear()
-        task = asyncio.create_task(self._work(user), name=f"windowbot-user-{user}")
+        wait = 0.0 if everything else self._order_window
+        task = asyncio.create_task(self._work(user, wait), name=f"windowbot-user-{user}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -237,11 +243,15 @@ class Dispatcher:
 
     # --- one user's worker --------------------------------------------------------------
 
-    async def _work(self, user: str) -> None:
+    async def _work(self, user: str, wait: float) -> None:
         # Each worker is its own task with its own context: every log line written while
         # handling this user (engine, hooks, sender, store) carries these keys.
         structlog.contextvars.bind_contextvars(wa_id=user)
         try:
+            if wait:
+                # Meta does not promise delivery order: let the rest of a burst land, so
+                # the whole burst is handled in timestamp order.
+                await asyncio.sleep(wait)
             async with self._slots:
                 await self._work_user(user)
         except asyncio.CancelledError:

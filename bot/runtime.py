@@ -97,7 +97,7 @@ def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]
     engine = Engine.load(
         flows_dir,
         fallback_checker=fallback_checker(registry),
-        default_flow=config.flows.default_flow,
+        default_flow=config.flows.default_flow or None,
     )
     for warning in [*findings, *engine.warnings]:
         log.warning("flow_check_warning", finding=str(warning))

@@ -1,9 +1,10 @@
-"""Crash and multi-process behaviour of real ``bot run`` processes on one SQLite file."""
+"""Real ``bot run`` processes on one SQLite file: kill -9, several processes, per-user order."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from pathlib import Path
 
@@ -12,12 +13,15 @@ import pytest
 
 from bot.store.sqlite import SQLiteStore
 from tests.conftest import SECRET, signed
-from tests.server import BotProcess
+from tests.server import ROOT, BotProcess
 
 pytestmark = pytest.mark.slow
 
 
-def delivery(user: str, n: int, ts: int) -> dict[str, object]:
+ORDER_FLOWS = ROOT / "tests" / "data" / "flows_order"
+
+
+def delivery(user: str, n: int, ts: int, text: str = "") -> dict[str, object]:
     """A one-message delivery from ``user``."""
     return {
         "object": "whatsapp_business_account",
@@ -137,3 +141,41 @@ async def test_two_processes_share_one_store(tmp_path: Path) -> None:
     assert "Traceback" not in logs
     assert sum(1 for line in logs.splitlines() if '"message_duplicate"' in line) == len(bodies)
     _ = json
+
+
+async def fifty_at_once(tmp_path: Path, processes: int) -> None:
+    """One user's 50 messages, posted concurrently over ``processes`` servers, in order."""
+    store = SQLiteStore(tmp_path / "bot.db")
+    await store.open()
+    env = {**env_for(tmp_path), "BOT_FLOWS_DIR": str(ORDER_FLOWS)}
+    servers = [BotProcess(env, tmp_path / f"bot{i}.log") for i in range(processes)]
+    user, ts = "15552000001", int(time.time())
+    try:
+        for server in servers:
+            await server.start()
+        urls = [s.url for s in servers]
+        assert await post_all(urls[:1], [delivery(user, 0, ts, "start")]) == [200]
+        await wait_done(store, 1)
+        bodies = [delivery(user, n, ts + n) for n in range(1, 51)]
+        random.Random(processes).shuffle(bodies)
+        assert await post_all(urls, bodies) == [200] * 50
+        counts = await wait_done(store, 51)
+    finally:
+        for server in servers:
+            server.stop()
+    assert counts == {"pending": 0, "done": 51, "failed": 0}
+    record = await store.get_user(user)
+    assert record is not None
+    assert record.variables["seen"] == [f"m{n}" for n in range(1, 51)]
+    assert record.message_count == 51
+    await store.close()
+
+
+async def test_fifty_messages_from_one_user_at_once_in_timestamp_order(tmp_path: Path) -> None:
+    """50 concurrent deliveries from one user are handled oldest first, no update lost."""
+    await fifty_at_once(tmp_path, processes=1)
+
+
+async def test_fifty_messages_over_two_processes_in_timestamp_order(tmp_path: Path) -> None:
+    """The same across two processes sharing the store: one order, one of each."""
+    await fifty_at_once(tmp_path, processes=2)
