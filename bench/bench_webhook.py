@@ -74,6 +74,11 @@ async def main() -> None:
     parser.add_argument("--echo", action="store_true", help="measure bench/echo.py instead")
     parser.add_argument("--e2e", action="store_true", help="flows on, replies to a fake Cloud API")
     parser.add_argument("--store", default="", help="store URL for the spawned bot")
+    parser.add_argument(
+        "--statuses",
+        action="store_true",
+        help="with --e2e: the fake posts signed sent/delivered statuses back, as Meta does",
+    )
     args = parser.parse_args()
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -92,20 +97,23 @@ async def main() -> None:
                 if args.e2e:
                     fport = free_port()
                     fake_url = f"http://127.0.0.1:{fport}"
-                    procs.append(
-                        subprocess.Popen(
-                            [
-                                sys.executable,
-                                "-m",
-                                "bot.testing",
-                                "--port",
-                                str(fport),
-                                "--token",
-                                "bench-token",
-                            ],
-                            env=env,
-                        )
-                    )
+                    fake_cmd = [
+                        sys.executable,
+                        "-m",
+                        "bot.testing",
+                        "--port",
+                        str(fport),
+                        "--token",
+                        "bench-token",
+                    ]
+                    if args.statuses:
+                        fake_cmd += [
+                            "--webhook-url",
+                            f"http://127.0.0.1:{port}/webhook",
+                            "--app-secret",
+                            args.secret,
+                        ]
+                    procs.append(subprocess.Popen(fake_cmd, env=env))
                     await wait_http(f"{fake_url}/_fake/count")
                     env.update(
                         WHATSAPP_TOKEN="bench-token",
