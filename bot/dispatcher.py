@@ -23,8 +23,15 @@ import structlog
 
 from bot.errors import StoreError, VersionConflict
 from bot.metrics import Metrics
-from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
-from bot.store.base import Store
+from bot.models import (
+    InboundMessage,
+    OutboxEntry,
+    Outgoing,
+    StatusUpdate,
+    TemplateCall,
+    UserRecord,
+)
+from bot.store.base import Committed, Store
 
 log = structlog.get_logger("windowbot.dispatcher")
 
@@ -88,8 +95,13 @@ class UserDrainer(Protocol):
     async def apply_statuses(self, record: UserRecord, statuses: Sequence[StatusUpdate]) -> None:
         """Apply status items to the outbox entries they name."""
 
-    async def drain(self, record: UserRecord, now: float) -> float | None:
-        """Send the user's due outbox entries; return when to try again, if something waits."""
+    async def drain(
+        self, record: UserRecord, now: float, fresh: Sequence[OutboxEntry] | None = None
+    ) -> float | None:
+        """Send the user's due outbox entries; return when to try again, if something waits.
+
+        ``fresh``: the caller knows these are the user's only pending entries (skip the read).
+        """
 
 
 def apply_inbound(record: UserRecord, message: InboundMessage) -> UserRecord:
@@ -286,9 +298,12 @@ class Dispatcher:
                 for message in messages:
                     if not await lease.keep():
                         return
-                    record = await self._handle(record, message)
-                    if self.drainer is not None:
-                        await self._drain(record)
+                    committed = await self._handle(record, message)
+                    record = committed.record
+                    if self.drainer is not None and (committed.backlog or committed.entries):
+                        # with nothing older pending, the new replies are all there is to send
+                        fresh = None if committed.backlog else committed.entries
+                        await self._drain(record, fresh)
                 if self.drainer is not None and not messages and (statuses or "outbox" in wants):
                     await self._drain(record)
                 if not statuses and not messages and not self._active.get(user):
@@ -297,16 +312,16 @@ class Dispatcher:
             with contextlib.suppress(StoreError):
                 await store.release_user(user, owner)
 
-    async def _drain(self, record: UserRecord) -> None:
+    async def _drain(self, record: UserRecord, fresh: Sequence[OutboxEntry] | None = None) -> None:
         assert self.drainer is not None
-        retry_at = await self.drainer.drain(record, self._clock())
+        retry_at = await self.drainer.drain(record, self._clock(), fresh)
         if retry_at is None:
             self._retry_at.pop(record.key, None)
         else:
             self._retry_at[record.key] = retry_at
 
-    async def _handle(self, record: UserRecord, message: InboundMessage) -> UserRecord:
-        """Run one message's turn and store it atomically; returns the stored record."""
+    async def _handle(self, record: UserRecord, message: InboundMessage) -> Committed:
+        """Run one message's turn and store it atomically; says what was stored."""
         structlog.contextvars.bind_contextvars(
             message_id=message.id, flow=record.flow, state=record.state
         )
@@ -325,13 +340,13 @@ class Dispatcher:
                 self.metrics.failed += 1
                 await self.store.fail_inbound(message.id, f"{type(exc).__name__}: {exc}", now)
                 self._received.pop(message.id, None)
-                return record
+                return Committed(record, backlog=True)
             try:
-                stored = await self.store.commit_turn(message.id, new, outgoing, now)
+                committed = await self.store.commit_turn(message.id, new, outgoing, now)
             except VersionConflict:
                 record = await self.store.get_user(message.user) or UserRecord(key=message.user)
                 if not await self._still_pending(message):
-                    return record
+                    return Committed(record, backlog=True)
                 continue
             self.metrics.processed += 1
             started = self._received.pop(message.id, None)
@@ -339,11 +354,11 @@ class Dispatcher:
                 self.metrics.latency.observe(time.perf_counter() - started)
             log.debug(
                 "message_processed",
-                to_flow=stored.flow,
-                to_state=stored.state,
+                to_flow=committed.record.flow,
+                to_state=committed.record.state,
                 replies=len(outgoing),
             )
-            return stored
+            return committed
         raise VersionConflict(f"user {message.user}: gave up after {_MAX_CONFLICTS} conflicts")
 
     async def _still_pending(self, message: InboundMessage) -> bool:

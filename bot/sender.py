@@ -108,8 +108,13 @@ class Sender:
             elif _RANK.get(status.status, 0) > _RANK.get(entry.status, -1):
                 await self.store.save_outbox(replace(entry, status=status.status))
 
-    async def drain(self, record: UserRecord, now: float) -> float | None:
-        """Send the user's pending entries in order; return when to retry if one must wait."""
+    async def drain(
+        self, record: UserRecord, now: float, fresh: Sequence[OutboxEntry] | None = None
+    ) -> float | None:
+        """Send the user's pending entries in order; return when to retry if one must wait.
+
+        ``fresh``: entries the caller knows are all that is pending (no need to read them).
+        """
         if self._halted_until:
             if now < self._halted_until:
                 return self._halted_until  # the token was refused: keep everything queued
@@ -119,7 +124,8 @@ class Sender:
                 log.warning("sending_resumed", after="pause; trying the token again")
                 resume()
         next_due: float | None = None
-        for entry in await self.store.pending_outbox(record.key, 100):
+        entries = fresh if fresh is not None else await self.store.pending_outbox(record.key, 100)
+        for entry in entries:
             if entry.next_attempt_at > now:
                 if entry.outgoing.send_at and entry.attempts == 0:
                     # a reminder that is not due yet: it does not hold up later replies

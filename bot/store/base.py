@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from bot.models import (
@@ -33,6 +34,22 @@ from bot.models import (
     TemplateCall,
     UserRecord,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What :meth:`Store.commit_turn` stored.
+
+    Attributes:
+        record: the user's record as stored (``version`` one higher than read).
+        entries: the outbox entries the turn appended, in ``seq`` order.
+        backlog: whether the user had pending outbox entries before this turn (then the
+            sender reads the outbox; otherwise it can send ``entries`` as they are).
+    """
+
+    record: UserRecord
+    entries: tuple[OutboxEntry, ...] = ()
+    backlog: bool = False
 
 
 @runtime_checkable
@@ -98,8 +115,8 @@ class Store(Protocol):
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
-    ) -> UserRecord:
-        """Apply one turn atomically and return the stored record.
+    ) -> Committed:
+        """Apply one turn atomically and say what was stored.
 
         ``record.version`` is the version that was read (0 for a new user). Atomically as far
         as any reader can tell:
@@ -339,6 +356,7 @@ def new_outbox_entries(
 
 __all__ = [
     "PROGRESS",
+    "Committed",
     "Store",
     "dumps",
     "inbound_from_json",

@@ -55,6 +55,7 @@ from bot.errors import ConfigError, StoreError, StoreUnavailable, VersionConflic
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
 from bot.store.base import (
     PROGRESS,
+    Committed,
     inbound_from_json,
     inbound_to_json,
     new_outbox_entries,
@@ -328,11 +329,18 @@ class MongoStore:
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
-    ) -> UserRecord:
+    ) -> Committed:
         with self._translate("commit_turn"):
             doc = await self._write_turn(message_id, record, outgoing, now)
+            # older entries, including any a crashed turn left and _write_turn rolled forward;
+            # this turn's own entries are not inserted until _finish_turn below
+            backlog = bool(outgoing) and (
+                await self._outbox.find_one({"user": record.key, "status": "pending"}, {"_id": 1})
+                is not None
+            )
+            entries = tuple(outbox_from_json(e) for e in doc["_turn"]["entries"])
             await self._finish_turn(doc)
-        return user_from_json(doc)
+        return Committed(user_from_json(doc), entries, backlog)
 
     async def _write_turn(
         self,

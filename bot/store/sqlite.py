@@ -25,6 +25,7 @@ from bot.errors import StoreUnavailable, VersionConflict
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
 from bot.store.base import (
     PROGRESS,
+    Committed,
     dumps,
     inbound_from_json,
     inbound_to_json,
@@ -279,13 +280,13 @@ class SQLiteStore:
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
-    ) -> UserRecord:
+    ) -> Committed:
         read_version = record.version
         stored = user_from_json({**user_to_json(record), "version": read_version + 1})
         data = dumps(user_to_json(stored))
         payloads = list(outgoing)
 
-        def op(c: sqlite3.Connection) -> UserRecord:
+        def op(c: sqlite3.Connection) -> Committed:
             row = c.execute(
                 "SELECT version, next_seq FROM users WHERE key = ?", (record.key,)
             ).fetchone()
@@ -294,6 +295,14 @@ class SQLiteStore:
                 raise VersionConflict(
                     f"user {record.key}: read version {read_version}, stored {current}"
                 )
+            backlog = (
+                bool(payloads)
+                and c.execute(
+                    "SELECT 1 FROM outbox WHERE user = ? AND status = 'pending' LIMIT 1",
+                    (record.key,),
+                ).fetchone()
+                is not None
+            )
             entries = new_outbox_entries(record.key, next_seq, payloads, now)
             c.executemany(
                 "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
@@ -315,7 +324,7 @@ class SQLiteStore:
                     "UPDATE inbox SET status = 'done', finished_at = ? WHERE wamid = ?",
                     (now, message_id),
                 )
-            return stored
+            return Committed(stored, tuple(entries), backlog)
 
         return await self._call(op)
 

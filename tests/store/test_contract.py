@@ -10,7 +10,7 @@ import pytest
 
 from bot.errors import VersionConflict
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, TemplateCall, UserRecord
-from bot.store.base import Store, outbox_id
+from bot.store.base import Committed, Store, outbox_id
 from bot.webhook import parse_message, parse_status
 from tests.store.conftest import Backend
 
@@ -171,14 +171,16 @@ class TestCommitTurn:
     async def test_new_user_is_stored_with_version_one(self, store: Store) -> None:
         """Committing a version-0 record stores it as version 1 and returns what is stored."""
         record = user(variables={"name": "Ana", "cart": {"items": [1, 2]}, "n": 2.5})
-        stored = await store.commit_turn(None, record, [], NOW)
+        stored = (await store.commit_turn(None, record, [], NOW)).record
         assert stored == dataclasses.replace(record, version=1)
         assert await store.get_user(ANA) == stored
 
     async def test_every_commit_bumps_the_version(self, store: Store) -> None:
         """Each commit stores the record with the read version plus one."""
-        first = await store.commit_turn(None, user(), [], NOW)
-        second = await store.commit_turn(None, dataclasses.replace(first, state="asked"), [], NOW)
+        first = (await store.commit_turn(None, user(), [], NOW)).record
+        second = (
+            await store.commit_turn(None, dataclasses.replace(first, state="asked"), [], NOW)
+        ).record
         assert second.version == 2
         got = await store.get_user(ANA)
         assert got is not None
@@ -198,7 +200,7 @@ class TestCommitTurn:
 
     async def test_sequence_continues_across_turns(self, store: Store) -> None:
         """The next turn's replies continue the user's sequence, even after some were sent."""
-        first = await store.commit_turn(None, user(), [reply("a"), reply("b")], NOW)
+        first = (await store.commit_turn(None, user(), [reply("a"), reply("b")], NOW)).record
         [sent, _] = await store.pending_outbox(ANA, 10)
         await store.save_outbox(dataclasses.replace(sent, status="sent", wamid="wamid.out1"))
         await store.commit_turn(None, first, [reply("c")], NOW + 1)
@@ -221,7 +223,7 @@ class TestCommitTurn:
     async def test_stale_version_raises_and_changes_nothing(self, store: Store) -> None:
         """A commit from a stale read raises ``VersionConflict`` and writes nothing at all."""
         await store.add_inbound([inbound("wamid.1")], NOW)
-        stored = await store.commit_turn(None, user(state="first"), [reply("one")], NOW)
+        stored = (await store.commit_turn(None, user(state="first"), [reply("one")], NOW)).record
         before = await store.pending_outbox(ANA, 10)
         with pytest.raises(VersionConflict):
             await store.commit_turn("wamid.1", user(state="stale"), [reply("two")], NOW + 1)
@@ -244,12 +246,24 @@ class TestCommitTurn:
             store.commit_turn(None, user(state="right"), [reply("right")], NOW),
             return_exceptions=True,
         )
-        winners = [r for r in results if isinstance(r, UserRecord)]
+        winners = [r.record for r in results if isinstance(r, Committed)]
         assert len(winners) == 1
         assert sum(isinstance(r, VersionConflict) for r in results) == 1
         assert await store.get_user(ANA) == winners[0]
         [entry] = await store.pending_outbox(ANA, 10)
         assert entry.outgoing == reply(winners[0].state)
+
+    async def test_commit_reports_entries_and_backlog(self, store: Store) -> None:
+        """The commit returns the entries it appended and whether older ones were pending."""
+        first = await store.commit_turn(None, user(), [reply("a"), reply("b")], NOW)
+        assert [e.seq for e in first.entries] == [0, 1] and not first.backlog
+        assert list(first.entries) == await store.pending_outbox(ANA, 10)
+        second = await store.commit_turn(None, first.record, [reply("c")], NOW)
+        assert [e.seq for e in second.entries] == [2] and second.backlog
+        for entry in await store.pending_outbox(ANA, 10):
+            await store.save_outbox(dataclasses.replace(entry, status="sent", wamid=entry.id))
+        third = await store.commit_turn(None, second.record, [reply("d")], NOW)
+        assert not third.backlog and third.entries[0].outgoing == reply("d")
 
     async def test_concurrent_read_modify_write_loses_nothing(self, store: Store) -> None:
         """Fifty concurrent increments that retry on conflict all land, each with its reply."""
@@ -337,7 +351,7 @@ class TestUsersWithWork:
         await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
         assert await store.users_with_work(NOW, 10) == [ANA]
         await store.commit_turn("wamid.1", user(), [], NOW)
-        stored = await store.commit_turn("wamid.2", user(version=1), [], NOW)
+        stored = (await store.commit_turn("wamid.2", user(version=1), [], NOW)).record
         assert stored.version == 2
         assert await store.users_with_work(NOW, 10) == []
 
@@ -536,7 +550,7 @@ class TestDurability:
         """Everything written is there again in a new store on the same data."""
         await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
         await store.add_statuses([status("wamid.o", "read")], NOW)
-        record = await store.commit_turn("wamid.1", user(), [reply("hi")], NOW)
+        record = (await store.commit_turn("wamid.1", user(), [reply("hi")], NOW)).record
         await store.acquire_user(BIA, "w1", NOW + 30, NOW)
         await store.close()
         await store.close()  # twice is fine

@@ -166,7 +166,7 @@ class TestUnavailable:
             store = MongoStore.from_url(f"{server.url}/dying", timeout_ms=300)
             await store.open()
             await store.add_inbound([inbound("wamid.1")], NOW)
-            record = await store.commit_turn("wamid.1", user(), [reply("a")], NOW)
+            record = (await store.commit_turn("wamid.1", user(), [reply("a")], NOW)).record
             [entry] = await store.pending_outbox(ANA, 10)
             server.stop()
             calls: dict[str, Callable[[], Awaitable[Any]]] = {
