@@ -147,3 +147,34 @@ async def test_131047_as_failed_status_sends_the_fallback_once(bot: Bot) -> None
     replies = await bot.replies(user, 2)
     assert [r["type"] for r in replies] == ["interactive", "template"]
     assert bot.fake.messages_to(user)[0].error_code == 131047
+
+
+async def test_booking_replayed_after_downtime_goes_out_as_templates(bot: Bot) -> None:
+    """A whole booking written 30 h ago and delivered late is answered by its fallbacks."""
+    user, t = "5215512340000", time.time() - 30 * 3600
+    bot.fake.user_wrote(user, t + 5)
+    conversation = [
+        text_message(user, "hi", name="Eva", timestamp=t),
+        button_reply(user, "book", "Book", name="Eva", timestamp=t + 1),
+        text_message(user, "Eva Lima", name="Eva", timestamp=t + 2),
+        list_reply(user, "d1_1100", "Tomorrow 11:00", name="Eva", timestamp=t + 3),
+        button_reply(user, "yes", "Confirm", name="Eva", timestamp=t + 4),
+    ]
+    for body in conversation:
+        await bot.post(body)
+    replies = await bot.replies(user, 5)
+    assert [r["type"] for r in replies] == ["template"] * 5
+    names = [r["template"]["name"] for r in replies]
+    assert names == [
+        "business_hours",
+        "appointment_update",
+        "appointment_update",
+        "appointment_update",
+        "appointment_confirmation",
+    ]
+    assert {r["template"]["language"]["code"] for r in replies} == {"es_MX"}
+    confirmation = replies[4]["template"]["components"][0]["parameters"]
+    assert {p["parameter_name"]: p["text"] for p in confirmation} == {
+        "name": "Eva Lima",
+        "slot": "Tomorrow 11:00",
+    }
