@@ -79,7 +79,11 @@ def create_app(config: Config, components: Components) -> web.Application:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = app[STORE]
-    await store.open()
+    try:
+        await store.open()
+    except BaseException:
+        await store.close()  # a half-opened store (a client, a thread) is released
+        raise
     config = app[CONFIG]
     log.info(
         "store_opened",

@@ -7,10 +7,12 @@ for where it differs from MongoDB.
 
 from __future__ import annotations
 
+import gc
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,3 +107,19 @@ def _wait_until_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeou
 
 def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-2000:] if log.exists() else "(no output)"
+
+
+@contextmanager
+def collecting_leaked_sockets() -> Iterator[None]:
+    """Collect the sockets PyMongo's async driver leaks when a connection attempt fails.
+
+    PyMongo 4.20 can leave such a socket unclosed (PYTHON-5867, mongodb/mongo-python-driver
+    PR 2858); its ``ResourceWarning`` would otherwise fail whichever later test happens to run
+    the garbage collector.
+    """
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
-import warnings
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +14,7 @@ from pymongo import AsyncMongoClient, WriteConcern
 from bot.errors import ConfigError, StoreError, StoreUnavailable
 from bot.store.base import outbox_to_json
 from bot.store.mongo import MongoStore, mask_url
-from tests.mongo_server import free_port, running_nx_27017
+from tests.mongo_server import collecting_leaked_sockets, free_port, running_nx_27017
 from tests.store.conftest import Backend
 from tests.store.test_contract import ANA, NOW, inbound, reply, status, user
 
@@ -30,22 +27,6 @@ async def reopen(backend: Backend) -> MongoStore:
     assert isinstance(store, MongoStore)
     await store.open()
     return store
-
-
-@contextmanager
-def collecting_leaked_sockets() -> Iterator[None]:
-    """Collect the sockets PyMongo's async driver leaks when a connection attempt fails.
-
-    PyMongo 4.20 can leave such a socket unclosed (PYTHON-5867, mongodb/mongo-python-driver
-    PR 2858); its ``ResourceWarning`` would otherwise fail whichever later test happens to run
-    the garbage collector.
-    """
-    try:
-        yield
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
 
 
 class TestCrashRecovery:
