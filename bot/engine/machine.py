@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
@@ -156,28 +156,9 @@ def _source(source: str, message: InboundMessage, groups: Groups) -> Any:
     if source == "type":
         return message.type
     if source == "media":
-        return (
-            None
-            if media is None
-            else {
-                "kind": media.kind,
-                "id": media.id,
-                "mime_type": media.mime_type,
-                "caption": media.caption,
-                "filename": media.filename,
-            }
-        )
+        return None if media is None else asdict(media)
     if source == "location":
-        return (
-            None
-            if loc is None
-            else {
-                "latitude": loc.latitude,
-                "longitude": loc.longitude,
-                "name": loc.name,
-                "address": loc.address,
-            }
-        )
+        return None if loc is None else asdict(loc)
     return None
 
 

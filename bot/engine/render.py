@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, meta, nodes
@@ -82,24 +83,8 @@ def message_context(message: InboundMessage) -> dict[str, Any]:
         "description": inter.description if inter else "",
         "payload": button.payload if button else "",
         "caption": media.caption if media else "",
-        "media": None
-        if media is None
-        else {
-            "kind": media.kind,
-            "id": media.id,
-            "mime_type": media.mime_type,
-            "caption": media.caption,
-            "filename": media.filename,
-            "voice": media.voice,
-        },
-        "location": None
-        if loc is None
-        else {
-            "latitude": loc.latitude,
-            "longitude": loc.longitude,
-            "name": loc.name,
-            "address": loc.address,
-        },
+        "media": None if media is None else asdict(media),
+        "location": None if loc is None else asdict(loc),
         "match": {},
         "timestamp": message.timestamp,
         "emoji": message.reaction.emoji if message.reaction else "",
