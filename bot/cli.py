@@ -117,7 +117,11 @@ def _run(config: Config, host: str | None, port: int | None) -> int:
         app,
         host=host or config.server.host,
         port=port or config.server.port,
-        print=None,
+        print=lambda _: log.info(
+            "listening",
+            webhook=f"http://{host or config.server.host}:{port or config.server.port}"
+            f"{config.server.path}",
+        ),
         access_log=None,
         handle_signals=True,
     )
