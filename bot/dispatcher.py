@@ -234,6 +234,7 @@ class Dispatcher:
     async def sweep(self) -> int:
         """Notify every user with work that nobody holds; return how many."""
         now = self._clock()
+        self._forget_stale(now)
         users = await self.store.users_with_work(now, 1000)
         started = 0
         for user in users:
@@ -242,6 +243,13 @@ class Dispatcher:
             self.notify(user, everything=True)
             started += 1
         return started
+
+    def _forget_stale(self, now: float) -> None:
+        """Drop bookkeeping another process made moot (it handled the message, the user)."""
+        self._retry_at = {u: t for u, t in self._retry_at.items() if t > now}
+        if len(self._received) > 10_000:
+            cutoff = time.perf_counter() - 600
+            self._received = {m: t for m, t in self._received.items() if t > cutoff}
 
     async def _sweep_loop(self) -> None:
         while True:
