@@ -48,3 +48,13 @@ async def schedule_reminder(ctx: HookContext) -> None:
         ),
         at=slot_time(str(ctx.vars["slot_id"]), ctx.now) - 3600,
     )
+
+
+def opt_out(ctx: HookContext) -> None:
+    """Action: the user said stop; no more business-initiated (template) messages."""
+    ctx.opt_out()
+
+
+def opt_in(ctx: HookContext) -> None:
+    """Action: the user came back to the menu; reminders and updates may reach them again."""
+    ctx.opt_in()

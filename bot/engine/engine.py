@@ -168,6 +168,7 @@ class _Turn:
         self.vars: dict[str, Any] = dict(record.variables)
         self.out: list[Outgoing] = []
         self.reminders: list[Reminder] = []
+        self.user_changes: dict[str, Any] = {}  # record fields hooks changed (opt-out)
         self.user = user_context(record)
         self.msg = message_context(message)
 
@@ -185,7 +186,9 @@ class _Turn:
             await self.enter_default()
         else:
             trigger = await self.dispatch(state)
-        new = dataclasses.replace(record, flow=self.flow, state=self.state, variables=self.vars)
+        new = dataclasses.replace(
+            record, flow=self.flow, state=self.state, variables=self.vars, **self.user_changes
+        )
         return Turn(new, tuple(self.out), tuple(self.reminders), trigger, source)
 
     async def dispatch(self, state: CompiledState) -> str:
@@ -226,6 +229,7 @@ class _Turn:
             extra += _replies(await call(action, ctx), f"{state.flow}.{state.name}")
         self.vars = scratch
         self.reminders += ctx.reminders
+        self.user_changes.update(ctx.user_changes)
         self.say(rule.say, const, groups)
         self.out += extra
         if rule.target is not None:
@@ -245,6 +249,7 @@ class _Turn:
             for action in state.enter:
                 self.out += _replies(await call(action, ctx), f"{flow_name}.{state_name}")
             self.reminders += ctx.reminders
+            self.user_changes.update(ctx.user_changes)
         self.say(state.say, flow.constants)
 
     def context(

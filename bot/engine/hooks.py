@@ -65,6 +65,16 @@ class HookContext:
     state: str
     match: Mapping[str, str] = field(default_factory=dict)
     reminders: list[Reminder] = field(default_factory=list, repr=False, compare=False)
+    user_changes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def opt_out(self) -> None:
+        """The user asked for no business-initiated messages: templates are no longer sent
+        to them (replies inside an open window still are)."""
+        self.user_changes["opted_out"] = True
+
+    def opt_in(self) -> None:
+        """The user welcomes business-initiated messages again."""
+        self.user_changes["opted_out"] = False
 
     def schedule(
         self,

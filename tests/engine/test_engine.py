@@ -79,6 +79,15 @@ class TestWelcome:
         assert "49" not in str(turn.outgoing)
         assert chat.at == "welcome.help"
 
+    async def test_stop_opts_out_and_menu_opts_back_in(self, engine: Engine) -> None:
+        """'stop' marks the user opted out of templates; coming back to the menu undoes it."""
+        chat = Chat(engine)
+        await chat.send(text("hi"))
+        stopped = await chat.send(text("stop"))
+        assert (stopped.record.state, stopped.record.opted_out) == ("stopped", True)
+        back = await chat.send(text("menu"))
+        assert (back.record.state, back.record.opted_out) == ("menu", False)
+
     async def test_hours_button_by_id(self, engine: Engine) -> None:
         """A reply-button press is matched by its id, not its title."""
         chat = Chat(engine)
