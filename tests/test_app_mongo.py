@@ -22,6 +22,14 @@ from tests.mongo_server import NxServer, collecting_leaked_sockets, running_nx_2
 pytestmark = pytest.mark.mongo
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _collect_driver_leaks() -> Iterator[None]:
+    """After this module, collect sockets PyMongo leaked on failed connects (PYTHON-5867)."""
+    yield
+    with collecting_leaked_sockets():
+        pass
+
+
 @pytest.fixture
 def nx(tmp_path: Path) -> Iterator[NxServer]:
     with running_nx_27017(tmp_path / "nx") as server:
