@@ -171,13 +171,20 @@ class Dispatcher:
         """Start the periodic sweep (its first pass recovers what a crash left behind)."""
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="windowbot-sweep")
 
-    async def stop(self) -> None:
-        """Stop sweeping and let running users finish their current step."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop sweeping, give running workers ``grace`` seconds to finish, then cancel them.
+
+        A worker cancelled mid-send leaves its reply pending (sent again after the restart),
+        so a clean shutdown lets them finish first.
+        """
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -156,3 +156,37 @@ class TestFailuresAndRecovery:
         await dispatcher.idle()
         assert (await store.inbox_counts())["done"] == 1
         await store.close()
+
+
+class TestShutdown:
+    async def test_stop_lets_running_turns_finish(self, tmp_path: Path) -> None:
+        """stop() waits for a turn in progress instead of cancelling it half-way."""
+        store = await opened(tmp_path / "bot.db")
+
+        async def slow(record: UserRecord, msg: InboundMessage, now: float) -> Turn:
+            await asyncio.sleep(0.3)
+            return await recording_handler(record, msg, now)
+
+        await store.add_inbound([message("5511", 0)], 0.0)
+        dispatcher = Dispatcher(store, handler=slow)
+        dispatcher.notify("5511")
+        await asyncio.sleep(0.05)  # the turn has started
+        await dispatcher.stop(grace=5.0)
+        assert (await store.inbox_counts())["done"] == 1
+        await store.close()
+
+    async def test_stop_cancels_after_the_grace_period(self, tmp_path: Path) -> None:
+        """A turn that outlasts the grace period is cancelled; its message stays pending."""
+        store = await opened(tmp_path / "bot.db")
+
+        async def stuck(record: UserRecord, msg: InboundMessage, now: float) -> Turn:
+            await asyncio.sleep(30)
+            return await recording_handler(record, msg, now)
+
+        await store.add_inbound([message("5511", 0)], 0.0)
+        dispatcher = Dispatcher(store, handler=stuck)
+        dispatcher.notify("5511")
+        await asyncio.sleep(0.05)
+        await dispatcher.stop(grace=0.1)
+        assert (await store.inbox_counts())["pending"] == 1
+        await store.close()
