@@ -17,6 +17,7 @@ from bot.errors import (
     WebhookError,
 )
 from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
+from bot.outbound import Outbound
 from bot.store import Store, store_from_url
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI
@@ -33,6 +34,7 @@ __all__ = [
     "FlowError",
     "HookContext",
     "InboundMessage",
+    "Outbound",
     "Outgoing",
     "Reminder",
     "StatusUpdate",

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bot.config import Config, resolve
 from bot.engine import Engine, check_folder, mermaid
-from bot.errors import BotError, ConfigError
+from bot.errors import ConfigError
 from bot.findings import format_findings
-from bot.models import Outgoing, TemplateCall, UserRecord
-from bot.runtime import fallback_checker, load_registry, make_transport, window_policy
-from bot.sender import Sender
-from bot.store import store_from_url
+from bot.models import Outgoing, TemplateCall
+from bot.outbound import Outbound
+from bot.runtime import fallback_checker, load_registry
 
 
 def check(config: Config) -> int:
@@ -73,48 +71,15 @@ async def send(
     language: str,
 ) -> int:
     """Queue a business-initiated message for ``user`` and send it now if nobody holds them."""
-    flows_dir = resolve(config, config.flows.dir)
-    registry, _ = load_registry(flows_dir)
     fallback = None
     if template:
         fallback = TemplateCall(name=template, parameters=parse_params(params), language=language)
-        if registry is None:
-            raise BotError(f"no valid templates.yaml in {flows_dir}: run `bot check`")
-        problems = [
-            p
-            for p in registry.check_call(template, language or "user", fallback.parameters)
-            if not p.startswith("warning")
-        ]
-        if problems:
-            raise BotError(f"template {template}: " + "; ".join(problems))
     message = {"type": "text", "text": {"body": text, "preview_url": False}} if text else None
     outgoing = Outgoing(message=message, fallback=fallback, note="bot send")
-    store = store_from_url(config.store.url, base_dir=config.base_dir)
-    await store.open()
-    try:
-        now = time.time()
-        record = await store.get_user(user) or UserRecord(key=user, wa_id=user)
-        await store.commit_turn(None, record, [outgoing], now)
-        owner = f"bot-send-{now}"
-        if not await store.acquire_user(user, owner, now + 30, now):
-            print(f"queued for {user}; a running bot holds this user and will send it")
-            return 0
-        try:
-            async with make_transport(config) as transport:
-                decisions: list[str] = []
-                sender = Sender(
-                    store,
-                    transport,
-                    registry=registry,
-                    policy=window_policy(config),
-                    on_decision=lambda e, d: decisions.append(f"{d.kind}: {d.reason}"),
-                )
-                record = await store.get_user(user) or record
-                await sender.drain(record, now)
-        finally:
-            await store.release_user(user, owner)
-        for line in decisions:
-            print(line)
-        return 0
-    finally:
-        await store.close()
+    async with Outbound.open(config) as outbound:
+        decisions = await outbound.send(user, outgoing)
+    if not decisions:
+        print(f"queued for {user}; a running bot holds this user and will send it")
+    for decision in decisions:
+        print(f"{decision.kind}: {decision.reason}")
+    return 0
