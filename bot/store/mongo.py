@@ -33,7 +33,6 @@ same way in every backend and on the nx-27017 stand-in used by the tests.
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -42,17 +41,11 @@ from urllib.parse import parse_qsl, urlsplit
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import (
-    BulkWriteError,
-    ConnectionFailure,
-    DuplicateKeyError,
-    OperationFailure,
-    PyMongoError,
-    WriteConcernError,
-)
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteConcernError
 
-from bot.errors import ConfigError, StoreError, StoreUnavailable, VersionConflict
+from bot.errors import ConfigError, StoreError, VersionConflict
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
+from bot.store._mongo_errors import mask_url, translate
 from bot.store.base import (
     PROGRESS,
     Committed,
@@ -70,17 +63,8 @@ from bot.store.base import (
 Doc = dict[str, Any]
 
 _DUPLICATE_KEY = 11000
-_AUTH_FAILED = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
-_CHECK = "check that the server is running and that the URL, credentials and network are right"
 #: Ties between status items with the same timestamp go in the order they happen in.
 _STATUS_RANK = {"sent": 0, "delivered": 1, "read": 2, "failed": 3, "deleted": 4, "warning": 5}
-_SECRET_OPTION = re.compile(r"(?i)([?&][^=&]*(?:password|secret|token)[^=&]*=)[^&]*")
-
-
-def mask_url(url: str) -> str:
-    """``url`` with the password (and secret-looking options) replaced by ``***``."""
-    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:***@", url)
-    return _SECRET_OPTION.sub(r"\1***", masked)
 
 
 class MongoStore:
@@ -174,20 +158,9 @@ class MongoStore:
 
     @contextmanager
     def _translate(self, what: str) -> Iterator[None]:
-        """Turn driver errors into the store's own, with a one-line, password-free message."""
-        try:
+        """Turn driver errors into the store's own (see :func:`_mongo_errors.translate`)."""
+        with translate(self.description, what):
             yield
-        except (ConnectionFailure, WriteConcernError) as exc:
-            raise StoreUnavailable(
-                f"MongoDB at {self.description} is unavailable ({what}: {_reason(exc)}); {_CHECK}"
-            ) from None
-        except PyMongoError as exc:
-            if isinstance(exc, OperationFailure) and exc.code in _AUTH_FAILED:
-                raise StoreUnavailable(
-                    f"MongoDB at {self.description} refused access ({what}: {_reason(exc)}); "
-                    "check the user, password and authSource in the URL"
-                ) from None
-            raise StoreError(f"MongoDB at {self.description}: {what}: {_reason(exc)}") from exc
 
     # --- inbox and statuses -------------------------------------------------------------
 
@@ -460,13 +433,6 @@ async def _aggregate(coll: AsyncCollection[Doc], pipeline: list[Doc]) -> list[Ma
     if inspect.isawaitable(cursor):
         cursor = await cursor
     return cast("list[Mapping[str, Any]]", await cursor.to_list(None))
-
-
-def _reason(exc: PyMongoError) -> str:
-    """The first line of a driver error, without the topology dump or any password."""
-    text = str(exc).split(", Timeout:")[0]
-    text = re.sub(r" \(configured timeouts:[^)]*\)", "", text)
-    return mask_url(text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 __all__ = ["MongoStore", "mask_url"]

@@ -1,0 +1,402 @@
+"""Reading and checking a template registry file (``flows/templates.yaml``).
+
+The YAML is read with a loader that remembers the line of every mapping and key and keeps
+scalars as text, then each entry is checked: every problem becomes a :class:`~bot.findings.Finding`
+with file and line, so one run reports them all. :meth:`bot.templates.TemplateRegistry.load` and
+:func:`bot.templates.check_file` are the public ways in; this module imports the model from
+:mod:`bot.templates`, which imports this one lazily.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.findings import Finding
+from bot.templates import (
+    _PLACEHOLDER,
+    BODY_LIMIT,
+    CATEGORIES,
+    CATEGORY_ALIASES,
+    HEADER_LIMIT,
+    STATUSES,
+    Button,
+    ParameterFormat,
+    RegistryFileError,
+    Template,
+    TemplateRegistry,
+    Variant,
+    _fill,
+    placeholders,
+    status_note,
+)
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")  # "en", "pt_BR"; Meta also has "fil"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_TEMPLATE_KEYS = ("name", "category", "status", "parameter_format", "languages", "description")
+_VARIANT_KEYS = ("body", "header", "buttons", "status")
+_BUTTON_KEYS = ("type", "text", "url")
+
+
+class _Marked(dict[str, Any]):
+    """A YAML mapping that remembers its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Safe YAML with line marks; keys and scalars stay text (``no`` is Norwegian, not False)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Marked:
+    loader.flatten_mapping(node)
+    out = _Marked()
+    out.line, out.key_lines = node.start_mark.line + 1, {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+        if key in out:
+            loader.duplicates.append((key_node.start_mark.line + 1, key))
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
+
+
+def _construct_text(loader: _LineLoader, node: yaml.ScalarNode) -> str:
+    return str(node.value)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+for _tag in ("bool", "int", "float", "timestamp"):
+    _LineLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_text)
+
+
+class _Collector:
+    """Gathers findings for one file so that every problem is reported at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.findings: list[Finding] = []
+
+    def error(self, line: int, key: str, message: str) -> None:
+        self.findings.append(Finding(self.path, line, f"{key}: {message}", "error"))
+
+    def warning(self, line: int, key: str, message: str) -> None:
+        self.findings.append(Finding(self.path, line, f"{key}: {message}", "warning"))
+
+
+def check_file(path: Path) -> list[Finding]:
+    """Every error and warning of a registry file, for ``bot check``."""
+    return _load(path)[1]
+
+
+def load_registry(path: Path) -> TemplateRegistry:
+    """Load a registry file; raise :class:`RegistryFileError` listing every error in it."""
+    registry, findings = _load(path)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        listing = "\n".join(str(f) for f in errors)
+        raise RegistryFileError(f"{path}: {len(errors)} problem(s)\n{listing}", findings)
+    return registry
+
+
+def _load(path: Path) -> tuple[TemplateRegistry, list[Finding]]:
+    out = _Collector(path)
+    templates: dict[str, Template] = {}
+    try:
+        loader = _LineLoader(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        out.error(0, "file", f"cannot read the template registry ({exc}); check the path")
+        return TemplateRegistry({}, str(path)), out.findings
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        out.error(mark.line + 1 if mark else 0, "file", f"not valid YAML: {exc.problem}")
+        return TemplateRegistry({}, str(path)), out.findings
+    finally:
+        loader.dispose()
+    for line, key in loader.duplicates:
+        out.error(line, key, "duplicate key; the second one would silently win, remove one")
+    for name, line, entry in _entries(data, out):
+        template = _template(name, line, entry, out)
+        if template is not None:
+            templates[name] = template
+    warnings = tuple(f for f in out.findings if f.severity == "warning")
+    return TemplateRegistry(templates, str(path), warnings), out.findings
+
+
+def _entries(data: Any, out: _Collector) -> Iterable[tuple[str, int, Any]]:
+    """(name, line, entry) for each template, from a list or a mapping, under ``templates:``."""
+    if data is None:
+        return []
+    if isinstance(data, _Marked) and "templates" in data:
+        for key in set(data) - {"templates"}:
+            out.error(data.line_of(key), key, "unknown top-level key; list templates under it")
+        line, data = data.line_of("templates"), data["templates"]
+        if data is None:
+            return []
+    else:
+        line = getattr(data, "line", 1)
+    entries: list[tuple[str, int, Any]] = []
+    seen: set[str] = set()
+    if isinstance(data, _Marked):
+        items = [(name, data.line_of(name), entry) for name, entry in data.items()]
+    elif isinstance(data, list):
+        items = []
+        for i, entry in enumerate(data):
+            where = entry.line if isinstance(entry, _Marked) else line
+            name = entry.get("name") if isinstance(entry, _Marked) else None
+            if not isinstance(name, str) or not name:
+                out.error(where, f"templates[{i}]", "each template needs a 'name'")
+                continue
+            items.append((name, where, entry))
+    else:
+        out.error(line, "templates", "must be a list of templates or a mapping name → template")
+        return []
+    for name, where, entry in items:
+        if name in seen:
+            out.error(where, name, "declared twice; keep one")
+        seen.add(name)
+        entries.append((name, where, entry))
+    return entries
+
+
+def _template(name: str, line: int, entry: Any, out: _Collector) -> Template | None:
+    if not isinstance(entry, _Marked):
+        out.error(line, name, "must be a mapping with category, status and languages")
+        return None
+    before = len(out.findings)
+    for key in entry:
+        if key not in _TEMPLATE_KEYS:
+            out.error(
+                entry.line_of(key),
+                f"{name}.{key}",
+                f"unknown key; expected one of {', '.join(_TEMPLATE_KEYS)}",
+            )
+    if not re.fullmatch(r"[a-z0-9_]{1,512}", name):
+        out.error(line, name, "template names are lowercase letters, digits and underscores")
+    if "name" in entry and entry["name"] != name:
+        out.error(entry.line_of("name"), f"{name}.name", "differs from the key it is filed under")
+    category = _category(name, entry, out)
+    status = entry.get("status")
+    if status is not None and status not in STATUSES:
+        out.error(
+            entry.line_of("status"),
+            f"{name}.status",
+            f"{status!r} is not a template status; use one of {', '.join(sorted(STATUSES))}",
+        )
+    fmt = entry.get("parameter_format")
+    if fmt is not None and fmt not in ("positional", "named"):
+        out.error(
+            entry.line_of("parameter_format"),
+            f"{name}.parameter_format",
+            "must be 'positional' ({{1}}) or 'named' ({{first_name}})",
+        )
+    languages = entry.get("languages")
+    if not isinstance(languages, _Marked) or not languages:
+        out.error(
+            entry.line_of("languages"),
+            f"{name}.languages",
+            "declare at least one language variant, e.g. 'en_US: {body: ...}'",
+        )
+        return None
+    variants: dict[str, Variant] = {}
+    shapes: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
+    for code, raw in languages.items():
+        key, vline = f"{name}.languages.{code}", languages.line_of(code)
+        variant = _variant(code, raw, key, vline, status, out)
+        if variant is not None:
+            variants[code] = variant
+            shapes[code] = (
+                tuple(placeholders(variant.body)),
+                tuple(placeholders(variant.header)),
+                tuple(b.kind + ("+" if b.dynamic else "") for b in variant.buttons),
+            )
+    if not variants:
+        return None
+    first = next(iter(variants))
+    body_params, header_params, _ = shapes[first]
+    if fmt is None:
+        fmt = "positional" if all(p.isdigit() for p in body_params + header_params) else "named"
+    for code, (body, header, buttons) in shapes.items():
+        vline, key = languages.line_of(code), f"{name}.languages.{code}"
+        for part, params in (("body", body), ("header", header)):
+            _check_placeholders(params, fmt, f"{key}.{part}", vline, out)
+        if set(body) != set(body_params) or len(body) != len(body_params):
+            out.error(
+                vline,
+                f"{key}.body",
+                f"parameters {', '.join(body) or 'none'} differ from"
+                f" {first}'s ({', '.join(body_params) or 'none'}); every variant takes"
+                " the same parameters",
+            )
+        if set(header) != set(header_params):
+            out.error(vline, f"{key}.header", f"header parameters differ from {first}'s")
+        if buttons != shapes[first][2]:
+            out.error(
+                vline,
+                f"{key}.buttons",
+                f"buttons differ from {first}'s; every variant"
+                " has the same buttons in the same order",
+            )
+    for code, variant in variants.items():
+        if variant.status != "APPROVED":
+            out.warning(
+                languages.line_of(code),
+                f"{name}.languages.{code}",
+                status_note(name, variant.status, [code]),
+            )
+    if category is None or any(f.severity == "error" for f in out.findings[before:]):
+        return None
+    if fmt == "positional":
+        body_params = tuple(sorted(body_params, key=int))
+        header_params = tuple(sorted(header_params, key=int))
+    parameter_format: ParameterFormat = "named" if fmt == "named" else "positional"
+    return Template(name, category, parameter_format, body_params, variants, header_params, line)
+
+
+def _category(name: str, entry: _Marked, out: _Collector) -> str | None:
+    raw = entry.get("category")
+    line, key = entry.line_of("category"), f"{name}.category"
+    if not isinstance(raw, str) or not raw:
+        out.error(line, key, f"missing; use one of {', '.join(sorted(CATEGORIES))}")
+        return None
+    category = CATEGORY_ALIASES.get(raw.upper(), raw.upper())
+    if category == "MARKETING":
+        out.error(
+            line,
+            key,
+            "MARKETING templates are refused: windowbot sends templates only to"
+            " follow up on something the user started, and promotions, surveys, rating"
+            " requests and subscriptions are not allowed there; pick one of the utility"
+            " categories (e.g. ALERT, APPOINTMENT_UPDATE) or remove it",
+        )
+        return None
+    if category not in CATEGORIES:
+        out.error(
+            line,
+            key,
+            f"{raw!r} is not a template category; use one of"
+            f" {', '.join(sorted(CATEGORIES))} (ALERT_UPDATE means ALERT)",
+        )
+        return None
+    return category
+
+
+def _variant(
+    code: str, raw: Any, key: str, line: int, status: Any, out: _Collector
+) -> Variant | None:
+    if not _LANGUAGE.match(code):
+        out.error(
+            line,
+            key,
+            "a language code looks like 'en' or 'pt_BR' (language, underscore,"
+            " country), as in WhatsApp Manager",
+        )
+        return None
+    if isinstance(raw, str):
+        raw = _Marked(body=raw)
+        raw.line, raw.key_lines = line, {}
+    if not isinstance(raw, _Marked):
+        out.error(line, key, "must be the body text or a mapping with body/header/buttons")
+        return None
+    for k in raw:
+        if k not in _VARIANT_KEYS:
+            out.error(
+                raw.line_of(k),
+                f"{key}.{k}",
+                f"unknown key; expected one of {', '.join(_VARIANT_KEYS)}",
+            )
+    body, header = raw.get("body"), raw.get("header") or ""
+    if not isinstance(body, str) or not body.strip():
+        out.error(raw.line_of("body"), f"{key}.body", "every variant needs its body text")
+        return None
+    if not isinstance(header, str):
+        out.error(raw.line_of("header"), f"{key}.header", "only a text header is supported")
+        header = ""
+    if len(_fill(body, {})) > BODY_LIMIT:
+        out.error(raw.line_of("body"), f"{key}.body", f"over {BODY_LIMIT} characters")
+    if len(_PLACEHOLDER.sub("", header)) > HEADER_LIMIT:
+        out.error(raw.line_of("header"), f"{key}.header", f"over {HEADER_LIMIT} characters")
+    if len(placeholders(header)) > 1:
+        out.error(raw.line_of("header"), f"{key}.header", "a text header takes one parameter")
+    own_status = raw.get("status", status)
+    if own_status is None:
+        out.error(
+            line,
+            key,
+            "no status: set 'status: APPROVED' (or PENDING...) on the template"
+            " or the variant, as WhatsApp Manager shows it",
+        )
+        return None
+    if own_status not in STATUSES:
+        if "status" in raw:
+            out.error(raw.line_of("status"), f"{key}.status", f"{own_status!r} is not a status")
+        return None
+    buttons = _buttons(raw.get("buttons"), f"{key}.buttons", raw.line_of("buttons"), out)
+    return Variant(code, body, own_status, header, buttons)
+
+
+def _buttons(raw: Any, key: str, line: int, out: _Collector) -> tuple[Button, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 10:
+        out.error(line, key, "must be a list of at most 10 buttons")
+        return ()
+    buttons: list[Button] = []
+    for i, item in enumerate(raw):
+        bkey = f"{key}[{i}]"
+        if not isinstance(item, _Marked):
+            out.error(line, bkey, "must be a mapping with type and text")
+            continue
+        bline = item.line
+        for k in item:
+            if k not in _BUTTON_KEYS:
+                out.error(item.line_of(k), f"{bkey}.{k}", "unknown key; expected type, text, url")
+        kind, text, url = item.get("type"), item.get("text"), item.get("url") or ""
+        if not isinstance(text, str) or not 0 < len(text) <= 25:
+            out.error(bline, f"{bkey}.text", "a button needs a text of 1 to 25 characters")
+        if kind == "quick_reply":
+            buttons.append(Button("quick_reply", str(text)))
+        elif kind == "url":
+            if not isinstance(url, str) or not re.match(r"https?://", url):
+                out.error(bline, f"{bkey}.url", "a url button needs an http(s) url")
+            elif "{{" in url and not url.endswith("{{1}}"):
+                out.error(bline, f"{bkey}.url", "only a {{1}} suffix may be variable")
+            buttons.append(Button("url", str(text), str(url)))
+        else:
+            out.error(bline, f"{bkey}.type", "must be quick_reply or url")
+    return tuple(buttons)
+
+
+def _check_placeholders(
+    params: tuple[str, ...], fmt: str, key: str, line: int, out: _Collector
+) -> None:
+    if fmt == "positional":
+        if not all(p.isdigit() for p in params):
+            out.error(
+                line,
+                key,
+                "positional templates use {{1}}, {{2}}...; set 'parameter_format: named' for names",
+            )
+        elif sorted(int(p) for p in params) != list(range(1, len(params) + 1)):
+            out.error(line, key, "placeholders must be {{1}}..{{n}} without gaps")
+    elif not all(_NAME.match(p) for p in params):
+        out.error(
+            line,
+            key,
+            "named parameters are lowercase letters, digits and underscores,"
+            " starting with a letter",
+        )
