@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
     raise AssertionError(args.command)  # argparse refuses unknown commands
 
 
@@ -113,16 +114,22 @@ def _run(config: Config, host: str | None, port: int | None) -> int:
     from bot.runtime import build_app
 
     app = build_app(config)
-    web.run_app(
-        app,
-        host=host or config.server.host,
-        port=port or config.server.port,
-        print=lambda _: log.info(
-            "listening",
-            webhook=f"http://{host or config.server.host}:{port or config.server.port}"
-            f"{config.server.path}",
-        ),
-        access_log=None,
-        handle_signals=True,
-    )
+    try:
+        web.run_app(
+            app,
+            host=host or config.server.host,
+            port=port or config.server.port,
+            print=lambda _: log.info(
+                "listening",
+                webhook=f"http://{host or config.server.host}:{port or config.server.port}"
+                f"{config.server.path}",
+            ),
+            access_log=None,
+            handle_signals=True,
+        )
+    except BotError:
+        raise  # StoreUnavailable is a ConnectionError too: main() reports it
+    except OSError as exc:  # the port is taken, the host is not an address of this machine
+        print(f"bot: cannot listen: {exc} (pick another --port or --host)", file=sys.stderr)
+        return 1
     return 0

@@ -198,3 +198,31 @@ class TestChat:
         with pytest.raises(ValueError, match="25x"):
             parse_duration("25x")
         _ = time
+
+
+class TestRun:
+    def test_port_in_use_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """bot run on a port another program holds exits 1 with a one-line reason."""
+        import socket
+
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            assert main(["run", "--host", "127.0.0.1", "--port", str(port)]) == 1
+        err = capsys.readouterr().err
+        assert "cannot listen" in err and "Traceback" not in err
+
+    def test_store_down_at_startup_is_one_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """bot run whose store cannot be opened exits 1 naming the store, no traceback."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a folder")
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{blocker}/bot.db")
+        assert main(["run", "--host", "127.0.0.1", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert str(blocker) in err and "Traceback" not in err and "cannot listen" not in err
