@@ -113,6 +113,7 @@ def apply_inbound(record: UserRecord, message: InboundMessage) -> UserRecord:
         profile_name=message.profile_name or record.profile_name,
         last_inbound_at=max(record.last_inbound_at, message.timestamp),
         message_count=record.message_count + 1,
+        undeliverable=False,  # they just wrote to us
     )
 
 

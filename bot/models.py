@@ -177,6 +177,7 @@ class UserRecord:
     variables: Mapping[str, Any] = field(default_factory=dict)
     language: str = ""
     opted_out: bool = False
+    undeliverable: bool = False  # WhatsApp answered 131026; cleared when the user writes
     version: int = 0
 
 

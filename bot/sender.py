@@ -26,6 +26,7 @@ from bot.errors import (
     SendingHalted,
     TransientError,
     Undeliverable,
+    VersionConflict,
     WindowClosed,
 )
 from bot.metrics import Metrics
@@ -79,6 +80,7 @@ class Sender:
         self.on_decision = on_decision
         self._jitter = jitter
         self._halted_until = 0.0  # 190/131048: no sends before this time, for every user
+        self._unreachable: dict[str, bool] = {}  # users a send just found undeliverable
 
     async def apply_statuses(self, record: UserRecord, statuses: Sequence[StatusUpdate]) -> None:
         """Record delivery progress; a 131047 ``failed`` status queues the fallback once."""
@@ -135,7 +137,17 @@ class Sender:
             retry_at = await self._send(record, entry, now)
             if retry_at is not None:
                 return retry_at
+            if self._unreachable.pop(record.key, False):
+                record = await self._mark_undeliverable(record, now)
         return next_due
+
+    async def _mark_undeliverable(self, record: UserRecord, now: float) -> UserRecord:
+        """Remember a 131026 on the user: nothing more is sent until they write again."""
+        marked = replace(record, undeliverable=True)
+        try:
+            return (await self.store.commit_turn(None, marked, [], now)).record
+        except VersionConflict:
+            return marked  # someone wrote the user meanwhile; the decision below still holds
 
     def _can_fall_back(self, entry: OutboxEntry) -> bool:
         return entry.outgoing.fallback is not None and not entry.fallback_sent
@@ -229,6 +241,8 @@ class Sender:
         self, entry: OutboxEntry, exc: CloudAPIError, bound: structlog.typing.FilteringBoundLogger
     ) -> None:
         self.metrics.send_failures += 1
+        if isinstance(exc, Undeliverable):
+            self._unreachable[entry.user] = True
         bound.warning(
             "reply_failed",
             code=exc.code,

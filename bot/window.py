@@ -92,6 +92,9 @@ def decide(
     is not MARKETING, the user has not opted out and its parameters are valid; else nothing is
     sent and ``reason`` says why.
     """
+    if record.undeliverable:
+        reason = "not sent: WhatsApp reported this user cannot receive messages (131026)"
+        return _skip(record, reason)
     closes = window_closes_at(record)
     if outgoing.message is not None and window_open(
         record, now, margin_seconds=policy.margin_seconds

@@ -190,3 +190,19 @@ class TestShutdown:
         await dispatcher.stop(grace=0.1)
         assert (await store.inbox_counts())["pending"] == 1
         await store.close()
+
+
+class TestApplyInbound:
+    def test_message_updates_profile_window_count_and_reachability(self) -> None:
+        """A message refreshes the profile, moves the window forward only, counts, and clears
+        a 131026 mark (the user just wrote, so they can be reached)."""
+        from bot.dispatcher import apply_inbound
+
+        record = UserRecord(
+            key="5511", last_inbound_at=T0 + 100, message_count=3, undeliverable=True
+        )
+        late = apply_inbound(record, message("5511", 5))
+        assert (late.last_inbound_at, late.message_count) == (T0 + 100, 4)
+        assert late.profile_name == "Tester" and not late.undeliverable
+        fresh = apply_inbound(late, message("5511", 200))
+        assert fresh.last_inbound_at == T0 + 200

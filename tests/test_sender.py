@@ -204,3 +204,17 @@ class TestLogContext:
         assert (event["wa_id"], event["message_id"]) == (USER, "wamid.ctx")
         assert "flow" in event and "state" in event
         await store.close()
+
+
+class TestUndeliverable:
+    async def test_131026_marks_the_user_until_they_write(self, rig: Rig) -> None:
+        """After 131026 the user is marked and later replies are not sent, with the reason."""
+        rig.fake.fail_next(1, code=131026)
+        await rig.queue(hello("first"), hello("second"))
+        with structlog.testing.capture_logs() as logs:
+            await rig.run()
+        assert rig.fake.messages == []
+        record = await rig.store.get_user(USER)
+        assert record is not None and record.undeliverable
+        [skipped] = [e for e in logs if e["event"] == "reply_not_sent"]
+        assert "131026" in skipped["reason"]

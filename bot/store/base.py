@@ -232,6 +232,7 @@ def user_to_json(record: UserRecord) -> dict[str, Any]:
         "variables": dict(record.variables),
         "language": record.language,
         "opted_out": record.opted_out,
+        "undeliverable": record.undeliverable,
         "version": record.version,
     }
 
@@ -250,6 +251,7 @@ def user_from_json(data: Mapping[str, Any]) -> UserRecord:
         variables=dict(data.get("variables") or {}),
         language=data.get("language", ""),
         opted_out=bool(data.get("opted_out", False)),
+        undeliverable=bool(data.get("undeliverable", False)),
         version=int(data.get("version", 0)),
     )
 
