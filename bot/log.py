@@ -64,7 +64,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        # no caching: tests (structlog.testing.capture_logs) and tools can reconfigure later
+        cache_logger_on_first_use=False,
     )
 
 
