@@ -381,16 +381,27 @@ class SQLiteStore:
         return None if data is None else outbox_from_json(json.loads(data))
 
     async def save_outbox(self, entry: OutboxEntry) -> None:
+        # An entry's reply never changes once queued: only its delivery fields are written,
+        # so the (large) message body is not encoded again for every send.
         row = (
             entry.status,
             entry.next_attempt_at,
             entry.wamid,
-            dumps(outbox_to_json(entry)),
+            entry.status,
+            entry.attempts,
+            entry.next_attempt_at,
+            entry.wamid,
+            entry.sent_as,
+            entry.reason,
+            entry.error_code,
+            entry.fallback_sent,
             entry.id,
         )
         await self._call(
             lambda c: c.execute(
-                "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = ? "
+                "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
+                "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "
+                "'$.sent_as', ?, '$.reason', ?, '$.error_code', ?, '$.fallback_sent', ?) "
                 "WHERE id = ?",
                 row,
             )
