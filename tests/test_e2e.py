@@ -82,6 +82,8 @@ async def bot(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[B
             yield Bot(process, fake)
         log = (tmp_path / "bot.log").read_text()
         assert "Traceback" not in log, log[-3000:]
+        assert TOKEN not in log and SECRET not in log  # secrets never reach the logs
+        assert '"wa_id"' in log and '"event": "reply_sent"' in log
 
 
 def text_of(body: dict[str, Any]) -> str:
