@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--name", default="You", help="the profile name to chat as")
     send = sub.add_parser("send", help="send a business-initiated message now")
     send.add_argument("user", help="the recipient's wa_id")
-    group = send.add_mutually_exclusive_group(required=True)
-    group.add_argument("--text", help="a text message (needs an open window, or --template)")
-    group.add_argument("--template", help="a template name from flows/templates.yaml")
+    send.add_argument(
+        "--text", help="a text message: sent as is while the window is open, else --template"
+    )
+    send.add_argument(
+        "--template", help="a template from flows/templates.yaml (the fallback of --text)"
+    )
     send.add_argument(
         "--param",
         action="append",
@@ -93,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if config.log.level in ("debug", "info"):
                 configure_logging("warning", config.log.format)  # keep the conversation readable
             return asyncio.run(chat(config, args.user, args.name))
+        if args.command == "send" and not (args.text or args.template):
+            print("bot send: give --text, --template, or both", file=sys.stderr)
+            return 2
         if args.command == "send":
             return asyncio.run(
                 commands.send(

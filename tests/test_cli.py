@@ -226,3 +226,37 @@ class TestRun:
         assert main(["run", "--host", "127.0.0.1", "--port", "1"]) == 1
         err = capsys.readouterr().err
         assert str(blocker) in err and "Traceback" not in err and "cannot listen" not in err
+
+
+class TestSendText:
+    async def test_text_with_template_goes_as_session_inside_the_window(
+        self, tmp_path: Path
+    ) -> None:
+        """--text with --template sends the text to a user who wrote recently."""
+        from bot.models import UserRecord
+
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        user = "15550004321"
+        record = UserRecord(key=user, wa_id=user, last_inbound_at=int(time.time()) - 60)
+        await store.commit_turn(None, record, [], time.time())
+        await store.close()
+        async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
+            fake.user_wrote(user)
+            cfg = config_for(
+                tmp_path,
+                WHATSAPP_TOKEN="tok",
+                WHATSAPP_PHONE_NUMBER_ID="PN",
+                WHATSAPP_API_URL=fake.url,
+            )
+            code = await send(
+                cfg, user, "Your order shipped", "appointment_update", ["Ana", "shipped"], ""
+            )
+            assert code == 0
+            [msg] = fake.messages_to(user)
+            assert msg.type == "text" and msg.body["text"]["body"] == "Your order shipped"
+
+    def test_send_needs_text_or_template(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot send without --text or --template is a usage error."""
+        assert main(["send", "15550001"]) == 2
+        assert "--text" in capsys.readouterr().err
