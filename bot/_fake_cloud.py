@@ -124,6 +124,7 @@ class FakeCloudAPI:
         self.app_secret = app_secret
         self.emit_statuses = tuple(emit_statuses)
         self.messages: list[SentMessage] = []
+        self._arrived = asyncio.Event()
         self.requests: list[Any] = []  # every decoded request body, refused ones included
         self.read_receipts: list[str] = []
         self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
@@ -187,6 +188,26 @@ class FakeCloudAPI:
         await site.start()
         self._port = int(self._runner.addresses[0][1])
         self._client = aiohttp.ClientSession()
+
+    async def wait_for(
+        self, wa_id: str, count: int = 1, *, within: float = 10.0
+    ) -> list[SentMessage]:
+        """Wait until ``wa_id`` has received ``count`` messages; return them all.
+
+        Raises ``AssertionError`` naming what arrived if they do not come ``within`` seconds
+        (the bot answers asynchronously, after acknowledging the webhook).
+        """
+        self._arrived.clear()
+        deadline = asyncio.get_running_loop().time() + within
+        while len(self.messages_to(wa_id)) < count:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                got = [m.type for m in self.messages_to(wa_id)]
+                raise AssertionError(f"{wa_id} got {len(got)} of {count} messages: {got}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+            self._arrived.clear()
+        return self.messages_to(wa_id)
 
     async def settle(self) -> None:
         """Wait until every status webhook scheduled so far has been posted."""
@@ -302,6 +323,7 @@ class FakeCloudAPI:
                 error_code = 131047
         wamid = f"wamid.FAKE{next(self._seq):06d}{uuid.uuid4().hex[:20].upper()}"
         self.messages.append(SentMessage(to, kind, body, wamid, self.clock(), error_code))
+        self._arrived.set()
         if self.webhook_url and self.app_secret:
             self._schedule(self._report(wamid, to, error_code))
         answer: JSON = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,19 +40,11 @@ class Bot:
         ):
             assert resp.status == 200, await resp.text()
 
-    async def replies(self, wa_id: str, count: int, within: float = 15.0) -> list[dict[str, Any]]:
+    async def replies(self, wa_id: str, count: int) -> list[dict[str, Any]]:
         """Wait until ``wa_id`` has received ``count`` messages; their request bodies."""
-        await until(lambda: len(self.fake.messages_to(wa_id)) >= count, within)
-        await asyncio.sleep(0.2)  # nothing more should arrive
+        await self.fake.wait_for(wa_id, count, within=15)
+        await asyncio.sleep(0.3)  # nothing more should arrive
         return [m.body for m in self.fake.messages_to(wa_id)]
-
-
-async def until(condition: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -242,6 +242,33 @@ class TestFakeRequests:
         assert statuses == [500, 500, 200] and len(fake.messages) == 1
 
 
+class TestWaitFor:
+    async def test_returns_once_the_messages_arrived(self) -> None:
+        """wait_for returns as soon as the user has the expected number of messages."""
+        import asyncio
+
+        async with FakeCloudAPI() as fake:
+            fake.user_wrote(USER)
+
+            async def later() -> None:
+                await asyncio.sleep(0.05)
+                await post(fake, request())
+                await post(fake, request())
+
+            task = asyncio.create_task(later())
+            messages = await fake.wait_for(USER, 2, within=5)
+            await task
+        assert [m.to for m in messages] == [USER, USER]
+
+    async def test_says_what_arrived_when_time_runs_out(self) -> None:
+        """Too few messages in time raise AssertionError naming how many came."""
+        async with FakeCloudAPI() as fake:
+            fake.user_wrote(USER)
+            await post(fake, request())
+            with pytest.raises(AssertionError, match="got 1 of 2 messages"):
+                await fake.wait_for(USER, 2, within=0.2)
+
+
 class TestFakeWindow:
     async def test_sync_window_rule_follows_the_injected_clock(self) -> None:
         """23 h after the user wrote a text is accepted; 25 h after, it is refused with 131047."""
