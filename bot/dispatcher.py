@@ -1,12 +1,13 @@
 """Draining the inbox: one worker per user, users in parallel, leases across processes.
 
 The webhook handler stores messages and calls :meth:`Dispatcher.notify`; a worker task for
-that user takes the user's lease in the store, then repeatedly applies pending status items,
-handles pending messages oldest first (each one a single atomic ``commit_turn``) and lets the
-sender drain the user's outbox, until the store has nothing left for the user. Only then is
-the lease released. A periodic sweep asks the store for users with work nobody holds: that is
-how messages left behind by a crash, or received by another process while this one held the
-user, are picked up.
+that user waits a moment for the rest of a burst (``order_window``), takes the user's lease in
+the store, then repeatedly applies the status items it was told about, handles pending
+messages oldest first (each one a single atomic ``commit_turn``) and lets the sender send the
+replies, until the store has nothing left for the user. Only then is the lease released. A
+periodic sweep asks the store for users with work nobody holds: that is how messages left
+behind by a crash, received by another process while this one held the user, or replies and
+reminders that became due are picked up.
 """
 
 from __future__ import annotations
