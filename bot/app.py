@@ -122,6 +122,7 @@ def _dispatcher_ctx(
                 lease_seconds=config.workers.lease_seconds,
                 sweep_seconds=config.workers.sweep_seconds,
                 order_window=config.workers.order_window_seconds,
+                retention=config.store.retention_days * 86400,
             )
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)

@@ -79,6 +79,7 @@ class StoreConfig:
     """Where state lives."""
 
     url: str = "sqlite:///windowbot.db"
+    retention_days: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +298,13 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
             "store.url",
             "must start with sqlite:/// or mongodb:// "
             f"(got {config.store.url.split('://')[0]}://…)",
+        )
+    if config.store.retention_days and config.store.retention_days < 8:
+        fail(
+            "store.retention_days",
+            "must be 0 (keep everything) or at least 8: Meta retries a delivery for up to "
+            "7 days and a purged message would no longer be recognised, "
+            f"got {config.store.retention_days}",
         )
     if config.log.level.lower() not in _LEVELS:
         fail("log.level", f"must be one of {', '.join(_LEVELS)}, got {config.log.level!r}")

@@ -38,6 +38,8 @@ log = structlog.get_logger("windowbot.dispatcher")
 
 _BATCH = 64
 _MAX_CONFLICTS = 20
+_PURGE_EVERY = 3600.0
+_PURGE_BATCH = 5000
 
 
 class Scheduled(Protocol):
@@ -132,6 +134,7 @@ class Dispatcher:
         order_window: how long a worker woken by a new message waits before reading the
             user's pending messages, so that a burst delivered out of order is still handled
             in timestamp order (adds this much latency to the first reply of a burst).
+        retention: seconds to keep finished work; older rows are purged hourly (0: never).
         clock: ``time.time`` unless a test moves time.
     """
 
@@ -146,6 +149,7 @@ class Dispatcher:
         lease_seconds: float = 15.0,
         sweep_seconds: float = 2.0,
         order_window: float = 0.0,
+        retention: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -156,6 +160,8 @@ class Dispatcher:
         self._lease = lease_seconds
         self._sweep_every = sweep_seconds
         self._order_window = order_window
+        self._retention = retention
+        self._purged_at = 0.0
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._active: dict[str, bool] = {}  # user -> notified again while working
@@ -260,9 +266,26 @@ class Dispatcher:
             cutoff = time.perf_counter() - 600
             self._received = {m: t for m, t in self._received.items() if t > cutoff}
 
+    async def purge(self) -> int:
+        """Delete finished work older than the retention, a batch at a time; how many rows."""
+        total = 0
+        before = self._clock() - self._retention
+        for _ in range(100):  # at most 100 batches an hour: never hog the store
+            deleted = await self.store.purge(before, _PURGE_BATCH)
+            total += deleted
+            if deleted < _PURGE_BATCH:
+                break
+            await asyncio.sleep(0)
+        if total:
+            log.info("store_purged", rows=total, older_than_days=self._retention / 86400)
+        return total
+
     async def _sweep_loop(self) -> None:
         while True:
             try:
+                if self._retention and self._clock() - self._purged_at >= _PURGE_EVERY:
+                    self._purged_at = self._clock()
+                    await self.purge()
                 await self.sweep()
             except StoreError as exc:
                 log.warning("sweep_failed", error=str(exc))

@@ -206,3 +206,22 @@ class TestApplyInbound:
         assert late.profile_name == "Tester" and not late.undeliverable
         fresh = apply_inbound(late, message("5511", 200))
         assert fresh.last_inbound_at == T0 + 200
+
+
+class TestRetention:
+    async def test_purge_deletes_finished_work_past_the_retention(self, tmp_path: Path) -> None:
+        """Handled messages older than the retention are purged; recent ones stay."""
+        store = await opened(tmp_path / "bot.db")
+        clock = [T0]
+        dispatcher = Dispatcher(
+            store, handler=recording_handler, clock=lambda: clock[0], retention=8 * 86400
+        )
+        await store.add_inbound([message("5511", 0)], T0)
+        dispatcher.notify("5511")
+        await dispatcher.idle()
+        clock[0] = T0 + 3 * 86400
+        assert await dispatcher.purge() == 0
+        clock[0] = T0 + 9 * 86400
+        assert await dispatcher.purge() == 1
+        assert await store.inbox_counts() == {"pending": 0, "done": 0, "failed": 0}
+        await store.close()

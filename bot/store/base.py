@@ -156,6 +156,15 @@ class Store(Protocol):
         A no-op if no entry has that ``id``.
         """
 
+    async def purge(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` finished rows older than ``before``; return how many.
+
+        Finished means: inbox messages done or failed (by ``finished_at``), applied status
+        items (by arrival), and outbox entries no longer pending (by ``created_at``). Pending
+        work is never deleted. A purged wamid is no longer a duplicate, so ``before`` must lie
+        beyond Meta's 7-day retry horizon.
+        """
+
     async def inbox_counts(self) -> dict[str, int]:
         """Inbox messages by status; always has the keys ``pending``, ``done`` and ``failed``."""
 

@@ -137,6 +137,7 @@ class MongoStore:
             # messages by wamid costs nothing on MongoDB.
             await self._inbox.create_index([("user", 1), ("status", 1), ("ts", 1)])
             await self._inbox.create_index([("status", 1)])
+            await self._inbox.create_index([("finished_at", 1)], sparse=True)
             await self._statuses.create_index([("user", 1), ("applied", 1), ("ts", 1)])
             await self._statuses.create_index([("applied", 1)])
             await self._outbox.create_index([("user", 1), ("status", 1), ("seq", 1)])
@@ -417,6 +418,21 @@ class MongoStore:
             await self._outbox.replace_one(
                 {"_id": entry.id}, {"_id": entry.id, **outbox_to_json(entry)}
             )
+
+    async def purge(self, before: float, limit: int) -> int:
+        deleted = 0
+        with self._translate("purge"):
+            for coll, query in (
+                (self._inbox, {"status": {"$ne": "pending"}, "finished_at": {"$lt": before}}),
+                (self._statuses, {"applied": True, "received_at": {"$lt": before}}),
+                (self._outbox, {"status": {"$ne": "pending"}, "created_at": {"$lt": before}}),
+            ):
+                ids = [
+                    d["_id"] for d in await coll.find(query, {"_id": 1}).limit(limit).to_list(None)
+                ]
+                if ids:
+                    deleted += (await coll.delete_many({"_id": {"$in": ids}})).deleted_count
+        return deleted
 
     async def inbox_counts(self) -> dict[str, int]:
         pipeline: list[Doc] = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at REAL NOT NULL, finished_at REAL, reason TEXT, data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox(user, ts, wamid) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS inbox_finished ON inbox(finished_at) WHERE status != 'pending';
 CREATE TABLE IF NOT EXISTS statuses (
     wamid TEXT NOT NULL, status TEXT NOT NULL, user TEXT NOT NULL, ts INTEGER NOT NULL,
     applied INTEGER NOT NULL DEFAULT 0, received_at REAL NOT NULL, data TEXT NOT NULL,
@@ -406,6 +407,27 @@ class SQLiteStore:
                 row,
             )
         )
+
+    async def purge(self, before: float, limit: int) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            deleted = c.execute(
+                "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox "
+                "WHERE status != 'pending' AND finished_at < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            deleted += c.execute(
+                "DELETE FROM statuses WHERE rowid IN (SELECT rowid FROM statuses "
+                "WHERE applied = 1 AND received_at < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            deleted += c.execute(
+                "DELETE FROM outbox WHERE rowid IN (SELECT rowid FROM outbox "
+                "WHERE status != 'pending' AND json_extract(data, '$.created_at') < ? LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            return deleted
+
+        return await self._call(op)
 
     async def inbox_counts(self) -> dict[str, int]:
         def op(c: sqlite3.Connection) -> dict[str, int]:

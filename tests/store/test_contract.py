@@ -545,6 +545,41 @@ class TestOutbox:
         assert [e.outgoing.message for e in entries] == [reply(str(i)).message for i in range(3)]
 
 
+class TestPurge:
+    async def test_purge_removes_old_finished_work_only(self, store: Store) -> None:
+        """Old handled messages, applied statuses and sent replies go; pending work stays."""
+        old, recent = NOW, NOW + 10 * 86400
+        await store.add_inbound(
+            [inbound("wamid.old"), inbound("wamid.wait", ts=1_764_000_001)], old
+        )
+        committed = await store.commit_turn(
+            "wamid.old", user(), [reply("sent"), reply("queued")], old
+        )
+        sent = dataclasses.replace(committed.entries[0], status="sent", wamid="wamid.out")
+        await store.save_outbox(sent)
+        await store.add_statuses([status("wamid.out", "delivered")], old)
+        await store.add_inbound([inbound("wamid.new", ts=1_764_000_002)], recent)
+        await store.commit_turn("wamid.new", committed.record, [], recent)
+        deleted = await store.purge(old + 86400, 100)
+        assert deleted == 3  # the old message, its applied status, its sent reply
+        assert await store.inbox_counts() == {"pending": 1, "done": 1, "failed": 0}
+        assert [e.outgoing for e in await store.pending_outbox(ANA, 10)] == [reply("queued")]
+        assert await store.outbox_by_wamid("wamid.out") is None
+        assert await store.add_inbound([inbound("wamid.old")], recent) == [True]  # forgotten
+        assert await store.purge(old + 86400, 100) == 0
+
+    async def test_purge_respects_the_limit(self, store: Store) -> None:
+        """At most ``limit`` rows of each kind go per call."""
+        await store.add_inbound(
+            [inbound(f"wamid.{i}", ts=1_764_000_000 + i) for i in range(5)], NOW
+        )
+        record = user()
+        for i in range(5):
+            record = (await store.commit_turn(f"wamid.{i}", record, [], NOW)).record
+        assert await store.purge(NOW + 1, 2) == 2
+        assert (await store.inbox_counts())["done"] == 3
+
+
 class TestDurability:
     async def test_data_survives_close_and_reopen(self, store: Store, backend: Backend) -> None:
         """Everything written is there again in a new store on the same data."""
