@@ -6,13 +6,17 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bot.store.base import Store
+from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from tests.conftest import SECRET, signed
+from tests.mongo_server import running_nx_27017
 from tests.server import ROOT, BotProcess
 
 pytestmark = pytest.mark.slow
@@ -66,18 +70,37 @@ async def post_all(urls: list[str], bodies: list[dict[str, object]]) -> list[int
         return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
 
 
-def env_for(tmp_path: Path) -> dict[str, str]:
+def env_for(tmp_path: Path, store_url: str = "") -> dict[str, str]:
     config = tmp_path / "windowbot.toml"
     config.write_text("[workers]\nlease_seconds = 2.0\nsweep_seconds = 0.2\n")
     return {
         "BOT_CONFIG": str(config),
         "WHATSAPP_APP_SECRET": SECRET,
-        "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+        "BOT_STORE_URL": store_url or f"sqlite:///{tmp_path / 'bot.db'}",
         "BOT_FLOWS_DIR": str(tmp_path / "no-flows"),
     }
 
 
-async def wait_done(store: SQLiteStore, expected: int, within: float = 30.0) -> dict[str, int]:
+@pytest.fixture(params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
+async def shared_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[str, Store]]:
+    """A store URL for the bot processes and the test's own handle on the same data."""
+    if request.param == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        yield f"sqlite:///{tmp_path / 'bot.db'}", store
+        await store.close()
+        return
+    with running_nx_27017(tmp_path / "nx") as server:
+        url = f"{server.url}/crash"
+        store = MongoStore.from_url(url)
+        await store.open()
+        yield url, store
+        await store.close()
+
+
+async def wait_done(store: Store, expected: int, within: float = 30.0) -> dict[str, int]:
     deadline = time.monotonic() + within
     while True:
         counts = await store.inbox_counts()
@@ -87,11 +110,10 @@ async def wait_done(store: SQLiteStore, expected: int, within: float = 30.0) -> 
 
 
 async def test_kill_9_after_acks_then_restart_processes_each_message_once(
-    tmp_path: Path,
+    tmp_path: Path, shared_store: tuple[str, Store]
 ) -> None:
     """Every message acknowledged before a SIGKILL is processed exactly once after restart."""
-    store = SQLiteStore(tmp_path / "bot.db")
-    await store.open()
+    url, store = shared_store
     users = [f"1555000{u:04d}" for u in range(20)]
     held = users[:10]  # a lease the test holds keeps these users' messages pending
     now = time.time()
@@ -99,7 +121,7 @@ async def test_kill_9_after_acks_then_restart_processes_each_message_once(
         assert await store.acquire_user(user, "test-holds", now + 3600, now)
     ts = int(now)
     bodies = [delivery(u, n, ts + n) for n in range(15) for u in users]
-    server = BotProcess(env_for(tmp_path), tmp_path / "bot1.log")
+    server = BotProcess(env_for(tmp_path, url), tmp_path / "bot1.log")
     await server.start()
     statuses = await post_all([server.url], bodies)
     server.kill9()
@@ -109,14 +131,13 @@ async def test_kill_9_after_acks_then_restart_processes_each_message_once(
     assert counts["pending"] >= 150  # the held users' messages were not processed yet
     for user in held:
         await store.release_user(user, "test-holds")
-    async with BotProcess(env_for(tmp_path), tmp_path / "bot2.log"):
+    async with BotProcess(env_for(tmp_path, url), tmp_path / "bot2.log"):
         counts = await wait_done(store, len(bodies))
     assert counts == {"pending": 0, "done": len(bodies), "failed": 0}
     for user in users:
         record = await store.get_user(user)
         assert record is not None
         assert (record.message_count, record.last_inbound_at) == (15, ts + 14), user
-    await store.close()
 
 
 async def test_two_processes_share_one_store(tmp_path: Path) -> None:
