@@ -14,42 +14,15 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from bot.testing import text_message
 from bot.webhook import sign
 
 
 def delivery(wa_id: str, wamid: str, text: str, timestamp: int, name: str = "Bench") -> bytes:
     """One Meta delivery with one text message."""
-    body = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "15550001111",
-                                "phone_number_id": "PNID",
-                            },
-                            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
-                            "messages": [
-                                {
-                                    "from": wa_id,
-                                    "id": wamid,
-                                    "timestamp": str(timestamp),
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return json.dumps(body).encode()
+    return json.dumps(
+        text_message(wa_id, text, wamid=wamid, timestamp=timestamp, name=name)
+    ).encode()
 
 
 @dataclass

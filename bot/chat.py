@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, TextIO
 
 from bot.config import Config
@@ -244,7 +243,7 @@ class ChatSession:
         record = await self.store.get_user(self.user)
         if record is not None:
             blank = UserRecord(key=record.key, wa_id=record.wa_id, version=record.version)
-            await self.store.commit_turn(None, replace(blank), [], self.clock())
+            await self.store.commit_turn(None, blank, [], self.clock())
         self.transport.choices = []
         self.out.write("  (starting over as a new user)\n")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from bot.app import Components, create_app
 from bot.config import Config, load_config
 from bot.store.sqlite import SQLiteStore
-from bot.webhook import sign
+from bot.testing import signed_request
 
 SECRET = "test-app-secret"
 DATA = Path(__file__).parent / "data" / "webhooks"
@@ -35,9 +34,8 @@ def make_config(tmp_path: Path, **env: str) -> Config:
 
 
 def signed(body: bytes | dict[str, Any], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
-    """Body bytes and the headers Meta would send with them."""
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return raw, {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, secret)}
+    """Body bytes and the headers Meta would send with them, with the test app secret."""
+    return signed_request(body, secret)
 
 
 def recorded(name: str) -> bytes:

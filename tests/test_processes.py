@@ -15,6 +15,7 @@ import pytest
 from bot.store.base import Store
 from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
+from bot.testing import text_message
 from tests.conftest import SECRET, signed
 from tests.mongo_server import running_nx_27017
 from tests.server import ROOT, BotProcess
@@ -27,33 +28,9 @@ ORDER_FLOWS = ROOT / "tests" / "data" / "flows_order"
 
 def delivery(user: str, n: int, ts: int, text: str = "") -> dict[str, object]:
     """A one-message delivery from ``user``."""
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "W",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "1555", "phone_number_id": "PN"},
-                            "contacts": [{"profile": {"name": f"U{user}"}, "wa_id": user}],
-                            "messages": [
-                                {
-                                    "from": user,
-                                    "id": f"wamid.{user}.{n}",
-                                    "timestamp": str(ts),
-                                    "type": "text",
-                                    "text": {"body": f"m{n}"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    return text_message(
+        user, text or f"m{n}", wamid=f"wamid.{user}.{n}", timestamp=ts, name=f"U{user}"
+    )
 
 
 async def post_all(urls: list[str], bodies: list[dict[str, object]]) -> list[int]:
