@@ -64,6 +64,12 @@ class SentMessage:
     time: float
     error_code: int = 0
 
+    @property
+    def callback(self) -> str:
+        """The ``biz_opaque_callback_data`` it was sent with (echoed in its statuses)."""
+        value = self.body.get("biz_opaque_callback_data", "")
+        return value if isinstance(value, str) else ""
+
 
 @dataclass(frozen=True, slots=True)
 class _Failure:
@@ -90,7 +96,10 @@ class FakeCloudAPI:
     :meth:`user_wrote`) fail with 131047: in the send answer (``window_errors="sync"``) or,
     like Meta often does, as a ``failed`` status webhook after a normal answer (``"async"``).
     With ``webhook_url`` and ``app_secret`` set, every accepted message is followed by signed
-    status webhooks (``emit_statuses``). With a ``registry``, templates are checked like Meta
+    status webhooks (``emit_statuses``) that echo the message's ``biz_opaque_callback_data``
+    as Meta does; one the bot does not accept (no answer, not 200) is posted again for up to
+    ``retry_statuses`` seconds, as Meta retries. ``delay`` answers every send that many
+    seconds late (a slow Cloud API). With a ``registry``, templates are checked like Meta
     does (unknown → 132001, wrong parameter count → 132000, paused → 132015...).
     ``phone_number_id="*"`` accepts any number id. For a fake in another process (the
     sandbox, benchmarks: ``python -m bot.testing``) three control routes mirror the methods:
@@ -111,6 +120,8 @@ class FakeCloudAPI:
         webhook_url: str | None = None,
         app_secret: str | None = None,
         emit_statuses: Sequence[str] = ("sent", "delivered"),
+        retry_statuses: float = 0.0,
+        delay: float = 0.0,
         port: int = 0,
     ) -> None:
         self.token = token
@@ -123,6 +134,8 @@ class FakeCloudAPI:
         self.webhook_url = webhook_url
         self.app_secret = app_secret
         self.emit_statuses = tuple(emit_statuses)
+        self.retry_statuses = retry_statuses
+        self.delay = delay
         self.messages: list[SentMessage] = []
         self._arrived = asyncio.Event()
         self.requests: list[Any] = []  # every decoded request body, refused ones included
@@ -244,19 +257,46 @@ class FakeCloudAPI:
         recipient: str | None = None,
         errors: Iterable[Mapping[str, Any]] | None = None,
     ) -> int:
-        """Post one signed status webhook about ``wamid``; return the bot's HTTP status."""
+        """Post one signed status webhook about ``wamid``; return the bot's HTTP status.
+
+        With ``retry_statuses``, a webhook the bot does not accept is posted again (backing
+        off up to 2 s) until it is or that many seconds have passed; the last status (0 for no
+        answer) is returned.
+        """
         from bot.testing import envelope, signed_request, status_item
 
         if not self.webhook_url or not self.app_secret or self._client is None:
             raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
+        sent = next((m for m in self.messages if m.wamid == wamid), None)
         if recipient is None:
-            recipient = next((m.to for m in self.messages if m.wamid == wamid), "")
-        item = status_item(wamid, status, recipient, timestamp=self.clock(), errors=errors)
+            recipient = sent.to if sent is not None else ""
+        item = status_item(
+            wamid,
+            status,
+            recipient,
+            timestamp=self.clock(),
+            errors=errors,
+            callback=sent.callback if sent is not None else "",
+        )
         body = envelope(statuses=[item], phone_number_id=self.phone_number_id)
         raw, headers = signed_request(body, self.app_secret)
-        async with self._client.post(self.webhook_url, data=raw, headers=headers) as response:
-            self.webhook_answers.append(response.status)
-            return response.status
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + self.retry_statuses, 0.05
+        while True:
+            answer = 0
+            try:
+                async with self._client.post(
+                    self.webhook_url, data=raw, headers=headers
+                ) as response:
+                    answer = response.status
+            except aiohttp.ClientError:
+                if not self.retry_statuses:
+                    raise
+            self.webhook_answers.append(answer)
+            if answer == 200 or loop.time() + pause > deadline:
+                return answer
+            await asyncio.sleep(pause)
+            pause = min(2.0, pause * 2)
 
     # --- the endpoint -------------------------------------------------------------------
 
@@ -277,6 +317,8 @@ class FakeCloudAPI:
             if self.phone_number_id not in ("*", request.match_info["phone_number_id"]):
                 pnid = request.match_info["phone_number_id"]
                 raise _Problem(100, f"Object with ID '{pnid}' does not exist")
+            if self.delay:
+                await _wait(self._closing, self.delay)
             if self._failures:
                 failure = self._failures.popleft()
                 if failure.timeout:

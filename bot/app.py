@@ -6,19 +6,21 @@ inbox (unique wamid), and only then answer 200; the dispatcher's workers take it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from aiohttp import web
 
 from bot.config import Config
-from bot.dispatcher import Dispatcher, Handler
+from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.metrics import Metrics
+from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Store
 from bot.templates import TemplateRegistry
@@ -35,6 +37,7 @@ class Components:
     Attributes:
         store: where everything is kept.
         handler: the flow engine's ``handle`` (``None``: messages are recorded, not answered).
+        error_replies: what a user gets when their message could not be handled.
         transport: opens the Cloud API client (or a stand-in) for the app's lifetime;
             ``None`` leaves replies queued in the outbox.
         registry: the templates fallbacks may use.
@@ -43,6 +46,7 @@ class Components:
 
     store: Store
     handler: Handler | None = None
+    error_replies: ErrorReplies | None = None
     transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
     registry: TemplateRegistry | None = None
     policy: WindowPolicy = field(default_factory=WindowPolicy)
@@ -67,6 +71,7 @@ def create_app(config: Config, components: Components) -> web.Application:
     app[CONFIG] = config
     app[STORE] = components.store
     app[METRICS] = Metrics()
+    app[HEALTH] = WriteHealth()
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_dispatcher_ctx(components))
     path = config.server.path
@@ -112,17 +117,20 @@ def _dispatcher_ctx(
                     registry=components.registry,
                     policy=components.policy,
                     metrics=app[METRICS],
+                    retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
+                    grace=config.workers.send_grace_seconds,
                 )
             dispatcher = app[DISPATCHER] = Dispatcher(
                 app[STORE],
                 handler=components.handler,
                 drainer=drainer,
+                error_replies=components.error_replies,
                 metrics=app[METRICS],
                 concurrency=config.workers.concurrency,
                 lease_seconds=config.workers.lease_seconds,
                 sweep_seconds=config.workers.sweep_seconds,
-                order_window=config.workers.order_window_seconds,
                 retention=config.store.retention_days * 86400,
+                handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
             )
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
@@ -171,11 +179,15 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=400, text=str(exc))
     now = time.time()
     try:
-        fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
-        seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
-    except StoreError as exc:
-        log.error("webhook_store_unavailable", error=str(exc))
+        async with asyncio.timeout(config.server.store_timeout_seconds):
+            fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
+            seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
+    except (StoreError, TimeoutError) as exc:
+        error = str(exc) or f"no answer within {config.server.store_timeout_seconds:g}s"
+        app[HEALTH].failed(error)
+        log.error("webhook_store_unavailable", error=error)
         return web.Response(status=503, text="store unavailable; retry later")
+    app[HEALTH].succeeded()
     dispatcher = app[DISPATCHER]
     for message, new in zip(delivery.messages, fresh, strict=True):
         if new:
@@ -192,12 +204,52 @@ async def receive(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the store answers, 503 otherwise."""
-    try:
-        await request.app[STORE].ping()
-    except StoreError as exc:
-        return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
-    return web.json_response({"status": "ok", "store": request.app[STORE].description})
+    """200 when the store takes a write within the store timeout, 503 otherwise.
+
+    The write path is what webhooks need: a store that answers reads but cannot write (a
+    full disk, a lock held elsewhere) is unhealthy. The probe's result is reused for a
+    second, so a busy health checker does not turn into load.
+    """
+    app = request.app
+    error = await app[HEALTH].probe(app[STORE], app[CONFIG].server.store_timeout_seconds)
+    if error:
+        return web.json_response({"status": "unavailable", "error": error}, status=503)
+    return web.json_response({"status": "ok", "store": app[STORE].description})
+
+
+class WriteHealth:
+    """Whether the store's write path works, from webhooks and from a bounded probe."""
+
+    def __init__(self) -> None:
+        self.error = ""
+        self._probed_at = -1.0
+
+    def failed(self, error: str) -> None:
+        """A write failed (or did not finish in time)."""
+        self.error = error or "store write failed"
+        self._probed_at = -1.0
+
+    def succeeded(self) -> None:
+        """A write went through."""
+        self.error = ""
+
+    async def probe(self, store: Store, bound: float) -> str:
+        """The current write error ('' when healthy), probing at most once a second."""
+        now = time.monotonic()
+        if self._probed_at >= 0 and now - self._probed_at < 1.0:
+            return self.error
+        try:
+            async with asyncio.timeout(bound):
+                await store.ping(write=True)
+        except (StoreError, TimeoutError) as exc:
+            self.failed(str(exc) or f"store write did not finish within {bound:g}s")
+        else:
+            self.succeeded()
+        self._probed_at = time.monotonic()
+        return self.error
+
+
+HEALTH = web.AppKey("health", WriteHealth)
 
 
 async def metrics(request: web.Request) -> web.Response:

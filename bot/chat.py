@@ -64,7 +64,7 @@ class ChatTransport:
         else:
             self.out.write(f"  [{decision.kind}: {decision.reason}]\n")
 
-    async def send(self, to: str, message: JSON) -> str:
+    async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
         """Print the message and return a made-up wamid."""
         self._count += 1
         self.out.write(self.render(message))
@@ -147,7 +147,11 @@ class ChatSession:
             on_decision=self.transport.on_decision,
         )
         self.dispatcher = Dispatcher(
-            self.store, handler=engine.handle, drainer=self.sender, clock=self.clock
+            self.store,
+            handler=engine.handle,
+            drainer=self.sender,
+            error_replies=engine.error_replies,
+            clock=self.clock,
         )
 
     def clock(self) -> float:
@@ -240,10 +244,17 @@ class ChatSession:
         )
 
     async def _reset(self) -> None:
-        record = await self.store.get_user(self.user)
-        if record is not None:
-            blank = UserRecord(key=record.key, wa_id=record.wa_id, version=record.version)
-            await self.store.commit_turn(None, blank, [], self.clock())
+        now = self.clock()
+        work = await self.store.claim(self.user, "chat-reset", now + 30, now, limit=1)
+        if work is None:
+            raise BotError(f"user {self.user} is being handled by a running bot; try again")
+        try:
+            record = work.record
+            if record.version:
+                blank = UserRecord(key=record.key, wa_id=record.wa_id, version=record.version)
+                await self.store.commit_turn(work.lease, None, blank, [], now)
+        finally:
+            await self.store.release([work.lease])
         self.transport.choices = []
         self.out.write("  (starting over as a new user)\n")
 

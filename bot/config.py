@@ -72,6 +72,7 @@ class ServerConfig:
     path: str = "/webhook"
     sandbox: bool = False
     max_body_bytes: int = 3 * 1024 * 1024
+    store_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,9 @@ class WorkersConfig:
     concurrency: int = 512
     lease_seconds: float = 15.0
     sweep_seconds: float = 2.0
-    order_window_seconds: float = 0.2
+    send_grace_seconds: float = 60.0
+    clock_skew_seconds: float = 2.0
+    max_handling_attempts: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,13 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "log": LogConfig,
 }
 _LEVELS = ("debug", "info", "warning", "error")
+#: Keys earlier versions had, and what to do about them.
+_REMOVED: Mapping[str, Mapping[str, str]] = {
+    "workers": {
+        "order_window_seconds": "was removed: messages are handled in arrival order without "
+        "waiting (see README, How a message travels); delete the line",
+    },
+}
 
 
 def load_config(
@@ -206,6 +216,8 @@ def _build(cls: type[Any], values: dict[str, Any], section: str, source: str, en
     for key, value in values.items():
         where = f"{section}.{key}"
         origin = _origin(section, key, source, env)
+        if key in _REMOVED.get(section, {}):
+            raise ConfigError(f"{origin}: {where} {_REMOVED[section][key]}")
         if not hasattr(defaults, key):
             known = ", ".join(f.name for f in cls.__dataclass_fields__.values())
             raise ConfigError(f"{origin}: unknown key {where} (known in [{section}]: {known})")
@@ -312,8 +324,12 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
         fail("log.format", f"must be auto, json or console, got {config.log.format!r}")
     if config.workers.concurrency < 1:
         fail("workers.concurrency", "must be at least 1")
-    if config.workers.order_window_seconds < 0:
-        fail("workers.order_window_seconds", "must be >= 0 (0 turns the wait off)")
+    if config.workers.send_grace_seconds < 0 or config.workers.clock_skew_seconds < 0:
+        fail("workers.send_grace_seconds", "and workers.clock_skew_seconds must be >= 0")
+    if config.workers.max_handling_attempts < 1:
+        fail("workers.max_handling_attempts", "must be at least 1")
+    if config.server.store_timeout_seconds <= 0:
+        fail("server.store_timeout_seconds", "must be positive")
     if config.workers.lease_seconds <= 0 or config.workers.sweep_seconds <= 0:
         fail("workers.lease_seconds", "and workers.sweep_seconds must be positive")
     if config.window.margin_seconds < 0:

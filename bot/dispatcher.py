@@ -1,11 +1,19 @@
 """Draining the inbox: one worker per user, users in parallel, leases across processes.
 
 The webhook handler stores messages and calls :meth:`Dispatcher.notify`; a worker task for
-that user waits a moment for the rest of a burst (``order_window``), takes the user's lease in
-the store, then repeatedly applies the status items it was told about, handles pending
-messages oldest first (each one a single atomic ``commit_turn``) and lets the sender send the
-replies, until the store has nothing left for the user. Only then is the lease released. A
-periodic sweep asks the store for users with work nobody holds: that is how messages left
+that user claims the user in the store — the lease and all the user's pending work in one
+round trip — then applies status items, sends replies left pending, and handles the pending
+messages in arrival order, each one a single atomic, lease-fenced ``commit_turn`` followed by
+the sends of its replies, until the store has nothing left for the user. No message waits
+for anything but the one before it.
+
+Leases are renewed in the background, one batched write for every user this process holds,
+however long a turn or a send takes; a worker whose lease was lost stops before its next
+write or send (and the store refuses its writes anyway: they are fenced by the lease token).
+A message whose handling fails is retried a bounded number of times, then marked failed with
+the reason, and the user gets the project's error reply; their later messages go on.
+
+A periodic sweep asks the store for users with work nobody holds: that is how messages left
 behind by a crash, received by another process while this one held the user, or replies and
 reminders that became due are picked up.
 """
@@ -14,15 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
 
-from bot.errors import StoreError, VersionConflict
+from bot.errors import LeaseLost, StoreError, StoreUnavailable, VersionConflict
 from bot.metrics import Metrics
 from bot.models import (
     InboundMessage,
@@ -32,7 +41,8 @@ from bot.models import (
     TemplateCall,
     UserRecord,
 )
-from bot.store.base import Committed, Store
+from bot.retry import RetryPolicy
+from bot.store.base import Committed, Lease, Store, Work
 
 log = structlog.get_logger("windowbot.dispatcher")
 
@@ -40,6 +50,8 @@ _BATCH = 64
 _MAX_CONFLICTS = 20
 _PURGE_EVERY = 3600.0
 _PURGE_BATCH = 5000
+#: A failing turn is tried three times, 0.2 s and 0.4 s apart (with jitter).
+HANDLING = RetryPolicy(max_attempts=3, base=0.2, cap=2.0)
 
 
 class Scheduled(Protocol):
@@ -92,29 +104,56 @@ def _scheduled(turn: TurnResult) -> list[Outgoing]:
 Handler = Callable[[UserRecord, InboundMessage, float], Awaitable[TurnResult]]
 
 
+ErrorReplies = Callable[[UserRecord, InboundMessage | None, float, str], Sequence[Outgoing]]
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """What the sender did with a user's outbox.
+
+    Attributes:
+        record: the user's record afterwards (a 131026 marks it undeliverable).
+        wake_at: when something left pending (a retry, a reminder) wants another look.
+        blocked: an entry that must go out before later ones is waiting (a retry, or an
+            attempt whose outcome is not known yet): new replies queue behind it.
+    """
+
+    record: UserRecord
+    wake_at: float | None = None
+    blocked: bool = False
+
+
 class UserDrainer(Protocol):
     """The sender's side of a user's turn: apply statuses and send what is queued."""
 
-    async def apply_statuses(self, record: UserRecord, statuses: Sequence[StatusUpdate]) -> None:
-        """Apply status items to the outbox entries they name."""
+    async def apply_statuses(
+        self, lease: Lease, record: UserRecord, statuses: Sequence[StatusUpdate]
+    ) -> bool:
+        """Apply status items to the entries they name; whether an entry was queued again."""
 
     async def drain(
-        self, record: UserRecord, now: float, fresh: Sequence[OutboxEntry] | None = None
-    ) -> float | None:
-        """Send the user's due outbox entries; return when to try again, if something waits.
+        self,
+        lease: Lease,
+        record: UserRecord,
+        entries: Sequence[OutboxEntry],
+        now: float,
+        lease_ok: Callable[[], bool],
+    ) -> Drained:
+        """Send the due ones of ``entries`` (the user's pending entries, in ``seq`` order)."""
 
-        ``fresh``: the caller knows these are the user's only pending entries (skip the read).
-        """
 
+def apply_inbound(record: UserRecord, message: InboundMessage, now: float) -> UserRecord:
+    """The record after ``message`` arrived: profile, window start, count (pure).
 
-def apply_inbound(record: UserRecord, message: InboundMessage) -> UserRecord:
-    """The record after ``message`` arrived: profile, window start, count (pure)."""
+    The window starts at the message's timestamp, but never later than ``now``: a clock
+    ahead of ours cannot stretch the 24 hours Meta allows.
+    """
     return replace(
         record,
         wa_id=message.wa_id or record.wa_id,
         user_id=message.user_id or record.user_id,
         profile_name=message.profile_name or record.profile_name,
-        last_inbound_at=max(record.last_inbound_at, message.timestamp),
+        last_inbound_at=max(record.last_inbound_at, min(message.timestamp, int(now))),
         message_count=record.message_count + 1,
         undeliverable=False,  # they just wrote to us
     )
@@ -127,14 +166,13 @@ class Dispatcher:
         store: where the inbox, users and outbox live.
         handler: runs one message's turn (the flow engine); ``None`` only records the user.
         drainer: the sender; ``None`` leaves the outbox alone.
+        error_replies: what a user gets when their message could not be handled.
         metrics: counters to update.
         concurrency: the most users handled at once in this process.
-        lease_seconds: how long a lease lasts before another process may take the user over.
+        lease_seconds: how long a lease lasts unless renewed (renewed every third of it).
         sweep_seconds: how often to look for work nobody holds.
-        order_window: how long a worker woken by a new message waits before reading the
-            user's pending messages, so that a burst delivered out of order is still handled
-            in timestamp order (adds this much latency to the first reply of a burst).
         retention: seconds to keep finished work; older rows are purged hourly (0: never).
+        handling: how often a failing turn is tried before the message is marked failed.
         clock: ``time.time`` unless a test moves time.
     """
 
@@ -144,52 +182,58 @@ class Dispatcher:
         *,
         handler: Handler | None = None,
         drainer: UserDrainer | None = None,
+        error_replies: ErrorReplies | None = None,
         metrics: Metrics | None = None,
         concurrency: int = 512,
         lease_seconds: float = 15.0,
         sweep_seconds: float = 2.0,
-        order_window: float = 0.0,
         retention: float = 0.0,
+        handling: RetryPolicy = HANDLING,
         clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.handler = handler
         self.drainer = drainer
+        self.error_replies = error_replies
         self.metrics = metrics or Metrics()
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._lease = lease_seconds
         self._sweep_every = sweep_seconds
-        self._order_window = order_window
         self._retention = retention
+        self._handling = handling
         self._purged_at = 0.0
         self._clock = clock
+        self._jitter = jitter
         self._slots = asyncio.Semaphore(concurrency)
         self._active: dict[str, bool] = {}  # user -> notified again while working
-        self._wants: dict[str, set[str]] = {}  # user -> "statuses", "outbox" to look at too
         self._tasks: set[asyncio.Task[None]] = set()
         self._received: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._leases = _Leases(store, lease_seconds, clock)
+        self._background: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the periodic sweep (its first pass recovers what a crash left behind)."""
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="windowbot-sweep")
+        """Start the sweep (its first pass recovers what a crash left) and lease renewal."""
+        self._background = [
+            asyncio.create_task(self._sweep_loop(), name="windowbot-sweep"),
+            asyncio.create_task(self._leases.keep(), name="windowbot-leases"),
+        ]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop sweeping, give running workers ``grace`` seconds to finish, then cancel them.
 
-        A worker cancelled mid-send leaves its reply pending (sent again after the restart),
-        so a clean shutdown lets them finish first.
+        A worker cancelled mid-send leaves its attempt in flight: after the restart it is
+        resent only if no status webhook shows that Meta accepted it.
         """
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        sweeper = self._background[:1]
+        for task in sweeper:
+            task.cancel()
+        await asyncio.gather(*sweeper, return_exceptions=True)
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
@@ -197,6 +241,11 @@ class Dispatcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for task in self._background[1:]:
+            task.cancel()
+        await asyncio.gather(*self._background[1:], return_exceptions=True)
+        self._background = []
+        await self._leases.flush()
 
     async def idle(self) -> None:
         """Wait until no user is being worked on (for tests and graceful shutdown)."""
@@ -204,47 +253,30 @@ class Dispatcher:
 
     # --- entry points -------------------------------------------------------------------
 
-    def notify(
-        self,
-        user: str,
-        received_at: float | None = None,
-        wamid: str = "",
-        *,
-        statuses: bool = False,
-        everything: bool = False,
-    ) -> None:
-        """Say that ``user`` has work; starts a worker unless one is already running.
-
-        A plain notification means "new inbound messages"; ``statuses`` adds status items to
-        apply, ``everything`` (the sweep) also the outbox entries that are due.
-        """
+    def notify(self, user: str, received_at: float | None = None, wamid: str = "") -> None:
+        """Say that ``user`` has work; starts a worker unless one is already running."""
         if wamid and received_at is not None:
             self._received[wamid] = received_at
-        if statuses or everything:
-            wants = self._wants.setdefault(user, set())
-            wants.add("statuses")
-            if everything:
-                wants.add("outbox")
         if user in self._active:
             self._active[user] = True
             return
         self._active[user] = False
         self._idle.clear()
-        wait = 0.0 if everything else self._order_window
-        task = asyncio.create_task(self._work(user, wait), name=f"windowbot-user-{user}")
+        task = asyncio.create_task(self._work(user), name=f"windowbot-user-{user}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def status_arrived(self, user: str, *, failed: bool) -> None:
         """A status item for ``user`` was stored.
 
-        Progress (sent, delivered, read) is applied by the store on the way in; only a
-        ``failed`` status needs the user's worker (it may queue a template fallback), or a
-        status that may have beaten its wamid into the outbox while the worker is sending.
-        Anything else left pending is picked up by the sweep.
+        Progress (sent, delivered, read) is applied by the store on the way in; the user's
+        worker is needed for a ``failed`` status (it may queue a template fallback), while
+        it works (a status may have beaten its wamid into the outbox), and when the user's
+        replies wait for an attempt whose outcome this status may have settled.
         """
-        if failed or user in self._active:
-            self.notify(user, statuses=True)
+        if failed or user in self._active or user in self._retry_at:
+            self._retry_at.pop(user, None)
+            self.notify(user)
 
     async def sweep(self) -> int:
         """Notify every user with work that nobody holds; return how many."""
@@ -255,7 +287,7 @@ class Dispatcher:
         for user in users:
             if user in self._active or self._retry_at.get(user, 0) > now:
                 continue
-            self.notify(user, everything=True)
+            self.notify(user)
             started += 1
         return started
 
@@ -295,19 +327,17 @@ class Dispatcher:
 
     # --- one user's worker --------------------------------------------------------------
 
-    async def _work(self, user: str, wait: float) -> None:
+    async def _work(self, user: str) -> None:
         # Each worker is its own task with its own context: every log line written while
         # handling this user (engine, hooks, sender, store) carries these keys.
         structlog.contextvars.bind_contextvars(wa_id=user)
         try:
-            if wait:
-                # Meta does not promise delivery order: let the rest of a burst land, so
-                # the whole burst is handled in timestamp order.
-                await asyncio.sleep(wait)
             async with self._slots:
                 await self._work_user(user)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as exc:
+            log.warning("lease_lost", error=str(exc))
         except StoreError as exc:
             log.warning("user_work_interrupted", error=str(exc))
         except Exception:
@@ -318,121 +348,236 @@ class Dispatcher:
                 self._idle.set()
 
     async def _work_user(self, user: str) -> None:
-        store, owner = self.store, self.owner
-        lease = _Lease(store, user, owner, self._lease, self._clock)
-        if not await lease.renew():
+        now = self._clock()
+        work = await self.store.claim(user, self.owner, now + self._lease, now, limit=_BATCH)
+        if work is None:
             return  # another process has the user; its worker or a later sweep takes this
+        lease = work.lease
+        self._leases.hold(lease)
         try:
-            record = await store.get_user(user) or UserRecord(key=user)
-            while True:
-                self._active[user] = False
-                wants = self._wants.pop(user, set())
-                statuses = []
-                if "statuses" in wants:
-                    statuses = await store.pending_statuses(user, _BATCH)
-                    if statuses and self.drainer is not None:
-                        await self.drainer.apply_statuses(record, statuses)
-                    if statuses:
-                        await store.finish_statuses([(s.id, s.status) for s in statuses])
-                messages = await store.pending_inbound(user, _BATCH)
-                for message in messages:
-                    if not await lease.keep():
-                        return
-                    committed = await self._handle(record, message)
-                    record = committed.record
-                    if self.drainer is not None and (committed.backlog or committed.entries):
-                        # with nothing older pending, the new replies are all there is to send
-                        fresh = None if committed.backlog else committed.entries
-                        await self._drain(record, fresh)
-                if self.drainer is not None and not messages and (statuses or "outbox" in wants):
-                    await self._drain(record)
-                if not statuses and not messages and not self._active.get(user):
-                    return
+            while work is not None:
+                work = await self._step(lease, work)
         finally:
-            with contextlib.suppress(StoreError):
-                await store.release_user(user, owner)
+            self._leases.release(lease)
 
-    async def _drain(self, record: UserRecord, fresh: Sequence[OutboxEntry] | None = None) -> None:
+    async def _step(self, lease: Lease, work: Work) -> Work | None:
+        """Handle what one read of the user's work found; the next read, if more is due."""
+        user = lease.user
+        self._active[user] = False
+        record, drainer = work.record, self.drainer
+        requeued = False
+        if work.statuses:
+            if drainer is not None:
+                requeued = await drainer.apply_statuses(lease, record, work.statuses)
+            await self.store.finish_statuses(user, [(s.id, s.status) for s in work.statuses])
+        drained = Drained(record)
+        if drainer is not None and work.outbox and not requeued:
+            drained = await self._drain(lease, record, work.outbox)
+            record = drained.record
+        reread = requeued
+        for message in work.inbound:
+            self._leases.check(lease)
+            sending = drainer is not None and not drained.blocked and not reread
+            committed = await self._handle(lease, record, message, start_sending=sending)
+            record = committed.record
+            if drainer is None or not committed.entries or drained.blocked:
+                continue
+            if committed.backlog or reread:
+                reread = True  # older replies are pending: send them all in order
+            else:
+                drained = await self._drain(lease, record, committed.entries)
+                record = drained.record
+        more = self._active.get(user) or reread or len(work.inbound) >= _BATCH
+        if not more:
+            return None
+        work = await self.store.read_work(lease, limit=_BATCH)
+        if not (work.inbound or work.statuses or (work.outbox and reread)):
+            return None
+        return work
+
+    async def _drain(
+        self, lease: Lease, record: UserRecord, entries: Sequence[OutboxEntry]
+    ) -> Drained:
         assert self.drainer is not None
-        retry_at = await self.drainer.drain(record, self._clock(), fresh)
-        if retry_at is None:
+        drained = await self.drainer.drain(
+            lease, record, entries, self._clock(), lambda: self._leases.valid(lease)
+        )
+        if drained.wake_at is None:
             self._retry_at.pop(record.key, None)
         else:
-            self._retry_at[record.key] = retry_at
+            self._retry_at[record.key] = drained.wake_at
+        return drained
 
-    async def _handle(self, record: UserRecord, message: InboundMessage) -> Committed:
-        """Run one message's turn and store it atomically; says what was stored."""
+    async def _handle(
+        self, lease: Lease, record: UserRecord, message: InboundMessage, *, start_sending: bool
+    ) -> Committed:
+        """Run one message's turn and store it atomically; says what was stored.
+
+        A turn that raises is tried again (``handling``); then the message is marked failed
+        with the reason and the user gets the error reply, so their next message is handled.
+        """
         structlog.contextvars.bind_contextvars(
             message_id=message.id, flow=record.flow, state=record.state
         )
-        for _ in range(_MAX_CONFLICTS):
+        failures = conflicts = 0
+        while True:
             now = self._clock()
-            base = apply_inbound(record, message)
-            outgoing: tuple[Outgoing, ...] = ()
+            base = apply_inbound(record, message, now)
+            failed = ""
             try:
-                if self.handler is None:
-                    new = base
-                else:
-                    turn = await self.handler(base, message, now)
-                    new, outgoing = turn.record, (*turn.outgoing, *_scheduled(turn))
-            except Exception as exc:
-                log.exception("message_failed")
-                self.metrics.failed += 1
-                await self.store.fail_inbound(message.id, f"{type(exc).__name__}: {exc}", now)
-                self._received.pop(message.id, None)
-                return Committed(record, backlog=True)
-            try:
-                committed = await self.store.commit_turn(message.id, new, outgoing, now)
+                new, outgoing = await self._turn(base, message, now)
+                committed = await self.store.commit_turn(
+                    lease, message.id, new, outgoing, now, start_sending=start_sending
+                )
+            except (LeaseLost, StoreUnavailable):
+                raise
             except VersionConflict:
-                record = await self.store.get_user(message.user) or UserRecord(key=message.user)
-                if not await self._still_pending(message):
-                    return Committed(record, backlog=True)
+                conflicts += 1
+                if conflicts >= _MAX_CONFLICTS:
+                    raise
+                work = await self.store.read_work(lease, limit=_BATCH)
+                record = work.record
+                if all(m.id != message.id for m in work.inbound):
+                    return Committed(record)  # another writer handled it meanwhile
                 continue
+            except Exception as exc:
+                failures += 1
+                failed = f"{type(exc).__name__}: {exc}"[:500]
+                delay = self._handling.delay(failures, self._jitter())
+                if delay is not None:
+                    log.warning("message_retry", error=failed, attempt=failures, delay=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                committed = await self._give_up(lease, record, base, message, now, failed)
+            break
+        if failed:
+            self.metrics.failed += 1
+        else:
             self.metrics.processed += 1
-            started = self._received.pop(message.id, None)
-            if started is not None:
-                self.metrics.latency.observe(time.perf_counter() - started)
-            log.debug(
-                "message_processed",
-                to_flow=committed.record.flow,
-                to_state=committed.record.state,
-                replies=len(outgoing),
+        started = self._received.pop(message.id, None)
+        if started is not None:
+            self.metrics.latency.observe(time.perf_counter() - started)
+        return committed
+
+    async def _turn(
+        self, base: UserRecord, message: InboundMessage, now: float
+    ) -> tuple[UserRecord, tuple[Outgoing, ...]]:
+        if self.handler is None:
+            return base, ()
+        turn = await self.handler(base, message, now)
+        return turn.record, (*turn.outgoing, *_scheduled(turn))
+
+    async def _give_up(
+        self,
+        lease: Lease,
+        record: UserRecord,
+        base: UserRecord,
+        message: InboundMessage,
+        now: float,
+        reason: str,
+    ) -> Committed:
+        """Mark the message failed and queue the error reply instead of the turn's result."""
+        log.error("message_failed", error=reason, attempts=self._handling.max_attempts)
+        replies: Sequence[Outgoing] = ()
+        if self.error_replies is not None:
+            try:
+                replies = self.error_replies(base, message, now, reason)
+            except Exception:
+                log.exception("error_reply_failed")
+        try:
+            return await self.store.commit_turn(
+                lease, message.id, base, replies, now, failed=reason
             )
-            return committed
-        raise VersionConflict(f"user {message.user}: gave up after {_MAX_CONFLICTS} conflicts")
-
-    async def _still_pending(self, message: InboundMessage) -> bool:
-        pending = await self.store.pending_inbound(message.user, _BATCH)
-        return any(m.id == message.id for m in pending)
-
-
-__all__ = ["Dispatcher", "Handler", "TurnResult", "UserDrainer", "apply_inbound"]
+        except (LeaseLost, StoreUnavailable, VersionConflict):
+            raise
+        except Exception:  # even the error reply cannot be stored: keep the record as it was
+            log.exception("error_reply_not_stored")
+            return await self.store.commit_turn(lease, message.id, record, (), now, failed=reason)
 
 
-class _Lease:
-    """A worker's hold on one user, renewed once half its time has passed."""
+__all__ = [
+    "Dispatcher",
+    "Drained",
+    "ErrorReplies",
+    "Handler",
+    "TurnResult",
+    "UserDrainer",
+    "apply_inbound",
+]
 
-    def __init__(
-        self, store: Store, user: str, owner: str, seconds: float, clock: Callable[[], float]
-    ) -> None:
-        self.store, self.user, self.owner = store, user, owner
-        self.seconds, self.clock = seconds, clock
-        self.until = 0.0
 
-    async def renew(self) -> bool:
-        """Take or extend the lease; ``False`` if another owner holds it."""
-        now = self.clock()
-        until = now + self.seconds
-        if not await self.store.acquire_user(self.user, self.owner, until, now):
+class _Leases:
+    """The leases this process holds: renewed together in the background, released in batches.
+
+    A lease is trusted locally until a safety margin before it would run out since its last
+    successful renewal: a worker checks :meth:`valid` before each send, so a process whose
+    renewals stall (a paused process, a store that is down) stops sending before another
+    process may take its users over.
+    """
+
+    def __init__(self, store: Store, seconds: float, clock: Callable[[], float]) -> None:
+        self.store, self.seconds, self.clock = store, seconds, clock
+        self._held: dict[str, Lease] = {}
+        self._valid_until: dict[str, float] = {}  # token -> time.monotonic() bound
+        self._lost: set[str] = set()
+        self._releasing: list[Lease] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def hold(self, lease: Lease) -> None:
+        """Start renewing ``lease`` (just claimed)."""
+        self._held[lease.user] = lease
+        self._valid_until[lease.token] = time.monotonic() + self.seconds * 0.8
+
+    def valid(self, lease: Lease) -> bool:
+        """Whether ``lease`` is surely still ours (renewed recently enough, never lost)."""
+        if lease.token in self._lost:
             return False
-        self.until = until
-        return True
+        return time.monotonic() < self._valid_until.get(lease.token, 0.0)
 
-    async def keep(self) -> bool:
-        """Renew if half the lease is gone; ``False`` (and a warning) if it was lost."""
-        if self.until - self.clock() >= self.seconds / 2:
-            return True
-        if await self.renew():
-            return True
-        log.warning("lease_lost", wa_id=self.user)
-        return False
+    def check(self, lease: Lease) -> None:
+        """Raise ``LeaseLost`` unless :meth:`valid`."""
+        if not self.valid(lease):
+            raise LeaseLost(f"user {lease.user}: the lease ran out or was taken over")
+
+    def release(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` and release it with the next batch."""
+        if self._held.get(lease.user) == lease:
+            del self._held[lease.user]
+        self._valid_until.pop(lease.token, None)
+        self._lost.discard(lease.token)
+        self._releasing.append(lease)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0)  # let every worker finishing in this loop pass join the batch
+        self._flushing = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Release every lease waiting for the batch."""
+        batch, self._releasing = self._releasing, []
+        if batch:
+            with contextlib.suppress(StoreError):
+                await self.store.release(batch)
+
+    async def keep(self) -> None:
+        """Renew every held lease, a third of the lease time apart, until cancelled."""
+        while True:
+            await asyncio.sleep(self.seconds / 3)
+            leases = list(self._held.values())
+            if not leases:
+                continue
+            started = time.monotonic()
+            try:
+                held = await self.store.renew(leases, self.clock() + self.seconds)
+            except StoreError as exc:
+                log.warning("lease_renewal_failed", users=len(leases), error=str(exc))
+                continue
+            for lease in leases:
+                if lease.user in held:
+                    if lease.token in self._valid_until:
+                        self._valid_until[lease.token] = started + self.seconds * 0.8
+                else:
+                    self._lost.add(lease.token)
+                    log.warning("lease_lost", wa_id=lease.user)

@@ -96,6 +96,14 @@ class TransientError(CloudAPIError):
     retryable = True
 
 
+class OutcomeUnknown(TransientError):
+    """The request may have reached Meta but no answer came (timeout, dropped connection).
+
+    The message may have been accepted: the sender waits for a status webhook carrying the
+    entry's callback data before it sends again.
+    """
+
+
 class RateLimited(CloudAPIError):
     """130429 (throughput) or 131056 (pair rate limit): back off and retry."""
 

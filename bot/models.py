@@ -145,6 +145,8 @@ class StatusUpdate:
     recipient: str
     phone_number_id: str = ""
     errors: tuple[ErrorInfo, ...] = ()
+    #: ``biz_opaque_callback_data`` of the message we sent: Meta echoes it in every status.
+    callback_data: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -234,3 +236,48 @@ class OutboxEntry:
     reason: str = ""  # why it went as a template, or why it was not sent / failed
     error_code: int = 0
     fallback_sent: bool = False
+    #: When the current attempt was started (0: none in flight). An attempt in flight whose
+    #: answer was never recorded may have reached Meta: it is resent only after a grace
+    #: period in which no status carrying its callback data arrived.
+    inflight_at: float = 0.0
+    #: The lease token of the worker that started the attempt in flight.
+    inflight_token: str = ""
+
+    @property
+    def callback_data(self) -> str:
+        """What this attempt sends as ``biz_opaque_callback_data`` (Meta echoes it)."""
+        return callback_data(self.id, self.attempts)
+
+
+CALLBACK_PREFIX = "wb1:"
+
+
+def callback_data(entry_id: str, attempt: int) -> str:
+    """The callback data naming an outbox entry's attempt (``wb1:<attempt>:<entry id>``)."""
+    return f"{CALLBACK_PREFIX}{attempt}:{entry_id}"
+
+
+def parse_callback_data(data: str) -> tuple[str, int] | None:
+    """The (entry id, attempt) a status's callback data names, or ``None`` if not ours."""
+    if not data.startswith(CALLBACK_PREFIX):
+        return None
+    attempt, sep, entry_id = data[len(CALLBACK_PREFIX) :].partition(":")
+    if not sep or not entry_id or not attempt.isdigit():
+        return None
+    return entry_id, int(attempt)
+
+
+#: Delivery progress of a sent message, in the order it happens.
+DELIVERY_RANK: Mapping[str, int] = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
+
+
+def delivery_status(current: str, new: str) -> str:
+    """The status an outbox entry has after ``new`` is reported for it at ``current``.
+
+    Progress only moves forward (a late ``delivered`` never overwrites ``read``); anything
+    that is not delivery progress (``failed``, ``skipped``) is taken as it is. Both stores
+    and the sender call this one function.
+    """
+    if new in DELIVERY_RANK and current in DELIVERY_RANK:
+        return new if DELIVERY_RANK[new] > DELIVERY_RANK[current] else current
+    return new

@@ -1,8 +1,8 @@
 """Business-initiated sends: the Python API behind ``bot send`` and the base of reminders.
 
-A business-initiated message takes the same way as a flow's reply: it is queued in the
-user's outbox (a version-checked write), then sent through the window decision, the template
-registry and the Cloud API client, in order with the user's other replies::
+A business-initiated message takes the same way as a flow's reply: it is appended to the
+user's outbox (atomically, whoever holds the user), then sent through the window decision,
+the template registry and the Cloud API client, in order with the user's other replies::
 
     async with Outbound.open(load_config()) as outbound:
         decisions = await outbound.send(
@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from bot.config import Config, resolve
-from bot.errors import TemplateError, VersionConflict
-from bot.models import Outgoing, UserRecord
+from bot.errors import TemplateError
+from bot.models import Outgoing
 from bot.runtime import load_registry, make_transport, window_policy
 from bot.sender import Sender, Transport
 from bot.store import Store, store_from_url
@@ -81,9 +81,10 @@ class Outbound:
         """
         self.check(outgoing)
         when = time.time() if now is None else now
-        await self._queue(user, outgoing, when)
+        await self.store.enqueue(user, [outgoing], when)
         owner = f"outbound-{uuid.uuid4().hex[:12]}"
-        if not await self.store.acquire_user(user, owner, when + _LEASE_SECONDS, when):
+        work = await self.store.claim(user, owner, when + _LEASE_SECONDS, when)
+        if work is None:
             return []
         decisions: list[Decision] = []
         sender = Sender(
@@ -94,18 +95,7 @@ class Outbound:
             on_decision=lambda _entry, decision: decisions.append(decision),
         )
         try:
-            record = await self.store.get_user(user) or UserRecord(key=user, wa_id=user)
-            await sender.drain(record, when)
+            await sender.drain(work.lease, work.record, work.outbox, when)
         finally:
-            await self.store.release_user(user, owner)
+            await self.store.release([work.lease])
         return decisions
-
-    async def _queue(self, user: str, outgoing: Outgoing, now: float) -> None:
-        for _ in range(20):
-            record = await self.store.get_user(user) or UserRecord(key=user, wa_id=user)
-            try:
-                await self.store.commit_turn(None, record, [outgoing], now)
-                return
-            except VersionConflict:
-                continue  # the bot wrote the user meanwhile: read again
-        raise VersionConflict(f"user {user}: could not queue the message (too many conflicts)")

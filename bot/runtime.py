@@ -75,7 +75,6 @@ async def make_transport(config: Config) -> AsyncIterator[Transport]:
         api_version=wa.api_version,
         rate_limit=wa.send_rate,
         timeout=wa.timeout,
-        max_retries=wa.max_retries,
     ) as api:
         yield api
 
@@ -133,6 +132,7 @@ def build_app(config: Config) -> web.Application:
         Components(
             store=store,
             handler=engine.handle if engine is not None else None,
+            error_replies=engine.error_replies if engine is not None else None,
             transport=lambda: make_transport(config),
             registry=registry,
             policy=window_policy(config),

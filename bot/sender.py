@@ -2,13 +2,17 @@
 
 The dispatcher calls the sender while it holds the user's lease, so one user's replies leave
 one at a time and in order, whichever process queued them. Every outcome is written back to
-the entry: ``sent`` with the wamid and whether it went as a session or a template message
-(and why), ``skipped`` with the reason nothing was sent, ``failed`` with Meta's code, or
-still ``pending`` with the time of the next attempt.
+the entry at once: ``sent`` with the wamid and whether it went as a session or a template
+message (and why), ``skipped`` with the reason nothing was sent, ``failed`` with Meta's code,
+or still ``pending`` with the time of the next attempt.
 
-At-least-once edge: if the process dies after the Cloud API accepted a message but before
-its wamid was written, the entry is still pending and is sent again after the restart; the
-user may then see that reply twice. Everything else is sent exactly once.
+No reply is sent twice: before a request the attempt is recorded as in flight (for a turn's
+new replies, in the turn's own write), and every request carries the entry's
+``biz_opaque_callback_data``, which Meta echoes in the status webhooks of that message. An
+attempt whose answer was lost (a timeout, a crash) is therefore settled by its status webhook
+— the store records the wamid on the way in — and is only sent again when no status arrived
+within ``grace`` seconds. The outbox is the one retry queue: a send is a single short request,
+and what failed is retried from here under one :class:`~bot.retry.RetryPolicy`.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
+from bot.dispatcher import Drained
 from bot.errors import (
     CloudAPIError,
+    LeaseLost,
+    OutcomeUnknown,
     RateLimited,
     SendingHalted,
     TransientError,
@@ -30,23 +37,27 @@ from bot.errors import (
     WindowClosed,
 )
 from bot.metrics import Metrics
-from bot.models import JSON, OutboxEntry, StatusUpdate, UserRecord
-from bot.store.base import Store
+from bot.models import JSON, OutboxEntry, StatusUpdate, UserRecord, delivery_status
+from bot.retry import RetryPolicy
+from bot.store.base import Lease, Store
 from bot.templates import TemplateRegistry
 from bot.window import Decision, WindowPolicy, decide, decide_fallback
 
 log = structlog.get_logger("windowbot.sender")
 
-_RANK = {"pending": 0, "sent": 1, "delivered": 2, "read": 3}
-_MAX_ATTEMPTS = 12
 _HALT_PAUSE = 60.0
 
 
 class Transport(Protocol):
     """Something that delivers a message to a user and returns its wamid."""
 
-    async def send(self, to: str, message: JSON) -> str:
-        """Send ``message`` (a Cloud API body without ``to``) to ``to``."""
+    async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
+        """Send ``message`` (a Cloud API body without ``to``) to ``to`` in one request.
+
+        ``callback`` goes out as ``biz_opaque_callback_data``. Raises
+        :class:`~bot.errors.OutcomeUnknown` when the request may have reached Meta but no
+        answer came.
+        """
 
 
 class Sender:
@@ -59,6 +70,9 @@ class Sender:
         policy: window margin and language choice.
         metrics: counters to update.
         on_decision: called with each entry and its decision (``bot chat`` shows them).
+        retry: when a failed send is tried again, and when it is given up.
+        grace: seconds an attempt whose outcome is unknown waits for a status webhook
+            carrying its callback data before it is sent again.
     """
 
     def __init__(
@@ -70,6 +84,8 @@ class Sender:
         policy: WindowPolicy,
         metrics: Metrics | None = None,
         on_decision: Callable[[OutboxEntry, Decision], None] | None = None,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
+        grace: float = 60.0,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
@@ -78,14 +94,22 @@ class Sender:
         self.policy = policy
         self.metrics = metrics or Metrics()
         self.on_decision = on_decision
+        self.retry = retry
+        self.grace = grace
         self._jitter = jitter
         self._halted_until = 0.0  # 190/131048: no sends before this time, for every user
         self._unreachable: dict[str, bool] = {}  # users a send just found undeliverable
 
-    async def apply_statuses(self, record: UserRecord, statuses: Sequence[StatusUpdate]) -> None:
-        """Record delivery progress; a 131047 ``failed`` status queues the fallback once."""
+    async def apply_statuses(
+        self, lease: Lease, record: UserRecord, statuses: Sequence[StatusUpdate]
+    ) -> bool:
+        """Record delivery progress; a 131047 ``failed`` status queues the fallback once.
+
+        Returns whether an entry was queued again (its fallback is to be sent).
+        """
+        requeued = False
         for status in statuses:
-            entry = await self.store.outbox_by_wamid(status.id)
+            entry = await self.store.outbox_for_status(status)
             bound = log.bind(wa_id=record.key, wamid=status.id, status=status.status)
             if entry is None:
                 bound.info("status_unmatched")
@@ -93,64 +117,65 @@ class Sender:
             if status.status == "failed":
                 code = status.errors[0].code if status.errors else 0
                 detail = status.errors[0].details or status.errors[0].title if status.errors else ""
-                if code == 131047 and self._can_fall_back(entry):
+                if code == 131047 and _can_fall_back(entry):
                     bound.info("window_closed_fallback_queued", code=code)
-                    entry = replace(
+                    entry = _again(
                         entry,
-                        status="pending",
                         fallback_sent=True,
-                        next_attempt_at=0.0,
+                        wamid="",
                         error_code=code,
                         reason=f"session message failed with {code}: {detail}",
                     )
+                    requeued = True
                 else:
                     bound.warning("reply_failed", code=code, detail=detail)
                     entry = replace(entry, status="failed", error_code=code, reason=detail)
-                await self.store.save_outbox(entry)
-            elif _RANK.get(status.status, 0) > _RANK.get(entry.status, -1):
-                await self.store.save_outbox(replace(entry, status=status.status))
+                await self.store.save_outbox(lease, entry)
+                continue
+            moved = delivery_status(entry.status, status.status)
+            if moved != entry.status:
+                await self.store.save_outbox(lease, replace(entry, status=moved))
+        return requeued
 
     async def drain(
-        self, record: UserRecord, now: float, fresh: Sequence[OutboxEntry] | None = None
-    ) -> float | None:
-        """Send the user's pending entries in order; return when to retry if one must wait.
+        self,
+        lease: Lease,
+        record: UserRecord,
+        entries: Sequence[OutboxEntry],
+        now: float,
+        lease_ok: Callable[[], bool] = lambda: True,
+    ) -> Drained:
+        """Send the due ones of the user's pending ``entries``, in order.
 
-        ``fresh``: entries the caller knows are all that is pending (no need to read them).
+        A reminder that is not due yet does not hold up later replies; an entry waiting for a
+        retry or for the outcome of an attempt in flight does (order).
         """
         if self._halted_until:
-            if now < self._halted_until:
-                return self._halted_until  # the token was refused: keep everything queued
+            if now < self._halted_until:  # the token was refused: keep everything queued
+                return Drained(record, self._halted_until, blocked=True)
             self._halted_until = 0.0
-            resume = getattr(self.transport, "resume", None)
-            if resume is not None:
-                log.warning("sending_resumed", after="pause; trying the token again")
-                resume()
-        next_due: float | None = None
-        entries = fresh if fresh is not None else await self.store.pending_outbox(record.key, 100)
+            log.warning("sending_resumed", after="pause; trying the token again")
+        wake_at: float | None = None
         for entry in entries:
-            if entry.next_attempt_at > now:
+            if entry.next_attempt_at > now and not entry.inflight_at:
                 if entry.outgoing.send_at and entry.attempts == 0:
-                    # a reminder that is not due yet: it does not hold up later replies
-                    next_due = min(next_due or entry.next_attempt_at, entry.next_attempt_at)
-                    continue
-                return entry.next_attempt_at  # a retry: later replies wait for it (order)
-            retry_at = await self._send(record, entry, now)
+                    wake_at = min(wake_at or entry.next_attempt_at, entry.next_attempt_at)
+                    continue  # a reminder that is not due yet
+                return Drained(record, entry.next_attempt_at, blocked=True)  # a retry waits
+            retry_at = await self._send(lease, record, entry, now, lease_ok)
             if retry_at is not None:
-                return retry_at
+                return Drained(record, retry_at, blocked=True)
             if self._unreachable.pop(record.key, False):
-                record = await self._mark_undeliverable(record, now)
-        return next_due
+                record = await self._mark_undeliverable(lease, record, now)
+        return Drained(record, wake_at)
 
-    async def _mark_undeliverable(self, record: UserRecord, now: float) -> UserRecord:
+    async def _mark_undeliverable(self, lease: Lease, record: UserRecord, now: float) -> UserRecord:
         """Remember a 131026 on the user: nothing more is sent until they write again."""
         marked = replace(record, undeliverable=True)
         try:
-            return (await self.store.commit_turn(None, marked, [], now)).record
+            return (await self.store.commit_turn(lease, None, marked, [], now)).record
         except VersionConflict:
             return marked  # someone wrote the user meanwhile; the decision below still holds
-
-    def _can_fall_back(self, entry: OutboxEntry) -> bool:
-        return entry.outgoing.fallback is not None and not entry.fallback_sent
 
     def _decide(self, record: UserRecord, entry: OutboxEntry, now: float) -> Decision:
         if entry.fallback_sent:
@@ -159,59 +184,89 @@ class Sender:
             )
         return decide(record, entry.outgoing, now, registry=self.registry, policy=self.policy)
 
-    async def _send(self, record: UserRecord, entry: OutboxEntry, now: float) -> float | None:
-        bound = log.bind(wa_id=record.key, reply=entry.id, note=entry.outgoing.note)
-        decision = self._decide(record, entry, now)
+    async def _send(
+        self,
+        lease: Lease,
+        record: UserRecord,
+        entry: OutboxEntry,
+        now: float,
+        lease_ok: Callable[[], bool],
+    ) -> float | None:
+        """Send one entry; the time to look again if it must wait, else ``None``."""
+        bound = log.bind(reply=entry.id, note=entry.outgoing.note)
+        if entry.inflight_at and entry.inflight_token != lease.token:
+            settle_at = entry.inflight_at + self.grace
+            if now < settle_at:
+                bound.info("send_outcome_pending", attempt=entry.attempts, recheck_at=settle_at)
+                return settle_at
+            bound.warning(
+                "send_outcome_unknown",
+                attempt=entry.attempts,
+                action=f"no status within {self.grace:g}s: sending again",
+            )
+        try:
+            decision = self._decide(record, entry, now)
+        except Exception as exc:  # a bug or bad data must not silence the user's later replies
+            bound.exception("reply_failed", error=str(exc))
+            await self._settle(lease, entry, "failed", f"internal error: {exc}", bound)
+            return None
         if self.on_decision is not None:
             self.on_decision(entry, decision)
         if decision.kind == "skip" or decision.message is None:
             bound.warning("reply_not_sent", reason=decision.reason)
             self.metrics.replies_not_sent += 1
-            await self.store.save_outbox(replace(entry, status="skipped", reason=decision.reason))
+            await self._settle(lease, entry, "skipped", decision.reason, bound, count=False)
             return None
+        if not (entry.inflight_at and entry.inflight_token == lease.token):
+            started = await self.store.begin_send(lease, entry, now)
+            if started is None:
+                return None  # a status showed it was sent meanwhile
+            entry = started
+        if not lease_ok():
+            raise LeaseLost(f"user {lease.user}: lease not renewed in time; not sending")
         try:
-            wamid = await self.transport.send(record.wa_id or record.key, decision.message)
+            wamid = await self.transport.send(
+                record.wa_id or record.key, decision.message, callback=entry.callback_data
+            )
+        except OutcomeUnknown as exc:
+            bound.warning("send_outcome_unknown", error=str(exc), recheck_in=self.grace)
+            unknown = replace(entry, inflight_token="", reason=str(exc), error_code=exc.code)
+            await self.store.save_outbox(lease, unknown)
+            return entry.inflight_at + self.grace
         except WindowClosed as exc:
-            if decision.kind == "session" and self._can_fall_back(entry):
+            if decision.kind == "session" and _can_fall_back(entry):
                 bound.info("window_closed_fallback", code=exc.code)
-                fallback = replace(
+                fallback = _again(
                     entry,
                     fallback_sent=True,
                     error_code=exc.code,
                     reason=f"session message refused with {exc.code}",
                 )
-                await self.store.save_outbox(fallback)
-                return await self._send(record, fallback, now)
-            await self._fail(entry, exc, bound)
+                await self.store.save_outbox(lease, fallback)
+                return await self._send(lease, record, fallback, now, lease_ok)
+            await self._fail(lease, entry, exc, bound)
             return None
         except (TransientError, RateLimited) as exc:
-            attempts = entry.attempts + 1
-            if attempts >= _MAX_ATTEMPTS:
-                await self._fail(entry, exc, bound)
+            delay = self.retry.delay(entry.attempts, self._jitter())
+            if delay is None:
+                await self._fail(lease, entry, exc, bound)
                 return None
-            delay = min(600.0, 2.0**attempts) * (0.5 + self._jitter())
-            bound.warning("send_deferred", error=str(exc), attempts=attempts, delay=delay)
-            await self.store.save_outbox(
-                replace(
-                    entry,
-                    attempts=attempts,
-                    next_attempt_at=now + delay,
-                    reason=str(exc),
-                    error_code=exc.code,
-                )
+            bound.warning("send_deferred", error=str(exc), attempts=entry.attempts, delay=delay)
+            deferred = _again(
+                entry, next_attempt_at=now + delay, reason=str(exc), error_code=exc.code
             )
+            await self.store.save_outbox(lease, deferred)
             return now + delay
         except SendingHalted as exc:
             self._halted_until = now + _HALT_PAUSE
             bound.error("sending_halted", code=exc.code, error=str(exc), retry_in=_HALT_PAUSE)
-            await self.store.save_outbox(
-                replace(
-                    entry, next_attempt_at=now + _HALT_PAUSE, reason=str(exc), error_code=exc.code
-                )
+            paused = _again(
+                entry, next_attempt_at=now + _HALT_PAUSE, reason=str(exc), error_code=exc.code
             )
+            await self.store.save_outbox(lease, paused)
             return now + _HALT_PAUSE
         except CloudAPIError as exc:
-            await self._fail(entry, exc, bound)
+            await self._fail(lease, entry, exc, bound)
             return None
         self.metrics.replies_sent += 1
         if decision.kind == "template":
@@ -223,24 +278,25 @@ class Sender:
             wamid=wamid,
             template=decision.template or None,
         )
-        await self.store.save_outbox(
-            replace(
-                entry,
-                status="sent",
-                wamid=wamid,
-                sent_as=decision.kind,
-                reason=decision.reason
-                if not entry.reason
-                else f"{entry.reason}; {decision.reason}",
-                attempts=entry.attempts + 1,
-            )
+        sent = replace(
+            entry,
+            status="sent",
+            wamid=wamid,
+            sent_as=decision.kind,
+            reason=decision.reason if not entry.reason else f"{entry.reason}; {decision.reason}",
+            inflight_at=0.0,
+            inflight_token="",
         )
+        await self.store.save_outbox(lease, sent)
         return None
 
     async def _fail(
-        self, entry: OutboxEntry, exc: CloudAPIError, bound: structlog.typing.FilteringBoundLogger
+        self,
+        lease: Lease,
+        entry: OutboxEntry,
+        exc: CloudAPIError,
+        bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        self.metrics.send_failures += 1
         if isinstance(exc, Undeliverable):
             self._unreachable[entry.user] = True
         bound.warning(
@@ -249,16 +305,32 @@ class Sender:
             error=str(exc),
             undeliverable=isinstance(exc, Undeliverable),
         )
-        await self.store.save_outbox(
-            replace(
-                entry,
-                status="failed",
-                error_code=exc.code,
-                reason=str(exc),
-                attempts=entry.attempts + 1,
-            )
-        )
-        return None
+        await self._settle(lease, replace(entry, error_code=exc.code), "failed", str(exc), bound)
+
+    async def _settle(
+        self,
+        lease: Lease,
+        entry: OutboxEntry,
+        status: str,
+        reason: str,
+        bound: structlog.typing.FilteringBoundLogger,
+        *,
+        count: bool = True,
+    ) -> None:
+        """Store a final outcome for which nothing was (or will be) sent."""
+        if count:
+            self.metrics.send_failures += 1
+        done = replace(entry, status=status, reason=reason, inflight_at=0.0, inflight_token="")
+        await self.store.save_outbox(lease, done)
+
+
+def _can_fall_back(entry: OutboxEntry) -> bool:
+    return entry.outgoing.fallback is not None and not entry.fallback_sent
+
+
+def _again(entry: OutboxEntry, **changes: Any) -> OutboxEntry:
+    """``entry`` pending again, with no attempt in flight (Meta answered: not sent)."""
+    return replace(entry, status="pending", inflight_at=0.0, inflight_token="", **changes)
 
 
 class LogTransport:
@@ -267,7 +339,7 @@ class LogTransport:
     def __init__(self) -> None:
         self._count = 0
 
-    async def send(self, to: str, message: JSON) -> str:
+    async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
         """Log ``message`` and return a made-up wamid."""
         self._count += 1
         log.info("reply_logged", to=to, type=message.get("type"), message=message)

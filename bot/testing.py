@@ -263,8 +263,13 @@ def status_item(
     timestamp: float | None = None,
     errors: Iterable[Mapping[str, Any]] | None = None,
     category: str | None = None,
+    callback: str = "",
 ) -> JSON:
-    """One ``statuses[]`` item about a message we sent; ``category`` adds pricing info."""
+    """One ``statuses[]`` item about a message we sent.
+
+    ``category`` adds pricing info; ``callback`` is the ``biz_opaque_callback_data`` the
+    message was sent with, which Meta echoes in every status of it.
+    """
     item: JSON = {
         "id": wamid,
         "status": status,
@@ -275,6 +280,8 @@ def status_item(
         item["pricing"] = {"billable": True, "pricing_model": "PMP", "category": category}
     if errors is not None:
         item["errors"] = [dict(e) for e in errors]
+    if callback:
+        item["biz_opaque_callback_data"] = callback
     return item
 
 
@@ -297,6 +304,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--enforce-window", action="store_true")
     parser.add_argument("--webhook-url", help="post status webhooks to the bot here")
     parser.add_argument("--app-secret", help="sign them with this app secret")
+    parser.add_argument(
+        "--retry-statuses",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="keep retrying a status webhook the bot did not accept, as Meta does (default 120)",
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="answer every send this much later (a slow Cloud API)",
+    )
     args = parser.parse_args(argv)
     fake = FakeCloudAPI(
         token=args.token,
@@ -304,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         enforce_window=args.enforce_window,
         webhook_url=args.webhook_url,
         app_secret=args.app_secret,
+        retry_statuses=args.retry_statuses,
+        delay=args.delay,
         port=args.port,
     )
 

@@ -1,27 +1,29 @@
-"""The WhatsApp Cloud API client: request shapes, error mapping, retries and the rate limit.
+"""The WhatsApp Cloud API client: request shapes, error mapping and the rate limit.
 
-One :class:`CloudAPI` per process, on one ``aiohttp.ClientSession``. It turns Meta's error
-codes into the few :mod:`bot.errors` classes the sender acts on, retries what is safe to retry
-(5xx, timeouts, throughput limits) with exponential backoff and full jitter, never retries a
-request Meta refused as wrong, and stops all sending once the access token is rejected (190).
+One :class:`CloudAPI` per process, on one ``aiohttp.ClientSession``. Each send is **one**
+request, bounded by the request timeout: retries belong to the outbox (one durable queue,
+one policy, see :mod:`bot.sender`), so a slow or failing Cloud API never holds a user's
+lease or order hostage inside a retry loop. The client turns Meta's error codes into the few
+:mod:`bot.errors` classes the sender acts on, and tells a request Meta surely did not get
+(:class:`~bot.errors.TransientError`) from one it may have accepted without answering
+(:class:`~bot.errors.OutcomeUnknown`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random as _random
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 import aiohttp
-import structlog
 
 from bot.errors import (
     CloudAPIError,
     InvalidRequest,
+    OutcomeUnknown,
     RateLimited,
     SendingHalted,
     TemplateRejected,
@@ -127,11 +129,6 @@ class CloudAPI:
     Use it as ``async with CloudAPI(...) as api:`` (or ``await api.start()`` / ``close()``),
     or pass a ``session`` the application owns (it is then not closed here).
 
-    Only error answers, timeouts and broken connections are retried, so a message Meta
-    refused is never sent twice. A timeout is the one ambiguous case: Meta may have accepted
-    the message before the answer was lost, and the Cloud API has no idempotency key, so
-    the retry can deliver it twice (at least once beats never for replies).
-
     Args:
         phone_number_id: the sending number's id.
         token: the access token; never logged, masked in ``repr``.
@@ -140,10 +137,7 @@ class CloudAPI:
         rate_limit: messages per second for the whole process (Meta's default tier is 80);
             0 turns the limiter off.
         timeout: seconds for one request, connection included.
-        max_retries: retries after the first attempt for retryable errors.
-        backoff_base: seconds; the n-th retry waits ``random() * min(cap, base * 2**n)``.
-        backoff_cap: the longest wait between two attempts.
-        session, sleep, random, clock: injectable for tests.
+        session, sleep, clock: injectable for tests.
     """
 
     def __init__(
@@ -155,30 +149,20 @@ class CloudAPI:
         api_version: str = DEFAULT_API_VERSION,
         rate_limit: float = 80.0,
         timeout: float = 10.0,
-        max_retries: int = 5,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
         session: aiohttp.ClientSession | None = None,
         sleep: Sleep = asyncio.sleep,
-        random: Callable[[], float] = _random.random,
         clock: Clock = time.monotonic,
     ) -> None:
         self.phone_number_id = phone_number_id
         self.base_url = base_url.rstrip("/")
         self.api_version = api_version
         self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
         self.limiter = RateLimiter(rate_limit, clock=clock, sleep=sleep)
         self._headers = {"Authorization": f"Bearer {token}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._own_session = False
-        self._sleep = sleep
-        self._random = random
-        self._halted: CloudAPIError | None = None
-        # One logger per client, bound on first use (so structlog's capture_logs sees it).
-        self._log = structlog.get_logger("bot.whatsapp")
+        self._url = f"{self.base_url}/{self.api_version}/{self.phone_number_id}/messages"
 
     def __repr__(self) -> str:
         return (
@@ -189,18 +173,7 @@ class CloudAPI:
     @property
     def url(self) -> str:
         """The messages endpoint of the sending number."""
-        return f"{self.base_url}/{self.api_version}/{self.phone_number_id}/messages"
-
-    @property
-    def halted(self) -> bool:
-        """Whether sending stopped after error 190 (until :meth:`resume`)."""
-        return self._halted is not None
-
-    def resume(self) -> None:
-        """Allow sending again, once the access token has been renewed."""
-        if self._halted is not None:
-            self._log.warning("sending_resumed", code=self._halted.code)
-        self._halted = None
+        return self._url
 
     async def start(self) -> None:
         """Create the HTTP session unless one was passed in."""
@@ -228,105 +201,60 @@ class CloudAPI:
     ) -> None:
         await self.close()
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry ``attempt + 1``: full jitter under an exponential cap."""
-        return self._random() * min(self.backoff_cap, self.backoff_base * 2.0**attempt)
-
-    async def send(self, to: str, message: JSON) -> str:
+    async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
         """Send ``message`` (a Cloud API body without ``messaging_product``/``to``) to ``to``.
+
+        ``callback`` goes out as ``biz_opaque_callback_data`` (at most 512 characters):
+        Meta echoes it in every status webhook of the message.
 
         Returns:
             The wamid of the accepted message (accepted, not yet delivered).
 
         Raises:
-            CloudAPIError: the subclass for Meta's code once retries are exhausted or for an
-                error that is never retried; :class:`SendingHalted` at once while halted.
+            CloudAPIError: the subclass for Meta's code; :class:`OutcomeUnknown` when the
+                request may have been accepted but no answer came.
         """
         payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
         payload.update(message)
-        kind = str(message.get("type", ""))
-        data, attempts = await self._request(payload, to=to, kind=kind)
+        if callback:
+            payload["biz_opaque_callback_data"] = callback[:512]
+        await self.limiter.acquire()
+        data = await self._post(payload)
         messages = data.get("messages")
         wamid = messages[0].get("id") if isinstance(messages, list) and messages else None
         if not isinstance(wamid, str) or not wamid:
-            self._log.error(
-                "send_failed", to=to, type=kind, attempts=attempts, error="no message id"
+            raise OutcomeUnknown(
+                "the Cloud API accepted the message but returned no message id",
+                http_status=200,
             )
-            raise CloudAPIError("the Cloud API accepted the message but returned no message id")
-        self._log.info("message_sent", to=to, type=kind, wamid=wamid, attempts=attempts)
         return wamid
 
     async def mark_read(self, message_id: str) -> None:
         """Mark an inbound message as read (blue ticks)."""
         payload = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
-        await self._request(payload, to="", kind="read")
-
-    async def _request(self, payload: JSON, *, to: str, kind: str) -> tuple[JSON, int]:
-        attempt = 0
-        while True:
-            await self.limiter.acquire()
-            self._check_halted()  # again: another send may have halted us while we waited
-            try:
-                return await self._post(payload), attempt + 1
-            except CloudAPIError as exc:
-                if exc.code == 190:
-                    self._halted = exc
-                    self._log.critical(
-                        "sending_halted",
-                        code=exc.code,
-                        http_status=exc.http_status,
-                        error=str(exc),
-                        action="renew WHATSAPP_TOKEN, then resume",
-                    )
-                if not exc.retryable or attempt >= self.max_retries:
-                    self._log.warning(
-                        "send_failed",
-                        to=to,
-                        type=kind,
-                        code=exc.code,
-                        http_status=exc.http_status,
-                        attempts=attempt + 1,
-                        error=str(exc),
-                    )
-                    raise
-                delay = self.backoff(attempt)
-                attempt += 1
-                self._log.info(
-                    "send_retry",
-                    to=to,
-                    type=kind,
-                    attempt=attempt,
-                    delay=round(delay, 3),
-                    code=exc.code,
-                    http_status=exc.http_status,
-                )
-                await self._sleep(delay)
-
-    def _check_halted(self) -> None:
-        if self._halted is not None:
-            raise SendingHalted(
-                f"sending is halted after error {self._halted.code} (access token invalid or"
-                " expired): renew WHATSAPP_TOKEN, then resume(); messages stay queued",
-                code=self._halted.code,
-                http_status=self._halted.http_status,
-            )
+        await self._post(payload)
 
     async def _post(self, payload: JSON) -> JSON:
         if self._session is None:
             raise RuntimeError("CloudAPI is not started: use 'async with CloudAPI(...)' first")
         try:
             async with self._session.post(
-                self.url,
-                json=payload,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                self._url, json=payload, headers=self._headers, timeout=self._timeout
             ) as response:
                 status, text = response.status, await response.text()
         except TimeoutError:
-            raise TransientError(f"no answer from the Cloud API within {self.timeout}s") from None
-        except aiohttp.ClientError as exc:
-            raise TransientError(
+            raise OutcomeUnknown(
+                f"no answer from the Cloud API within {self.timeout}s (it may have accepted"
+                " the message)"
+            ) from None
+        except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
+            raise TransientError(  # never connected: the message surely did not go out
                 f"cannot reach the Cloud API at {self.base_url}: {type(exc).__name__}: {exc}"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise OutcomeUnknown(
+                f"the connection to the Cloud API broke before its answer: "
+                f"{type(exc).__name__}: {exc}"
             ) from None
         try:
             data = json.loads(text)
@@ -335,7 +263,7 @@ class CloudAPI:
         if 200 <= status < 300:
             if isinstance(data, dict):
                 return data
-            raise CloudAPIError(
+            raise OutcomeUnknown(
                 f"the Cloud API answered HTTP {status} without a JSON object", http_status=status
             )
         raise error_from_response(status, data)

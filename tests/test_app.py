@@ -14,6 +14,7 @@ from bot.config import Config
 from bot.errors import ConfigError, StoreUnavailable
 from bot.store.sqlite import SQLiteStore
 from tests.conftest import SECRET, MakeClient, make_config, recorded, signed
+from tests.store_access import pending_statuses
 
 
 async def settle(client: object) -> None:
@@ -129,7 +130,7 @@ class TestDurableInbox:
         assert (ana.message_count, ana.last_inbound_at, ana.profile_name) == (2, 1764000011, "Ana")
         assert (bob.message_count, bob.last_inbound_at) == (1, 1764000012)
         assert cy.last_inbound_at == 1764000013
-        assert [s.id for s in await store.pending_statuses("525512345678", 10)] == []
+        assert [s.id for s in await pending_statuses(store, "525512345678")] == []
 
     async def test_repeated_delivery_adds_nothing(
         self, make_client: MakeClient, store: SQLiteStore
@@ -197,7 +198,7 @@ class TestDurableInbox:
         await settle(client)
         metrics = await (await client.get("/metrics")).text()
         assert "windowbot_statuses_received_total 3" in metrics
-        assert await store.pending_statuses("5511999990000", 10) == []
+        assert await pending_statuses(store, "5511999990000") == []
 
 
 class TestStoreFaults:

@@ -15,6 +15,7 @@ from bot.commands import send
 from bot.config import Config, load_config
 from bot.store.sqlite import SQLiteStore
 from bot.testing import FakeCloudAPI
+from tests.store_access import commit, pending_outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +140,7 @@ class TestSend:
             assert msg.body["template"]["language"]["code"] == "es_MX"  # country code 52
         store = SQLiteStore(tmp_path / "bot.db")
         await store.open()
-        assert await store.pending_outbox("5215512345678", 10) == []
+        assert await pending_outbox(store, "5215512345678") == []
         await store.close()
 
     async def test_text_outside_window_is_not_sent(
@@ -239,7 +240,7 @@ class TestSendText:
         await store.open()
         user = "15550004321"
         record = UserRecord(key=user, wa_id=user, last_inbound_at=int(time.time()) - 60)
-        await store.commit_turn(None, record, [], time.time())
+        await commit(store, record, [], time.time())
         await store.close()
         async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
             fake.user_wrote(user)

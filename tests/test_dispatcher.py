@@ -146,7 +146,7 @@ class TestFailuresAndRecovery:
         store = await opened(tmp_path / "bot.db")
         await store.add_inbound([message("5511", 0)], 0.0)
         clock = [1000.0]
-        await store.acquire_user("5511", "other-process", 1030.0, clock[0])
+        assert await store.claim("5511", "other-process", 1030.0, clock[0]) is not None
         dispatcher = Dispatcher(store, handler=recording_handler, clock=lambda: clock[0])
         dispatcher.notify("5511")
         await dispatcher.idle()
@@ -201,10 +201,13 @@ class TestApplyInbound:
         record = UserRecord(
             key="5511", last_inbound_at=T0 + 100, message_count=3, undeliverable=True
         )
-        late = apply_inbound(record, message("5511", 5))
+        late = apply_inbound(record, message("5511", 5), T0 + 1000)
         assert (late.last_inbound_at, late.message_count) == (T0 + 100, 4)
         assert late.profile_name == "Tester" and not late.undeliverable
-        fresh = apply_inbound(late, message("5511", 200))
+        fresh = apply_inbound(late, message("5511", 200), T0 + 1000)
+        assert fresh.last_inbound_at == T0 + 200
+        ahead = apply_inbound(fresh, message("5511", 5000), T0 + 1000)
+        assert ahead.last_inbound_at == T0 + 1000  # a clock ahead of ours is capped at now
         assert fresh.last_inbound_at == T0 + 200
 
 

@@ -12,6 +12,7 @@ from bot.errors import TemplateError
 from bot.models import Outgoing, TemplateCall
 from bot.outbound import Outbound
 from bot.testing import FakeCloudAPI
+from tests.store_access import pending_outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 UPDATE = Outgoing(message=None, fallback=TemplateCall("appointment_update", ("Ana", "10:00")))
@@ -48,9 +49,9 @@ async def test_user_held_by_a_running_bot_is_only_queued(tmp_path: Path) -> None
     )
     async with Outbound.open(config) as outbound:
         now = time.time()
-        assert await outbound.store.acquire_user("15550001", "bot-run", now + 60, now)
+        assert await outbound.store.claim("15550001", "bot-run", now + 60, now) is not None
         assert await outbound.send("15550001", UPDATE, now=now) == []
-        [entry] = await outbound.store.pending_outbox("15550001", 10)
+        [entry] = await pending_outbox(outbound.store, "15550001")
         assert entry.outgoing == UPDATE
 
 
@@ -67,4 +68,4 @@ async def test_wrong_parameters_are_refused_before_queuing(tmp_path: Path) -> No
     async with Outbound.open(config) as outbound:
         with pytest.raises(TemplateError, match="2 parameter"):
             await outbound.send("15550002", bad)
-        assert await outbound.store.pending_outbox("15550002", 10) == []
+        assert await pending_outbox(outbound.store, "15550002") == []

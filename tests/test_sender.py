@@ -11,7 +11,8 @@ import pytest
 import structlog
 
 from bot.dispatcher import Dispatcher
-from bot.models import InboundMessage, Outgoing, TemplateCall, UserRecord
+from bot.models import InboundMessage, OutboxEntry, Outgoing, TemplateCall, UserRecord
+from bot.retry import RetryPolicy
 from bot.sender import Sender
 from bot.store.sqlite import SQLiteStore
 from bot.templates import TemplateRegistry
@@ -46,15 +47,25 @@ class Rig:
 
     async def queue(self, *outgoing: Outgoing, last_inbound: float = T0) -> None:
         """Commit a turn that queues replies, as if the process died right after it."""
-        record = await self.store.get_user(USER) or UserRecord(key=USER, wa_id=USER)
+        work = await self.store.claim(USER, "crashed", self.now[0] + 15, self.now[0])
+        assert work is not None
         record = UserRecord(
             key=USER,
             wa_id=USER,
             profile_name="Ana",
             last_inbound_at=int(last_inbound),
-            version=record.version,
+            version=work.record.version,
         )
-        await self.store.commit_turn(None, record, list(outgoing), self.now[0])
+        await self.store.commit_turn(work.lease, None, record, list(outgoing), self.now[0])
+        await self.store.release([work.lease])
+
+    async def pending(self) -> list[OutboxEntry]:
+        """The user's entries still pending."""
+        return [e for e in await self.store.outbox_of(USER) if e.status == "pending"]
+
+    async def entry(self, wamid: str) -> OutboxEntry | None:
+        """The user's entry sent with ``wamid``."""
+        return next((e for e in await self.store.outbox_of(USER) if e.wamid == wamid), None)
 
     async def run(self) -> None:
         """One sweep, then wait until the workers are done."""
@@ -80,12 +91,16 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             phone_number_id="PN",
             token="tok",
             base_url=fake.url,
-            max_retries=2,
             sleep=no_wait,
             rate_limit=0,
         ) as api:
             sender = Sender(
-                store, api, registry=registry, policy=WindowPolicy(), jitter=lambda: 0.5
+                store,
+                api,
+                registry=registry,
+                policy=WindowPolicy(),
+                jitter=lambda: 0.5,
+                retry=RetryPolicy(max_attempts=3),
             )
             dispatcher = Dispatcher(store, drainer=sender, clock=lambda: clock[0])
             yield Rig(store, fake, api, sender, dispatcher, clock)
@@ -99,19 +114,19 @@ class TestRecovery:
         await rig.queue(hello("one"), hello("two"))
         await rig.run()
         assert [m.body["text"]["body"] for m in rig.fake.messages_to(USER)] == ["one", "two"]
-        assert await rig.store.pending_outbox(USER, 10) == []
-        sent = await rig.store.outbox_by_wamid(rig.fake.messages_to(USER)[0].wamid)
+        assert await rig.pending() == []
+        sent = await rig.entry(rig.fake.messages_to(USER)[0].wamid)
         assert sent is not None and (sent.status, sent.sent_as) == ("sent", "session")
 
 
 class TestFailures:
     async def test_transient_errors_defer_then_send_once(self, rig: Rig) -> None:
-        """5xx past the client's retries defers the reply; the next attempt sends it once."""
-        rig.fake.fail_next(3, status=503)  # the client tries 1 + 2 retries
+        """A 5xx defers the reply in the outbox; the next attempt sends it once."""
+        rig.fake.fail_next(1, status=503)
         await rig.queue(hello())
         await rig.run()
         assert rig.fake.messages_to(USER) == []
-        [entry] = await rig.store.pending_outbox(USER, 10)
+        [entry] = await rig.pending()
         assert entry.attempts == 1 and entry.next_attempt_at > rig.now[0]
         rig.now[0] = entry.next_attempt_at + 1
         await rig.run()
@@ -127,7 +142,7 @@ class TestFailures:
             await rig.run()
         assert any(e["event"] == "sending_halted" for e in logs)
         assert rig.fake.messages_to(USER) == []
-        assert len(await rig.store.pending_outbox(USER, 10)) == 2
+        assert len(await rig.pending()) == 2
         rig.now[0] += 30
         await rig.run()
         assert rig.fake.messages_to(USER) == []  # still paused
@@ -141,7 +156,7 @@ class TestFailures:
         await rig.queue(hello("bad"), hello("good"))
         await rig.run()
         assert [m.body["text"]["body"] for m in rig.fake.messages_to(USER)] == ["good"]
-        assert await rig.store.pending_outbox(USER, 10) == []
+        assert await rig.pending() == []
         assert rig.sender.metrics.send_failures == 1
 
 

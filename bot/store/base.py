@@ -3,18 +3,24 @@
 A store keeps four things:
 
 * **users** — one :class:`~bot.models.UserRecord` per user key, written with an optimistic
-  version check (``VersionConflict`` when someone else wrote first);
+  version check (``VersionConflict`` when someone else wrote first), and the user's **lease**;
 * **the inbox** — every inbound message, unique by wamid, written *before* the webhook is
-  acknowledged; ``pending`` until a worker has applied it, then ``done`` (or ``failed``);
+  acknowledged; ``pending`` until a worker has applied it, then ``done`` (or ``failed`` with
+  the reason). A user's pending messages come back in **arrival order**: the order they were
+  stored, except that a message Meta stamped with an *older* second than one stored before
+  it (a late delivery, still pending) goes first. Messages of the same second keep their
+  arrival order: Meta's whole-second timestamps and opaque wamids never reorder them;
 * **statuses** — every status item, unique by (wamid, status), pending until applied to the
   outbox entry it names;
 * **the outbox** — every reply, written in the same atomic step as the user's new state,
   ``pending`` until the sender has sent it (or decided not to).
 
-Plus **leases**: a worker (in this process or another one sharing the store) owns a user
-while it processes that user's messages, so one user's messages are handled one at a time and
-in order across processes. Times are unix seconds as floats (no BSON/SQL dates: they compare
-the same way everywhere).
+A worker owns a user through a **lease** (:class:`Lease`): :meth:`Store.claim` takes it and
+reads all the user's work in one round trip; every write the worker makes is **fenced** by
+the lease's token, checked in the same atomic write, so a worker whose lease was taken over
+(it was paused, its renewals failed) can neither commit a turn nor start a send
+(``LeaseLost``). Times are unix seconds as floats (no BSON/SQL dates: they compare the same
+way everywhere).
 
 The contract test-suite in ``tests/store/`` states this behaviour; every backend passes it.
 """
@@ -33,7 +39,37 @@ from bot.models import (
     StatusUpdate,
     TemplateCall,
     UserRecord,
+    delivery_status,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's hold on one user; ``token`` is new at every claim and fences its writes."""
+
+    user: str
+    owner: str
+    token: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A claimed user and everything pending for them, read in one round trip.
+
+    Attributes:
+        lease: the hold that fences this worker's writes.
+        record: the user's record (a blank one, ``version`` 0, for a user never seen).
+        inbound: pending inbox messages in arrival order (see the module docstring).
+        statuses: unapplied status items for the user, oldest first.
+        outbox: pending outbox entries in ``seq`` order (reminders not yet due included).
+    """
+
+    lease: Lease
+    record: UserRecord
+    inbound: tuple[InboundMessage, ...] = ()
+    statuses: tuple[StatusUpdate, ...] = ()
+    outbox: tuple[OutboxEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +101,8 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections and threads; safe to call twice."""
 
-    async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless the store answers right now."""
+    async def ping(self, *, write: bool = False) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers (``write``: and can write)."""
 
     # --- inbox and statuses: durable when the coroutine returns -------------------------
 
@@ -76,23 +112,34 @@ class Store(Protocol):
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
         """Insert status items; for each, ``True`` if new, ``False`` if seen before.
 
-        Delivery progress is applied on the way in: a new ``sent``/``delivered``/``read``
-        whose wamid names an outbox entry moves that entry forward (never back: see
-        :data:`PROGRESS`) and is stored as applied. ``failed`` statuses, and statuses whose
-        wamid is not known (yet), stay pending for the user's worker.
+        Applied on the way in: a status whose callback data names an outbox entry with an
+        attempt in flight and no wamid records that wamid (Meta accepted the message: it is
+        never sent again); a new ``sent``/``delivered``/``read`` whose wamid names an outbox
+        entry moves it forward (:func:`~bot.models.delivery_status`). Such items are stored
+        as applied; ``failed`` statuses, and statuses whose wamid is not known (yet), stay
+        pending for the user's worker.
         """
 
-    # --- leases ---------------------------------------------------------------------------
+    # --- leases -------------------------------------------------------------------------
 
-    async def acquire_user(self, user: str, owner: str, until: float, now: float) -> bool:
-        """Take (or extend) the lease on ``user`` for ``owner`` until ``until``.
+    async def claim(
+        self, user: str, owner: str, until: float, now: float, *, limit: int = 64
+    ) -> Work | None:
+        """Take the lease on ``user`` for ``owner`` until ``until`` and read their work.
 
-        Succeeds if the user has no lease, the lease is ``owner``'s, or it expired before
-        ``now``.
+        Succeeds (with a new token) if the user has no lease, ``owner`` holds it, or it
+        expired before ``now``; ``None`` if another owner holds it. ``limit`` bounds each of
+        the lists read.
         """
 
-    async def release_user(self, user: str, owner: str) -> None:
-        """Drop ``owner``'s lease on ``user`` (no-op if someone else holds it)."""
+    async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
+        """The user's record and pending work again, under a lease already held."""
+
+    async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
+        """Extend each lease still held (same token) to ``until``; the users still held."""
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Drop these leases (a lease whose token was replaced is left alone)."""
 
     async def users_with_work(self, now: float, limit: int) -> list[str]:
         """Users with pending inbox or status items, or outbox entries due by ``now``.
@@ -101,60 +148,74 @@ class Store(Protocol):
         the periodic sweep that picks up what a crashed or busy process left behind.
         """
 
-    # --- per-user work (the caller holds the user's lease) ---------------------------------
-
     async def get_user(self, user: str) -> UserRecord | None:
         """The user's record, or ``None`` for a user never seen."""
 
-    async def pending_inbound(self, user: str, limit: int) -> list[InboundMessage]:
-        """The user's pending inbox messages, oldest ``timestamp`` first (ties by wamid)."""
+    # --- per-user work (fenced by the caller's lease) -------------------------------------
 
     async def commit_turn(
         self,
+        lease: Lease,
         message_id: str | None,
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
+        *,
+        failed: str = "",
+        start_sending: bool = False,
     ) -> Committed:
         """Apply one turn atomically and say what was stored.
 
         ``record.version`` is the version that was read (0 for a new user). Atomically as far
-        as any reader can tell:
-        the record is stored with ``version + 1``, ``outgoing`` is appended to the user's
-        outbox (``seq`` continuing the user's sequence; an entry's ``next_attempt_at`` is its
-        outgoing's ``send_at``), and the inbox message ``message_id``
-        (if any) is marked done. Raises ``VersionConflict`` and changes nothing if the stored
-        version differs. A user's ``seq`` starts at 0.
+        as any reader can tell: the record is stored with ``version + 1``, ``outgoing`` is
+        appended to the user's outbox (``seq`` continuing the user's sequence; an entry's
+        ``next_attempt_at`` is its outgoing's ``send_at``), and the inbox message
+        ``message_id`` (if any) is marked done — or ``failed`` with the reason ``failed``.
+        With ``start_sending`` and no older entry pending, the new entries due now are
+        stored with their first attempt in flight (``inflight_at`` = ``now``, the lease's
+        token, ``attempts`` 1), so the sender needs no extra write before sending them.
+
+        Raises ``LeaseLost`` if ``lease`` no longer holds the user and ``VersionConflict`` if
+        the stored version differs; either way nothing changes. A user's ``seq`` starts at 0.
 
         Backends without multi-document transactions (MongoDB) may complete the outbox append
-        and the done mark after the record write, provided ``get_user``, ``pending_inbound``,
-        ``pending_outbox`` and ``commit_turn`` of that user first finish such a turn;
-        ``inbox_counts`` may briefly lag.
+        and the done mark after the record write, provided every read of that user first
+        finishes such a turn; ``inbox_counts`` may briefly lag.
         """
 
-    async def fail_inbound(self, message_id: str, reason: str, now: float) -> None:
-        """Mark an inbox message that cannot be processed as ``failed`` with the reason."""
+    async def enqueue(
+        self, user: str, outgoing: Sequence[Outgoing], now: float
+    ) -> list[OutboxEntry]:
+        """Append business-initiated messages to a user's outbox without holding the lease.
 
-    async def pending_statuses(self, user: str, limit: int) -> list[StatusUpdate]:
-        """The user's unapplied status items (by ``recipient``), oldest first.
-
-        Ties (same timestamp) by arrival, then sent < delivered < read.
+        The user's ``version`` goes up (a worker's concurrent turn conflicts and retries);
+        the record is created if the user was never seen.
         """
 
-    async def finish_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
-        """Mark status items (wamid, status) as applied."""
+    async def begin_send(self, lease: Lease, entry: OutboxEntry, now: float) -> OutboxEntry | None:
+        """Record that an attempt of ``entry`` starts now, before the request is made.
 
-    async def pending_outbox(self, user: str, limit: int) -> list[OutboxEntry]:
-        """The user's entries with status ``pending``, in ``seq`` order."""
-
-    async def outbox_by_wamid(self, wamid: str) -> OutboxEntry | None:
-        """The outbox entry whose sent message has this wamid; ``None`` for an empty wamid."""
-
-    async def save_outbox(self, entry: OutboxEntry) -> None:
-        """Replace the stored entry with the same ``id`` (the caller holds the user's lease).
-
-        A no-op if no entry has that ``id``.
+        Returns the entry with ``attempts`` + 1 and the attempt in flight; ``None`` if the
+        entry is no longer pending or a wamid was recorded for it meanwhile (a status carrying
+        its callback data arrived: it was sent). Raises ``LeaseLost``.
         """
+
+    async def save_outbox(self, lease: Lease, entry: OutboxEntry) -> None:
+        """Store the entry's delivery fields (status, wamid, attempts, reason, ...).
+
+        If the stored entry has the same wamid and its status is further along (a status
+        webhook got there first), that status is kept. A no-op if no entry has that ``id``.
+        Raises ``LeaseLost``.
+        """
+
+    async def outbox_for_status(self, status: StatusUpdate) -> OutboxEntry | None:
+        """The outbox entry a status item is about: by its wamid, else by its callback data.
+
+        ``None`` if neither names an entry of the status's recipient.
+        """
+
+    async def finish_statuses(self, user: str, keys: Sequence[tuple[str, str]]) -> None:
+        """Mark the user's status items (wamid, status) as applied."""
 
     async def purge(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` finished rows older than ``before``; return how many.
@@ -168,13 +229,19 @@ class Store(Protocol):
     async def inbox_counts(self) -> dict[str, int]:
         """Inbox messages by status; always has the keys ``pending``, ``done`` and ``failed``."""
 
+    async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
+        """The user's outbox entries in ``seq`` order, whatever their status (newest last)."""
 
-#: Delivery progress: a status moves an outbox entry forward from these states only.
-PROGRESS: dict[str, tuple[str, ...]] = {
-    "sent": ("pending",),
-    "delivered": ("pending", "sent"),
-    "read": ("pending", "sent", "delivered"),
-}
+
+def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> str:
+    """The status to store when the owner saves ``entry`` over a stored one.
+
+    A status webhook may have moved the same sent message further along meanwhile; the
+    owner's write then keeps that status.
+    """
+    if entry.wamid and entry.wamid == stored_wamid:
+        return delivery_status(stored_status, entry.status)
+    return entry.status
 
 
 # --- serialisation shared by the backends ----------------------------------------------------
@@ -318,6 +385,8 @@ def outbox_to_json(entry: OutboxEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "error_code": entry.error_code,
         "fallback_sent": entry.fallback_sent,
+        "inflight_at": entry.inflight_at,
+        "inflight_token": entry.inflight_token,
     }
 
 
@@ -337,6 +406,8 @@ def outbox_from_json(data: Mapping[str, Any]) -> OutboxEntry:
         reason=data.get("reason", ""),
         error_code=int(data.get("error_code", 0)),
         fallback_sent=bool(data.get("fallback_sent", False)),
+        inflight_at=float(data.get("inflight_at", 0.0)),
+        inflight_token=str(data.get("inflight_token", "")),
     )
 
 
@@ -346,32 +417,47 @@ def outbox_id(user: str, seq: int) -> str:
 
 
 def new_outbox_entries(
-    user: str, first_seq: int, outgoing: Sequence[Outgoing], now: float
+    user: str,
+    first_seq: int,
+    outgoing: Sequence[Outgoing],
+    now: float,
+    *,
+    in_flight: str = "",
 ) -> list[OutboxEntry]:
     """The outbox entries a turn appends, numbered from ``first_seq``.
 
     A reminder (``send_at``) is not due before its time; everything else is due at once.
+    ``in_flight``: a lease token; the entries due now are stored with their first attempt
+    started by it (see :meth:`Store.commit_turn`'s ``start_sending``).
     """
-    return [
-        OutboxEntry(
-            id=outbox_id(user, seq),
-            user=user,
-            seq=seq,
-            outgoing=out,
-            created_at=now,
-            next_attempt_at=out.send_at,
+    entries = []
+    for seq, out in enumerate(outgoing, start=first_seq):
+        due = in_flight and out.send_at <= now
+        entries.append(
+            OutboxEntry(
+                id=outbox_id(user, seq),
+                user=user,
+                seq=seq,
+                outgoing=out,
+                created_at=now,
+                next_attempt_at=out.send_at,
+                attempts=1 if due else 0,
+                inflight_at=now if due else 0.0,
+                inflight_token=in_flight if due else "",
+            )
         )
-        for seq, out in enumerate(outgoing, start=first_seq)
-    ]
+    return entries
 
 
 __all__ = [
-    "PROGRESS",
     "Committed",
+    "Lease",
     "Store",
+    "Work",
     "dumps",
     "inbound_from_json",
     "inbound_to_json",
+    "merge_saved",
     "new_outbox_entries",
     "outbox_from_json",
     "outbox_id",

@@ -17,18 +17,31 @@ import json
 import queue
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.errors import StoreUnavailable, VersionConflict
-from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
+from bot.errors import LeaseLost, StoreUnavailable, VersionConflict
+from bot.models import (
+    DELIVERY_RANK,
+    InboundMessage,
+    OutboxEntry,
+    Outgoing,
+    StatusUpdate,
+    UserRecord,
+    delivery_status,
+    parse_callback_data,
+)
 from bot.store.base import (
-    PROGRESS,
     Committed,
+    Lease,
+    Work,
     dumps,
     inbound_from_json,
     inbound_to_json,
+    merge_saved,
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
@@ -49,7 +62,9 @@ CREATE TABLE IF NOT EXISTS inbox (
     wamid TEXT PRIMARY KEY, user TEXT NOT NULL, ts INTEGER NOT NULL, status TEXT NOT NULL,
     received_at REAL NOT NULL, finished_at REAL, reason TEXT, data TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inbox_pending ON inbox(user, ts, wamid) WHERE status = 'pending';
+DROP INDEX IF EXISTS inbox_pending;
+-- rowid is the arrival order (every index ends with it): (user, ts, rowid)
+CREATE INDEX IF NOT EXISTS inbox_arrival ON inbox(user, ts) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS inbox_finished ON inbox(finished_at) WHERE status != 'pending';
 CREATE TABLE IF NOT EXISTS statuses (
     wamid TEXT NOT NULL, status TEXT NOT NULL, user TEXT NOT NULL, ts INTEGER NOT NULL,
@@ -63,8 +78,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(user, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_wamid ON outbox(wamid) WHERE wamid != '';
-CREATE TABLE IF NOT EXISTS leases (user TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
+#: Lease columns on ``users``, added to files made before leases fenced writes.
+_LEASE_COLUMNS = (
+    ("lease_owner", "TEXT NOT NULL DEFAULT ''"),
+    ("lease_token", "TEXT NOT NULL DEFAULT ''"),
+    ("lease_until", "REAL NOT NULL DEFAULT 0"),
+)
 
 _STOP = object()
 
@@ -77,13 +98,23 @@ class SQLiteStore:
         synchronous: SQLite's ``synchronous`` pragma; ``FULL`` (default) survives power loss,
             ``NORMAL`` survives a killed process only.
         max_batch: the most operations one commit may carry.
+        busy_timeout: seconds a write waits for another process's lock on the file before
+            it fails (the webhook then answers 503 and Meta retries).
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", max_batch: int = 512):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        max_batch: int = 512,
+        busy_timeout: float = 5.0,
+    ):
         self.path = Path(path)
         self.description = f"sqlite:///{self.path}"
         self._synchronous = synchronous
         self._max_batch = max_batch
+        self._busy_ms = max(0, int(busy_timeout * 1000))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -95,12 +126,19 @@ class SQLiteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busy_ms / 1000,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+            for name, decl in _LEASE_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE users ADD COLUMN {name} {decl}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(
                 f"cannot open the SQLite store {self.path}: {exc} "
@@ -118,8 +156,13 @@ class SQLiteStore:
         self._queue.put(_STOP)
         await asyncio.to_thread(thread.join)
 
-    async def ping(self) -> None:
-        await self._call(lambda c: c.execute("SELECT 1").fetchone())
+    async def ping(self, *, write: bool = False) -> None:
+        if write:  # through a real commit: a full disk or a lock held elsewhere fails here
+            await self._call(
+                lambda c: c.execute("INSERT OR REPLACE INTO health (id, at) VALUES (1, 0)")
+            )
+        else:
+            await self._call(lambda c: c.execute("SELECT 1").fetchone())
 
     # --- the writer thread --------------------------------------------------------------
 
@@ -199,45 +242,98 @@ class SQLiteStore:
         return await self._call(op)
 
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
-        rows = [
-            (s.id, s.status, s.recipient, s.timestamp, now, dumps(status_to_json(s)))
+        items = [
+            (s, (s.id, s.status, s.recipient, s.timestamp, now, dumps(status_to_json(s))))
             for s in statuses
         ]
 
         def op(c: sqlite3.Connection) -> list[bool]:
             out = []
-            for row in rows:
+            for status, row in items:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO statuses (wamid, status, user, ts, received_at, data) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     row,
                 )
-                out.append(cur.rowcount == 1)
-                wamid, name = row[0], row[1]
-                if cur.rowcount == 1 and name in PROGRESS:
-                    _apply_progress(c, wamid, name)
+                new = cur.rowcount == 1
+                out.append(new)
+                if new and _apply_status(c, status):
+                    c.execute(
+                        "UPDATE statuses SET applied = 1 WHERE wamid = ? AND status = ?",
+                        (status.id, status.status),
+                    )
             return out
 
         return await self._call(op)
 
     # --- leases -------------------------------------------------------------------------
 
-    async def acquire_user(self, user: str, owner: str, until: float, now: float) -> bool:
-        def op(c: sqlite3.Connection) -> bool:
-            cur = c.execute(
-                "INSERT INTO leases (user, owner, until) VALUES (?, ?, ?) "
-                "ON CONFLICT(user) DO UPDATE SET owner = excluded.owner, until = excluded.until "
-                "WHERE leases.owner = excluded.owner OR leases.until < ?",
-                (user, owner, until, now),
+    async def claim(
+        self, user: str, owner: str, until: float, now: float, *, limit: int = 64
+    ) -> Work | None:
+        token = uuid.uuid4().hex
+
+        def op(c: sqlite3.Connection) -> tuple[str | None, _Rows] | None:
+            row = c.execute(
+                "SELECT version, data, lease_owner, lease_token, lease_until FROM users "
+                "WHERE key = ?",
+                (user,),
+            ).fetchone()
+            if row is None:
+                c.execute(
+                    "INSERT INTO users (key, version, next_seq, data, lease_owner, lease_token,"
+                    " lease_until) VALUES (?, 0, 0, '', ?, ?, ?)",
+                    (user, owner, token, until),
+                )
+                return None, _read_pending(c, user, limit)
+            _, data, held_by, held_token, held_until = row
+            if held_token and held_by != owner and held_until >= now:
+                return None
+            c.execute(
+                "UPDATE users SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE key = ?",
+                (owner, token, until, user),
             )
-            return cur.rowcount == 1
+            return data or None, _read_pending(c, user, limit)
 
-        return await self._call(op)
+        got = await self._call(op)
+        if got is None:
+            return None
+        data, rows = got
+        return _work(Lease(user, owner, token, until), data, rows)
 
-    async def release_user(self, user: str, owner: str) -> None:
-        await self._call(
-            lambda c: c.execute("DELETE FROM leases WHERE user = ? AND owner = ?", (user, owner))
-        )
+    async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
+        def op(c: sqlite3.Connection) -> tuple[str | None, _Rows]:
+            row = c.execute("SELECT data FROM users WHERE key = ?", (lease.user,)).fetchone()
+            return (row[0] or None) if row else None, _read_pending(c, lease.user, limit)
+
+        data, rows = await self._call(op)
+        return _work(lease, data, rows)
+
+    async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
+        rows = [(until, lease.user, lease.token) for lease in leases]
+
+        def op(c: sqlite3.Connection) -> set[str]:
+            held = set()
+            for row in rows:
+                cur = c.execute(
+                    "UPDATE users SET lease_until = ? WHERE key = ? AND lease_token = ?", row
+                )
+                if cur.rowcount == 1:
+                    held.add(row[1])
+            return held
+
+        return await self._call(op) if rows else set()
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        rows = [(lease.user, lease.token) for lease in leases]
+        if rows:
+            await self._call(
+                lambda c: c.executemany(
+                    "UPDATE users SET lease_owner = '', lease_token = '', lease_until = 0 "
+                    "WHERE key = ? AND lease_token = ?",
+                    rows,
+                )
+            )
 
     async def users_with_work(self, now: float, limit: int) -> list[str]:
         def op(c: sqlite3.Connection) -> list[str]:
@@ -247,64 +343,59 @@ class SQLiteStore:
                 " UNION SELECT DISTINCT user FROM statuses WHERE applied = 0"
                 " UNION SELECT DISTINCT user FROM outbox"
                 "  WHERE status = 'pending' AND next_attempt_at <= ?"
-                ") AS w WHERE NOT EXISTS"
-                " (SELECT 1 FROM leases l WHERE l.user = w.user AND l.until >= ?) LIMIT ?",
+                ") AS w WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.key = w.user"
+                " AND u.lease_token != '' AND u.lease_until >= ?) LIMIT ?",
                 (now, now, limit),
             ).fetchall()
             return [r[0] for r in rows]
 
         return await self._call(op)
 
-    # --- per-user work ------------------------------------------------------------------
-
     async def get_user(self, user: str) -> UserRecord | None:
-        def op(c: sqlite3.Connection) -> UserRecord | None:
+        def op(c: sqlite3.Connection) -> str | None:
             row = c.execute("SELECT data FROM users WHERE key = ?", (user,)).fetchone()
-            return None if row is None else user_from_json(json.loads(row[0]))
+            return (row[0] or None) if row else None
 
-        return await self._call(op)
+        data = await self._call(op)
+        return None if data is None else user_from_json(json.loads(data))
 
-    async def pending_inbound(self, user: str, limit: int) -> list[InboundMessage]:
-        def op(c: sqlite3.Connection) -> list[str]:
-            rows = c.execute(
-                "SELECT data FROM inbox WHERE user = ? AND status = 'pending' "
-                "ORDER BY ts, wamid LIMIT ?",
-                (user, limit),
-            ).fetchall()
-            return [r[0] for r in rows]
-
-        return [inbound_from_json(json.loads(d)) for d in await self._call(op)]
+    # --- per-user work ------------------------------------------------------------------
 
     async def commit_turn(
         self,
+        lease: Lease,
         message_id: str | None,
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
+        *,
+        failed: str = "",
+        start_sending: bool = False,
     ) -> Committed:
         read_version = record.version
-        stored = user_from_json({**user_to_json(record), "version": read_version + 1})
+        stored = replace(record, version=read_version + 1)
         data = dumps(user_to_json(stored))
         payloads = list(outgoing)
 
         def op(c: sqlite3.Connection) -> Committed:
             row = c.execute(
-                "SELECT version, next_seq FROM users WHERE key = ?", (record.key,)
+                "SELECT version, next_seq, lease_token FROM users WHERE key = ?", (record.key,)
             ).fetchone()
-            current, next_seq = (0, 0) if row is None else (row[0], row[1])
+            if row is None or row[2] != lease.token:
+                raise LeaseLost(f"user {record.key}: the lease was taken over; turn not stored")
+            current, next_seq = row[0], row[1]
             if current != read_version:
                 raise VersionConflict(
                     f"user {record.key}: read version {read_version}, stored {current}"
                 )
-            backlog = (
-                bool(payloads)
-                and c.execute(
-                    "SELECT 1 FROM outbox WHERE user = ? AND status = 'pending' LIMIT 1",
-                    (record.key,),
-                ).fetchone()
-                is not None
+            backlog = bool(payloads) and _has_pending_outbox(c, record.key, now)
+            entries = new_outbox_entries(
+                record.key,
+                next_seq,
+                payloads,
+                now,
+                in_flight=lease.token if start_sending and not backlog else "",
             )
-            entries = new_outbox_entries(record.key, next_seq, payloads, now)
             c.executemany(
                 "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
                 "VALUES (?, ?, ?, 'pending', ?, '', ?)",
@@ -313,100 +404,152 @@ class SQLiteStore:
                     for e in entries
                 ],
             )
-            next_seq += len(entries)
             c.execute(
-                "INSERT INTO users (key, version, next_seq, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET version = excluded.version, "
-                "next_seq = excluded.next_seq, data = excluded.data",
-                (record.key, stored.version, next_seq, data),
+                "UPDATE users SET version = ?, next_seq = ?, data = ? WHERE key = ?",
+                (stored.version, next_seq + len(entries), data, record.key),
             )
             if message_id is not None:
                 c.execute(
-                    "UPDATE inbox SET status = 'done', finished_at = ? WHERE wamid = ?",
-                    (now, message_id),
+                    "UPDATE inbox SET status = ?, finished_at = ?, reason = ? WHERE wamid = ?",
+                    ("failed" if failed else "done", now, failed or None, message_id),
                 )
             return Committed(stored, tuple(entries), backlog)
 
         return await self._call(op)
 
-    async def fail_inbound(self, message_id: str, reason: str, now: float) -> None:
-        await self._call(
-            lambda c: c.execute(
-                "UPDATE inbox SET status = 'failed', finished_at = ?, reason = ? WHERE wamid = ?",
-                (now, reason, message_id),
+    async def enqueue(
+        self, user: str, outgoing: Sequence[Outgoing], now: float
+    ) -> list[OutboxEntry]:
+        payloads = list(outgoing)
+        blank = dumps(user_to_json(_blank_user(user, version=1)))
+
+        def op(c: sqlite3.Connection) -> list[OutboxEntry]:
+            row = c.execute(
+                "SELECT version, next_seq, data FROM users WHERE key = ?", (user,)
+            ).fetchone()
+            next_seq = 0 if row is None else row[1]
+            entries = new_outbox_entries(user, next_seq, payloads, now)
+            c.executemany(
+                "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
+                "VALUES (?, ?, ?, 'pending', ?, '', ?)",
+                [
+                    (e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e)))
+                    for e in entries
+                ],
             )
-        )
+            if row is None:
+                c.execute(
+                    "INSERT INTO users (key, version, next_seq, data) VALUES (?, 1, ?, ?)",
+                    (user, len(entries), blank),
+                )
+            elif not row[2]:  # claimed but never committed: the record is born here
+                c.execute(
+                    "UPDATE users SET version = 1, next_seq = ?, data = ? WHERE key = ?",
+                    (next_seq + len(entries), blank, user),
+                )
+            else:
+                c.execute(
+                    "UPDATE users SET version = version + 1, next_seq = ?, "
+                    "data = json_set(data, '$.version', version + 1) WHERE key = ?",
+                    (next_seq + len(entries), user),
+                )
+            return entries
 
-    async def pending_statuses(self, user: str, limit: int) -> list[StatusUpdate]:
-        def op(c: sqlite3.Connection) -> list[str]:
-            rows = c.execute(
-                "SELECT data FROM statuses WHERE user = ? AND applied = 0 "
-                "ORDER BY ts, received_at, CASE status WHEN 'sent' THEN 0 "
-                "WHEN 'delivered' THEN 1 WHEN 'read' THEN 2 ELSE 3 END LIMIT ?",
-                (user, limit),
-            ).fetchall()
-            return [r[0] for r in rows]
+        return await self._call(op)
 
-        return [status_from_json(json.loads(d)) for d in await self._call(op)]
+    async def begin_send(self, lease: Lease, entry: OutboxEntry, now: float) -> OutboxEntry | None:
+        def op(c: sqlite3.Connection) -> int | None:
+            _check_lease(c, lease)
+            row = c.execute(
+                "SELECT json_extract(data, '$.attempts') FROM outbox "
+                "WHERE id = ? AND status = 'pending' AND wamid = ''",
+                (entry.id,),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = int(row[0] or 0) + 1
+            c.execute(
+                "UPDATE outbox SET data = json_set(data, '$.attempts', ?, '$.inflight_at', ?, "
+                "'$.inflight_token', ?) WHERE id = ?",
+                (attempts, now, lease.token, entry.id),
+            )
+            return attempts
 
-    async def finish_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
-        rows = list(keys)
+        attempts = await self._call(op)
+        if attempts is None:
+            return None
+        return replace(entry, attempts=attempts, inflight_at=now, inflight_token=lease.token)
+
+    async def save_outbox(self, lease: Lease, entry: OutboxEntry) -> None:
+        # An entry's reply never changes once queued: only its delivery fields are written,
+        # so the (large) message body is not encoded again for every send.
+        def op(c: sqlite3.Connection) -> None:
+            _check_lease(c, lease)
+            row = c.execute("SELECT status, wamid FROM outbox WHERE id = ?", (entry.id,)).fetchone()
+            if row is None:
+                return
+            status = merge_saved(row[0], row[1], entry)
+            c.execute(
+                "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
+                "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "
+                "'$.sent_as', ?, '$.reason', ?, '$.error_code', ?, '$.fallback_sent', ?, "
+                "'$.inflight_at', ?, '$.inflight_token', ?) WHERE id = ?",
+                (
+                    status,
+                    entry.next_attempt_at,
+                    entry.wamid,
+                    status,
+                    entry.attempts,
+                    entry.next_attempt_at,
+                    entry.wamid,
+                    entry.sent_as,
+                    entry.reason,
+                    entry.error_code,
+                    entry.fallback_sent,
+                    entry.inflight_at,
+                    entry.inflight_token,
+                    entry.id,
+                ),
+            )
+
+        await self._call(op)
+
+    async def outbox_for_status(self, status: StatusUpdate) -> OutboxEntry | None:
+        named = parse_callback_data(status.callback_data)
+
+        def op(c: sqlite3.Connection) -> str | None:
+            row = c.execute(  # the condition lets SQLite use the partial index
+                "SELECT data FROM outbox WHERE wamid = ? AND wamid != ''", (status.id,)
+            ).fetchone()
+            if row is None and named is not None:
+                row = c.execute(
+                    "SELECT data FROM outbox WHERE id = ? AND user = ?",
+                    (named[0], status.recipient),
+                ).fetchone()
+            return None if row is None else str(row[0])
+
+        data = await self._call(op) if status.id else None
+        return None if data is None else outbox_from_json(json.loads(data))
+
+    async def finish_statuses(self, user: str, keys: Sequence[tuple[str, str]]) -> None:
+        rows = [(wamid, status, user) for wamid, status in keys]
         await self._call(
             lambda c: c.executemany(
-                "UPDATE statuses SET applied = 1 WHERE wamid = ? AND status = ?", rows
+                "UPDATE statuses SET applied = 1 WHERE wamid = ? AND status = ? AND user = ?",
+                rows,
             )
         )
 
-    async def pending_outbox(self, user: str, limit: int) -> list[OutboxEntry]:
+    async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
         def op(c: sqlite3.Connection) -> list[str]:
             rows = c.execute(
-                "SELECT data FROM outbox WHERE user = ? AND status = 'pending' "
-                "ORDER BY seq LIMIT ?",
+                "SELECT data FROM (SELECT data, seq FROM outbox WHERE user = ? "
+                "ORDER BY seq DESC LIMIT ?) ORDER BY seq",
                 (user, limit),
             ).fetchall()
             return [r[0] for r in rows]
 
         return [outbox_from_json(json.loads(d)) for d in await self._call(op)]
-
-    async def outbox_by_wamid(self, wamid: str) -> OutboxEntry | None:
-        if not wamid:
-            return None
-
-        def op(c: sqlite3.Connection) -> str | None:
-            row = c.execute(  # the condition lets SQLite use the partial index
-                "SELECT data FROM outbox WHERE wamid = ? AND wamid != ''", (wamid,)
-            ).fetchone()
-            return None if row is None else str(row[0])
-
-        data = await self._call(op)
-        return None if data is None else outbox_from_json(json.loads(data))
-
-    async def save_outbox(self, entry: OutboxEntry) -> None:
-        # An entry's reply never changes once queued: only its delivery fields are written,
-        # so the (large) message body is not encoded again for every send.
-        row = (
-            entry.status,
-            entry.next_attempt_at,
-            entry.wamid,
-            entry.status,
-            entry.attempts,
-            entry.next_attempt_at,
-            entry.wamid,
-            entry.sent_as,
-            entry.reason,
-            entry.error_code,
-            entry.fallback_sent,
-            entry.id,
-        )
-        await self._call(
-            lambda c: c.execute(
-                "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
-                "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "
-                "'$.sent_as', ?, '$.reason', ?, '$.error_code', ?, '$.fallback_sent', ?) "
-                "WHERE id = ?",
-                row,
-            )
-        )
 
     async def purge(self, before: float, limit: int) -> int:
         def op(c: sqlite3.Connection) -> int:
@@ -439,18 +582,98 @@ class SQLiteStore:
         return await self._call(op)
 
 
-def _apply_progress(c: sqlite3.Connection, wamid: str, name: str) -> None:
-    """Move the outbox entry ``wamid`` names forward to ``name``; mark the status applied."""
-    lower = PROGRESS[name]
+#: What :func:`_read_pending` reads: inbox, statuses and outbox rows as stored JSON.
+_Rows = tuple[list[str], list[str], list[str]]
+
+
+def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
+    """A user's pending inbox (arrival order), statuses and outbox (``seq`` order)."""
+    inbox = c.execute(
+        "SELECT data FROM inbox WHERE user = ? AND status = 'pending' ORDER BY ts, rowid LIMIT ?",
+        (user, limit),
+    ).fetchall()
+    statuses = c.execute(
+        "SELECT data FROM statuses WHERE user = ? AND applied = 0 "
+        "ORDER BY ts, received_at, CASE status WHEN 'sent' THEN 0 "
+        "WHEN 'delivered' THEN 1 WHEN 'read' THEN 2 ELSE 3 END LIMIT ?",
+        (user, limit),
+    ).fetchall()
+    outbox = c.execute(
+        "SELECT data FROM outbox WHERE user = ? AND status = 'pending' ORDER BY seq LIMIT ?",
+        (user, limit),
+    ).fetchall()
+    return [r[0] for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
+
+
+def _work(lease: Lease, data: str | None, rows: _Rows) -> Work:
+    """Decode what :func:`_read_pending` read (on the caller's thread, not the writer's)."""
+    inbox, statuses, outbox = rows
+    record = _blank_user(lease.user) if data is None else user_from_json(json.loads(data))
+    return Work(
+        lease=lease,
+        record=record,
+        inbound=tuple(inbound_from_json(json.loads(d)) for d in inbox),
+        statuses=tuple(status_from_json(json.loads(d)) for d in statuses),
+        outbox=tuple(outbox_from_json(json.loads(d)) for d in outbox),
+    )
+
+
+def _blank_user(user: str, version: int = 0) -> UserRecord:
+    """The record of a user never seen (keyed by a phone number or a business-scoped id)."""
+    phone = user.isdigit()
+    return UserRecord(
+        key=user, wa_id=user if phone else "", user_id="" if phone else user, version=version
+    )
+
+
+def _check_lease(c: sqlite3.Connection, lease: Lease) -> None:
+    row = c.execute("SELECT lease_token FROM users WHERE key = ?", (lease.user,)).fetchone()
+    if row is None or row[0] != lease.token:
+        raise LeaseLost(f"user {lease.user}: the lease was taken over; write refused")
+
+
+def _has_pending_outbox(c: sqlite3.Connection, user: str, now: float) -> bool:
+    """Whether an older entry must go out first (a reminder not due yet does not count)."""
+    return (
+        c.execute(
+            "SELECT 1 FROM outbox WHERE user = ? AND status = 'pending' AND (next_attempt_at <= ?"
+            " OR json_extract(data, '$.attempts') > 0) LIMIT 1",
+            (user, now),
+        ).fetchone()
+        is not None
+    )
+
+
+def _apply_status(c: sqlite3.Connection, status: StatusUpdate) -> bool:
+    """Apply a new status item on the way in; whether it needs nothing more from a worker.
+
+    Its callback data may name an entry whose attempt is in flight with no wamid recorded
+    (the sender died or timed out before Meta's answer): the wamid is recorded, so the
+    entry is never sent again. Delivery progress then moves the entry forward.
+    """
+    named = parse_callback_data(status.callback_data)
+    if named is not None and status.status in DELIVERY_RANK:
+        entry_id, attempt = named
+        c.execute(
+            "UPDATE outbox SET wamid = ?, status = ?, data = json_set(data, '$.wamid', ?, "
+            "'$.status', ?, '$.inflight_at', 0) WHERE id = ? AND user = ? AND wamid = '' "
+            "AND status = 'pending' AND json_extract(data, '$.inflight_at') > 0 "
+            "AND json_extract(data, '$.attempts') = ?",
+            (status.id, "sent", status.id, "sent", entry_id, status.recipient, attempt),
+        )
+    if status.status not in DELIVERY_RANK:
+        return False
+    lower = [s for s in DELIVERY_RANK if delivery_status(s, status.status) != s]
     marks = ",".join("?" * len(lower))
     c.execute(
         "UPDATE outbox SET status = ?, data = json_set(data, '$.status', ?) "
         f"WHERE wamid = ? AND wamid != '' AND status IN ({marks})",
-        (name, name, wamid, *lower),
+        (status.status, status.status, status.id, *lower),
     )
-    known = c.execute("SELECT 1 FROM outbox WHERE wamid = ? AND wamid != ''", (wamid,)).fetchone()
-    if known:
-        c.execute("UPDATE statuses SET applied = 1 WHERE wamid = ? AND status = ?", (wamid, name))
+    known = c.execute(
+        "SELECT 1 FROM outbox WHERE wamid = ? AND wamid != ''", (status.id,)
+    ).fetchone()
+    return known is not None
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
