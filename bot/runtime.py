@@ -111,7 +111,9 @@ def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]
 
 def build_app(config: Config) -> web.Application:
     """The application ``bot run`` serves, with everything the config names."""
-    store = store_from_url(config.store.url, base_dir=config.base_dir)
+    store = store_from_url(
+        config.store.url, base_dir=config.base_dir, timeout=config.server.store_timeout_seconds
+    )
     if config.sandbox:
         log.warning(
             "sandbox_mode",

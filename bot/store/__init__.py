@@ -11,12 +11,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def store_from_url(url: str, *, base_dir: Path | None = None) -> Store:
+def store_from_url(url: str, *, base_dir: Path | None = None, timeout: float = 5.0) -> Store:
     """Build (not open) the store a URL names.
 
     ``sqlite:///relative/file.db`` (relative to ``base_dir``), ``sqlite:////abs/file.db``,
     or ``mongodb://`` / ``mongodb+srv://`` URLs (the database is the URL's path, default
-    ``windowbot``).
+    ``windowbot``). ``timeout``: seconds a SQLite write waits for another process's lock.
     """
     if url.startswith("sqlite:///"):
         from pathlib import Path
@@ -26,7 +26,7 @@ def store_from_url(url: str, *, base_dir: Path | None = None) -> Store:
         path = Path(url[len("sqlite:///") :])
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        return SQLiteStore(path)
+        return SQLiteStore(path, busy_timeout=timeout)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from bot.store.mongo import MongoStore
 
