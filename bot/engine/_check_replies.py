@@ -8,7 +8,7 @@ from pathlib import Path
 from bot.engine._replies import is_template
 from bot.engine.render import Renderer
 from bot.engine.reply import LIMITS, MAX_BUTTONS, MAX_ROWS
-from bot.engine.spec import FallbackSpec, ReplySpec
+from bot.engine.spec import ANY, FallbackSpec, ReplySpec, RuleSpec
 from bot.findings import Finding
 
 FallbackChecker = Callable[[FallbackSpec], list[str]]
@@ -97,6 +97,34 @@ class ReplyChecker:
             self._list(spec)
         if spec.fallback is not None:
             self.fallback(spec.fallback)
+
+    def on_error(self, specs: tuple[ReplySpec, ...], commands: tuple[RuleSpec, ...]) -> None:
+        """``on_error:`` replies: every reply check, and buttons that only commands can take.
+
+        An error reply reaches a user in whatever state their message failed in, so a
+        button or list row on it is answered only if a command (not a state's rule) takes
+        its id.
+        """
+        triggers = [t for rule in commands for t in rule.triggers]
+        for spec in specs:
+            self.reply(spec)
+            ids = [(b.id, b.line) for b in spec.buttons]
+            ids += [(row.id, row.line) for section in spec.sections for row in section.rows]
+            for ident, line in ids:
+                if not any(
+                    t.kind == "else"
+                    or (t.kind == "reply" and (ANY in t.values or ident in t.values))
+                    for t in triggers
+                ):
+                    self.findings.append(
+                        Finding(
+                            self.file,
+                            line,
+                            f"on_error button '{ident}' is taken by no command (the user may "
+                            f"be in any state; add a command '- reply: {ident}' with goto:)",
+                            "warning",
+                        )
+                    )
 
     def _buttons(self, spec: ReplySpec) -> None:
         if len(spec.buttons) > MAX_BUTTONS:

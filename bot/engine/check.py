@@ -131,6 +131,7 @@ class _Checker:
         for rule in self.p.commands:
             self._rule(rule, project_file, None, None, project_replies, self.p.hooks)
         self._shadowing(project_file, self.p.commands)
+        project_replies.on_error(self.p.on_error, self.p.commands)
         for flow in self.p.flows.values():
             self._flow(flow)
         self._reachability()
@@ -145,12 +146,14 @@ class _Checker:
 
     def _reply_ids(self) -> set[str]:
         ids: set[str] = set()
+        replies = list(self.p.on_error)
         for flow in self.p.flows.values():
-            replies = [r for s in flow.states.values() for r in s.say]
+            replies += [r for s in flow.states.values() for r in s.say]
             replies += [r for rule in _all_rules(self.p, flow) for r in rule.say]
-            for reply in replies:
-                ids.update(b.id for b in reply.buttons)
-                ids.update(row.id for sec in reply.sections for row in sec.rows)
+            replies += flow.on_error or ()
+        for reply in replies:
+            ids.update(b.id for b in reply.buttons)
+            ids.update(row.id for sec in reply.sections for row in sec.rows)
         return ids
 
     def _replies_checker(self, file: Path, constants: Mapping[str, object]) -> ReplyChecker:
@@ -181,6 +184,7 @@ class _Checker:
         for rule in flow.commands:
             self._rule(rule, flow.file, flow, None, replies, flow.hooks)
         self._shadowing(flow.file, flow.commands)
+        replies.on_error(flow.on_error or (), (*flow.commands, *self.p.commands))
         for state in flow.states.values():
             for reply in state.say:
                 replies.reply(reply)

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from bot.engine._check_replies import FallbackChecker
+from bot.engine._on_error import ErrorReplies
 from bot.engine.check import analyze
 from bot.engine.hooks import HookContext, Reminder, call, text
 from bot.engine.machine import (
@@ -72,14 +73,17 @@ class Engine:
         variables: Mapping[str, Any] | None = None,
         warnings: Sequence[Finding] = (),
         directory: Path | None = None,
+        on_error: ErrorReplies | None = None,
     ) -> None:
         if default_flow not in flows:
             raise FlowError(f"default flow '{default_flow}' does not exist")
         self._flows = MappingProxyType(dict(flows))
+        self._constants = MappingProxyType({n: f.constants for n, f in self._flows.items()})
         self.default_flow = default_flow
         self.defaults: Mapping[str, Any] = MappingProxyType(dict(variables or {}))
         self.warnings: tuple[Finding, ...] = tuple(warnings)
         self.directory = directory
+        self._on_error = on_error
 
     @classmethod
     def load(
@@ -130,6 +134,7 @@ class Engine:
             variables=variables,
             warnings=warnings,
             directory=flows_dir,
+            on_error=ErrorReplies.compile(project, analysis.renderer),
         )
 
     @property
@@ -151,6 +156,42 @@ class Engine:
             RenderError: a reply could not be rendered (the checker prevents most causes).
         """
         return await _Turn(self, record, message, now).run()
+
+    def error_replies(
+        self, record: UserRecord, message: InboundMessage | None, now: float, reason: str
+    ) -> tuple[Outgoing, ...]:
+        """The replies a user gets when their message could not be handled (never raises).
+
+        These are the ``on_error:`` replies of the user's flow, else those of
+        ``_project.yaml``, rendered like any reply (with its template fallback for a closed
+        window), each with ``note="on_error"``. A reply that cannot be rendered, even with
+        variable defaults and an empty message, is dropped and logged
+        (``error_reply_failed``).
+
+        Args:
+            record: the user's record as it was before the failed message.
+            message: the message whose handling failed, if there is one.
+            now: the time of the failure, unix seconds (replies do not depend on it yet).
+            reason: why handling failed, for the logs only: it is never shown to the user.
+
+        Returns:
+            The replies, in order; ``()`` when nothing is declared or nothing could render.
+        """
+        if self._on_error is None:
+            return ()
+        try:
+            return self._on_error.render(
+                record, message, reason, constants=self._constants, defaults=self.defaults
+            )
+        except Exception as exc:  # the last line of defence: a failure must not fail twice
+            log.error(
+                "error_reply_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                reason=reason,
+                now=now,
+                effect="no error reply sent",
+            )
+            return ()
 
 
 class _Turn:

@@ -18,6 +18,7 @@ from bot.engine.spec import (
     FlowSpec,
     HookRef,
     ProjectSpec,
+    ReplySpec,
     RuleSpec,
     SaveSpec,
     StateSpec,
@@ -31,8 +32,10 @@ PROJECT_FILE = "_project.yaml"
 #: Files in the flows folder that are not flows (the template registry owns ``templates.yaml``).
 NOT_FLOWS = frozenset({"templates.yaml", "templates.yml"})
 
-FLOW_KEYS = frozenset({"flow", "initial", "states", "commands", "constants", "vars", "hooks"})
-PROJECT_KEYS = frozenset({"default_flow", "commands", "constants", "vars", "hooks"})
+FLOW_KEYS = frozenset(
+    {"flow", "initial", "states", "commands", "constants", "vars", "hooks", "on_error"}
+)
+PROJECT_KEYS = frozenset({"default_flow", "commands", "constants", "vars", "hooks", "on_error"})
 STATE_KEYS = frozenset({"say", "on", "final", "do", "commands"})
 TRIGGER_KEYS: tuple[TriggerKind, ...] = (
     "text",
@@ -104,6 +107,7 @@ def load_project(flows_dir: Path) -> tuple[ProjectSpec, list[Finding]]:
         file=project.file,
         hooks=project.hooks_default,
         unreadable=frozenset(unreadable),
+        on_error=project.on_error,
     )
     return spec, findings
 
@@ -117,6 +121,7 @@ class _ProjectFile:
         self.default_flow = ""
         self.default_flow_line = 0
         self.hooks_default = "hooks"
+        self.on_error: tuple[ReplySpec, ...] = ()
 
 
 def _read_project(flows_dir: Path, findings: list[Finding]) -> _ProjectFile:
@@ -141,6 +146,8 @@ def _read_project(flows_dir: Path, findings: list[Finding]) -> _ProjectFile:
     out.variables = r.plain_mapping(m.get("vars"), "vars")
     if "commands" in m:
         out.commands = r.rules(m["commands"][1], command=True, in_project=True)
+    if "on_error" in m:
+        out.on_error = r.replies.replies(m["on_error"][1], "on_error")
     return out
 
 
@@ -199,6 +206,9 @@ class _FlowReader:
             variables=self.plain_mapping(m.get("vars"), "vars"),
             hooks=hooks,
             hooks_line=hooks_line,
+            on_error=self.replies.replies(m["on_error"][1], "on_error")
+            if "on_error" in m
+            else None,
         )
 
     def plain_mapping(self, pair: tuple[Node, Node] | None, what: str) -> dict[str, object]:

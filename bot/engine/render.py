@@ -91,6 +91,26 @@ def message_context(message: InboundMessage) -> dict[str, Any]:
     }
 
 
+def blank_message_context() -> dict[str, Any]:
+    """``message`` with every field empty: for replies that are not about a message (or
+    whose message cannot be trusted, like the one whose handling just failed)."""
+    return {
+        "wamid": "",
+        "type": "",
+        "text": "",
+        "id": "",
+        "title": "",
+        "description": "",
+        "payload": "",
+        "caption": "",
+        "media": None,
+        "location": None,
+        "match": {},
+        "timestamp": 0,
+        "emoji": "",
+    }
+
+
 class Renderer:
     """One sandboxed environment; compiles strings once and checks them."""
 

@@ -213,6 +213,9 @@ class FlowSpec:
     variables: Mapping[str, Any] = field(default_factory=dict)
     hooks: str = "hooks"
     hooks_line: int = 0
+    #: ``on_error:`` replies for users in this flow; ``None`` when the flow declares none
+    #: (the project's apply), ``()`` when it declares an empty list (no error reply here).
+    on_error: tuple[ReplySpec, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +232,5 @@ class ProjectSpec:
     file: Path | None = None
     hooks: str = "hooks"  # the hooks module of project commands, and flows' default
     unreadable: frozenset[str] = frozenset()  # stems of flow files that could not be read
+    #: ``on_error:``: what a user gets when their message could not be handled.
+    on_error: tuple[ReplySpec, ...] = ()
