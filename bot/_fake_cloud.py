@@ -99,8 +99,9 @@ class FakeCloudAPI:
     status webhooks (``emit_statuses``) that echo the message's ``biz_opaque_callback_data``
     as Meta does; one the bot does not accept (no answer, not 200) is posted again for up to
     ``retry_statuses`` seconds, as Meta retries. ``delay`` answers every send that many
-    seconds late (a slow Cloud API). With a ``registry``, templates are checked like Meta
-    does (unknown → 132001, wrong parameter count → 132000, paused → 132015...).
+    seconds late (a slow Cloud API): the message is taken at once, so a caller that gives up
+    or dies while waiting has still sent it, as with Meta. With a ``registry``, templates are
+    checked like Meta does (unknown → 132001, wrong parameter count → 132000, paused → 132015...).
     ``phone_number_id="*"`` accepts any number id. For a fake in another process (the
     sandbox, benchmarks: ``python -m bot.testing``) three control routes mirror the methods:
     ``GET /_fake/count``, ``GET /_fake/messages`` and ``POST /_fake/inbound``
@@ -317,8 +318,6 @@ class FakeCloudAPI:
             if self.phone_number_id not in ("*", request.match_info["phone_number_id"]):
                 pnid = request.match_info["phone_number_id"]
                 raise _Problem(100, f"Object with ID '{pnid}' does not exist")
-            if self.delay:
-                await _wait(self._closing, self.delay)
             if self._failures:
                 failure = self._failures.popleft()
                 if failure.timeout:
@@ -332,9 +331,12 @@ class FakeCloudAPI:
             _check_message(body)
             if body.get("type") == "template" and self.registry is not None:
                 _check_template(body["template"], self.registry)
-            return self._accept(body)
+            answer = self._accept(body)
         except _Problem as problem:
-            return _error(problem)
+            answer = _error(problem)
+        if self.delay:  # like Meta, the message is taken even if the caller stops waiting
+            await _wait(self._closing, self.delay)
+        return answer
 
     async def _count(self, request: web.Request) -> web.Response:
         return web.json_response({"count": len(self.messages)})

@@ -37,7 +37,15 @@ from bot.errors import (
     WindowClosed,
 )
 from bot.metrics import Metrics
-from bot.models import JSON, OutboxEntry, StatusUpdate, UserRecord, delivery_status
+from bot.models import (
+    DELIVERY_RANK,
+    JSON,
+    OutboxEntry,
+    StatusUpdate,
+    UserRecord,
+    delivery_status,
+    parse_callback_data,
+)
 from bot.retry import RetryPolicy
 from bot.store.base import Lease, Store
 from bot.templates import TemplateRegistry
@@ -130,6 +138,15 @@ class Sender:
                 else:
                     bound.warning("reply_failed", code=code, detail=detail)
                     entry = replace(entry, status="failed", error_code=code, reason=detail)
+                await self.store.save_outbox(lease, entry)
+                continue
+            if entry.wamid != status.id:
+                if not _settles(entry, status):
+                    bound.info("status_unmatched", reason="names an earlier attempt")
+                    continue
+                bound.info("send_settled_by_status", attempt=entry.attempts)
+                entry = replace(entry, wamid=status.id, inflight_at=0.0, inflight_token="")
+                entry = replace(entry, status=delivery_status("sent", status.status))
                 await self.store.save_outbox(lease, entry)
                 continue
             moved = delivery_status(entry.status, status.status)
@@ -322,6 +339,17 @@ class Sender:
             self.metrics.send_failures += 1
         done = replace(entry, status=status, reason=reason, inflight_at=0.0, inflight_token="")
         await self.store.save_outbox(lease, done)
+
+
+def _settles(entry: OutboxEntry, status: StatusUpdate) -> bool:
+    """Whether ``status`` reports the attempt of ``entry`` that is in flight (Meta took it)."""
+    named = parse_callback_data(status.callback_data)
+    return (
+        named is not None
+        and named == (entry.id, entry.attempts)
+        and entry.inflight_at > 0
+        and status.status in DELIVERY_RANK
+    )
 
 
 def _can_fall_back(entry: OutboxEntry) -> bool:

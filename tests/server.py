@@ -27,8 +27,8 @@ def free_port() -> int:
 class BotProcess:
     """``bot run`` on a free loopback port with the given environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "BOT_LOG_LEVEL": "info", "BOT_LOG_FORMAT": "json", **env}
         self.log_path = log_path
