@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BotError as exc:
         print(f"bot: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log.level, config.log.format)
+    configure_logging(config.log.level, config.log.format, cache=args.command == "run")
     try:
         if args.command == "run":
             return _run(config, args.host, args.port)

@@ -36,13 +36,17 @@ class _Stderr:
         return sys.stderr.isatty()
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, cache: bool = False
+) -> None:
     """Set up structlog once, at start-up.
 
     Args:
         level: debug, info, warning or error.
         fmt: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise).
         stream: where lines go (default stderr).
+        cache: bind each logger once, on first use (``bot run``: much cheaper per line);
+            leave it off where logging is reconfigured later (tests, ``bot chat``).
     """
     out = stream or _Stderr()
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -64,8 +68,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
-        # no caching: tests (structlog.testing.capture_logs) and tools can reconfigure later
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
 
 
