@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,14 +42,18 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 class Receiver:
-    """A stand-in bot webhook that keeps every POST it gets and answers 200."""
+    """A stand-in bot webhook that keeps every POST it gets and answers 200.
 
-    def __init__(self) -> None:
+    ``answers`` are given, in order, to the first POSTs instead of 200.
+    """
+
+    def __init__(self, answers: tuple[int, ...] = ()) -> None:
         self.posts: list[tuple[bytes, dict[str, str]]] = []
+        self.answers = list(answers)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.posts.append((await request.read(), dict(request.headers)))
-        return web.Response(text="ok")
+        return web.Response(status=self.answers.pop(0) if self.answers else 200, text="ok")
 
     def statuses(self) -> list[tuple[str, str, tuple[int, ...]]]:
         """(wamid, status, error codes) of every status received, each signature checked."""
@@ -59,14 +65,29 @@ class Receiver:
         return out
 
 
+async def serve(aiohttp_server: ServerFactory, receiver: Receiver) -> str:
+    """Start ``receiver`` on a loopback server; return the url of its /webhook route."""
+    app = web.Application()
+    app.router.add_post("/webhook", receiver.handle)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/webhook"))
+
+
 @pytest.fixture
 async def receiver(aiohttp_server: ServerFactory) -> tuple[Receiver, str]:
     """A running receiver and the url of its /webhook route."""
     receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/webhook", receiver.handle)
-    server = await aiohttp_server(app)
-    return receiver, str(server.make_url("/webhook"))
+    return receiver, await serve(aiohttp_server, receiver)
+
+
+def raw_statuses(receiver: Receiver) -> list[dict[str, Any]]:
+    """Every ``statuses[]`` item the receiver got, as posted."""
+    out: list[dict[str, Any]] = []
+    for body, _ in receiver.posts:
+        for entry in json.loads(body)["entry"]:
+            for change in entry["changes"]:
+                out.extend(change["value"].get("statuses", []))
+    return out
 
 
 async def post(fake: FakeCloudAPI, body: Any, token: str | None = None) -> tuple[int, Any]:
@@ -78,6 +99,13 @@ async def post(fake: FakeCloudAPI, body: Any, token: str | None = None) -> tuple
         session.post(url, json=body, headers=headers) as r,
     ):
         return r.status, await r.json()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def request(to: str = USER, message: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -320,11 +348,99 @@ class TestFakeWindow:
         [read] = parse_body(hook.posts[-1][0]).statuses
         assert read.recipient == USER
 
+    async def test_statuses_echo_the_callback_data(self, receiver: tuple[Receiver, str]) -> None:
+        """Every status of a message sent with biz_opaque_callback_data carries it back."""
+        hook, url = receiver
+        async with FakeCloudAPI(webhook_url=url, app_secret=SECRET) as fake:
+            fake.user_wrote(USER)
+            _, tagged = await post(fake, {**request(), "biz_opaque_callback_data": "wb1:2:e7"})
+            _, plain = await post(fake, request())
+            await fake.settle()
+            assert await fake.emit_status(tagged["messages"][0]["id"], "read") == 200
+        assert [m.callback for m in fake.messages] == ["wb1:2:e7", ""]
+        by_wamid: dict[str, list[Any]] = {}
+        for item in raw_statuses(hook):
+            by_wamid.setdefault(item["id"], []).append(item.get("biz_opaque_callback_data"))
+        assert by_wamid == {
+            tagged["messages"][0]["id"]: ["wb1:2:e7"] * 3,
+            plain["messages"][0]["id"]: [None, None],
+        }
+        read = parse_body(hook.posts[-1][0]).statuses[0]
+        assert (read.status, read.callback_data) == ("read", "wb1:2:e7")
+
+    async def test_retry_statuses_reposts_until_accepted(
+        self, aiohttp_server: ServerFactory
+    ) -> None:
+        """A status the bot answers 503 is posted again, unchanged, until it gets a 200."""
+        hook = Receiver(answers=(503, 500))
+        url = await serve(aiohttp_server, hook)
+        fake = FakeCloudAPI(webhook_url=url, app_secret=SECRET, retry_statuses=10.0)
+        async with fake:
+            assert await fake.emit_status("wamid.X", "delivered", recipient=USER) == 200
+        assert fake.webhook_answers == [503, 500, 200]
+        assert len({body for body, _ in hook.posts}) == 1 and len(hook.posts) == 3
+
+    async def test_without_retry_statuses_a_refused_status_is_posted_once(
+        self, aiohttp_server: ServerFactory
+    ) -> None:
+        """By default a status the bot does not accept is not posted again."""
+        hook = Receiver(answers=(503,))
+        url = await serve(aiohttp_server, hook)
+        async with FakeCloudAPI(webhook_url=url, app_secret=SECRET) as fake:
+            assert await fake.emit_status("wamid.X", "delivered", recipient=USER) == 503
+        assert fake.webhook_answers == [503] and len(hook.posts) == 1
+
+    async def test_retry_statuses_gives_up_after_its_seconds(
+        self, aiohttp_server: ServerFactory
+    ) -> None:
+        """A bot that never accepts gets a few posts within retry_statuses, then the last answer."""
+        hook = Receiver(answers=(500,) * 100)
+        url = await serve(aiohttp_server, hook)
+        loop = asyncio.get_running_loop()
+        async with FakeCloudAPI(webhook_url=url, app_secret=SECRET, retry_statuses=0.3) as fake:
+            began = loop.time()
+            assert await fake.emit_status("wamid.X", "sent", recipient=USER) == 500
+            took = loop.time() - began
+        assert 2 <= len(hook.posts) <= 5 and set(fake.webhook_answers) == {500}
+        assert took < 2.0
+
+    async def test_retry_statuses_survives_a_bot_that_is_down(self) -> None:
+        """With nothing listening, retries record and return 0; without them the error is raised."""
+        url = f"http://127.0.0.1:{free_port()}/webhook"
+        async with FakeCloudAPI(webhook_url=url, app_secret=SECRET, retry_statuses=0.2) as fake:
+            assert await fake.emit_status("wamid.X", "sent", recipient=USER) == 0
+        assert len(fake.webhook_answers) >= 2 and set(fake.webhook_answers) == {0}
+        async with FakeCloudAPI(webhook_url=url, app_secret=SECRET) as once:
+            with pytest.raises(aiohttp.ClientError):
+                await once.emit_status("wamid.X", "sent", recipient=USER)
+
     async def test_emit_status_needs_a_webhook(self) -> None:
         """emit_status without webhook_url/app_secret explains what is missing."""
         async with FakeCloudAPI() as fake:
             with pytest.raises(RuntimeError, match="webhook_url and app_secret"):
                 await fake.emit_status("wamid.X", "read")
+
+
+class TestFakeDelay:
+    async def test_delay_answers_every_send_late(self) -> None:
+        """With delay=0.3 a send is answered no sooner than 0.3 s later, and still accepted."""
+        loop = asyncio.get_running_loop()
+        async with FakeCloudAPI(delay=0.3) as fake:
+            fake.user_wrote(USER)
+            began = loop.time()
+            status, _ = await post(fake, request())
+            took = loop.time() - began
+        assert status == 200 and len(fake.messages) == 1
+        assert took >= 0.3
+
+    async def test_no_delay_by_default(self) -> None:
+        """Without delay a send is answered well within the 0.3 s a delayed one takes."""
+        loop = asyncio.get_running_loop()
+        async with FakeCloudAPI() as fake:
+            fake.user_wrote(USER)
+            began = loop.time()
+            assert (await post(fake, request()))[0] == 200
+        assert loop.time() - began < 0.3
 
 
 class TestFakeControlRoutes:

@@ -1,19 +1,23 @@
-"""The Cloud API client against FakeCloudAPI over loopback: shapes, errors, retries, limits."""
+"""The Cloud API client against FakeCloudAPI over loopback: shapes, errors, one request, limits."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bot.errors import (
     CloudAPIError,
     InvalidRequest,
+    OutcomeUnknown,
     RateLimited,
     SendingHalted,
     TemplateRejected,
@@ -30,6 +34,9 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "flows" / "templates.yaml"
 USER = "5511999990000"
 TOKEN = "EAAG-secret-token-value-1234567890"
 TEXT: JSON = {"type": "text", "text": {"body": "hi", "preview_url": False}}
+SECRET = "app-secret-for-tests"
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 class Sleeps:
@@ -50,14 +57,13 @@ async def fake() -> AsyncIterator[FakeCloudAPI]:
 
 
 def client(fake: FakeCloudAPI, sleeps: Sleeps | None = None, **options: Any) -> CloudAPI:
-    """A client on the fake, no rate limit, jitter pinned to its maximum."""
+    """A client on the fake, no rate limit, sleeps recorded instead of taken."""
     settings: dict[str, Any] = {
         "phone_number_id": fake.phone_number_id,
         "token": TOKEN,
         "base_url": fake.url,
         "rate_limit": 0,
         "sleep": sleeps or Sleeps(),
-        "random": lambda: 1.0,
     }
     settings.update(options)
     return CloudAPI(**settings)
@@ -65,6 +71,25 @@ def client(fake: FakeCloudAPI, sleeps: Sleeps | None = None, **options: Any) -> 
 
 def meta_error(code: int, message: str = "oops", details: str = "") -> JSON:
     return {"error": {"message": message, "code": code, "error_data": {"details": details}}}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def answering(aiohttp_server: ServerFactory, status: int, text: str) -> str:
+    """The base url of a stand-in Cloud API answering every send with ``status`` and ``text``."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{version}/{phone_number_id}/messages", handle)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
 
 
 class TestErrorMapping:
@@ -202,59 +227,45 @@ class TestSend:
             await api.send("4915112345678", build_template_message(registry, call, "en_US"))
         assert [m.type for m in fake.messages_to("4915112345678")] == ["template"]
 
-    async def test_5xx_then_success_sends_once(self, fake: FakeCloudAPI) -> None:
-        """Two 500s then success: one recorded message, two retries with backoff."""
-        sleeps = Sleeps()
-        fake.fail_next(2, status=500)
-        with structlog.testing.capture_logs() as logs:
-            async with client(fake, sleeps) as api:
-                await api.send(USER, TEXT)
-        assert len(fake.messages) == 1
-        assert len(fake.requests) == 3
-        assert sleeps.delays == [0.5, 1.0]
-        events = [e["event"] for e in logs]
-        assert events == ["send_retry", "send_retry", "message_sent"]
-        assert logs[-1]["attempts"] == 3
-
-    async def test_backoff_is_exponential_under_the_cap_with_full_jitter(
-        self, fake: FakeCloudAPI
+    @pytest.mark.parametrize("status", [500, 503])
+    async def test_5xx_is_transient_after_one_request(
+        self, fake: FakeCloudAPI, status: int
     ) -> None:
-        """Delays are random() * min(cap, base * 2**n); exhausted retries raise."""
+        """A 5xx is raised as a plain TransientError (Meta answered) after one request, no sleep."""
         sleeps = Sleeps()
-        fake.fail_next(7, status=503)
-        api = client(fake, sleeps, max_retries=6, backoff_cap=5.0, random=lambda: 0.5)
-        async with api:
+        fake.fail_next(1, status=status)
+        async with client(fake, sleeps) as api:
             with pytest.raises(TransientError) as info:
                 await api.send(USER, TEXT)
-        assert info.value.http_status == 503
-        assert sleeps.delays == [0.25, 0.5, 1.0, 2.0, 2.5, 2.5]
-        assert fake.messages == []
+        assert not isinstance(info.value, OutcomeUnknown)
+        assert info.value.http_status == status and info.value.retryable
+        assert len(fake.requests) == 1 and fake.messages == [] and sleeps.delays == []
 
     @pytest.mark.parametrize("code", [130429, 131056])
-    async def test_rate_limits_are_retried(self, fake: FakeCloudAPI, code: int) -> None:
-        """Throughput and pair rate limits back off and retry."""
+    async def test_rate_limits_raise_after_one_request(self, fake: FakeCloudAPI, code: int) -> None:
+        """Throughput and pair rate limits raise RateLimited at once: backoff is the outbox's."""
         sleeps = Sleeps()
         fake.fail_next(1, code=code)
         async with client(fake, sleeps) as api:
-            await api.send(USER, TEXT)
-        assert len(sleeps.delays) == 1 and len(fake.messages) == 1
+            with pytest.raises(RateLimited) as info:
+                await api.send(USER, TEXT)
+        assert info.value.code == code
+        assert len(fake.requests) == 1 and fake.messages == [] and sleeps.delays == []
 
     @pytest.mark.parametrize(
         ("code", "cls"),
         [(100, InvalidRequest), (132000, TemplateRejected), (131026, Undeliverable)],
     )
-    async def test_request_errors_are_not_retried(
+    async def test_request_errors_are_raised_after_one_request(
         self, fake: FakeCloudAPI, code: int, cls: type[CloudAPIError]
     ) -> None:
         """100, 132000 and 131026 are raised after one request and no sleep."""
         sleeps = Sleeps()
         fake.fail_next(3, code=code)
-        with structlog.testing.capture_logs() as logs:
-            async with client(fake, sleeps) as api:
-                with pytest.raises(cls):
-                    await api.send(USER, TEXT)
+        async with client(fake, sleeps) as api:
+            with pytest.raises(cls):
+                await api.send(USER, TEXT)
         assert len(fake.requests) == 1 and sleeps.delays == []
-        assert [e["event"] for e in logs] == ["send_failed"]
 
     async def test_malformed_message_is_invalid_request(self, fake: FakeCloudAPI) -> None:
         """Four reply buttons are refused by the fake with code 100, like Meta."""
@@ -302,56 +313,139 @@ class TestSend:
                 await api.send("4915112345678", TEXT)
         assert info.value.code == 131047 and fake.messages == []
 
-    async def test_190_halts_until_resume(self, fake: FakeCloudAPI) -> None:
-        """After 190 no request leaves the process until resume(); the halt is logged loudly."""
-        fake.fail_next(1, code=190)
-        with structlog.testing.capture_logs() as logs:
-            async with client(fake) as api:
-                with pytest.raises(SendingHalted):
-                    await api.send(USER, TEXT)
-                assert api.halted
-                with pytest.raises(SendingHalted, match="renew WHATSAPP_TOKEN"):
-                    await api.send(USER, TEXT)
-                assert len(fake.requests) == 1
-                api.resume()
-                await api.send(USER, TEXT)
-        assert not api.halted and len(fake.messages) == 1
-        [halt] = [e for e in logs if e["event"] == "sending_halted"]
-        assert halt["log_level"] == "critical" and halt["code"] == 190
-
-    async def test_wrong_token_is_190(self, fake: FakeCloudAPI) -> None:
-        """The fake answers a wrong bearer token with 401/190, which halts the client."""
-        async with client(fake, token="wrong") as api:
+    @pytest.mark.parametrize("code", [190, 131048])
+    async def test_halt_codes_raise_but_keep_no_halt_state(
+        self, fake: FakeCloudAPI, code: int
+    ) -> None:
+        """190 and 131048 raise SendingHalted, yet the next send still makes its request."""
+        fake.fail_next(1, code=code)
+        async with client(fake) as api:
             with pytest.raises(SendingHalted) as info:
                 await api.send(USER, TEXT)
-        assert info.value.http_status == 401 and api.halted
+            wamid = await api.send(USER, TEXT)
+        assert info.value.code == code
+        assert len(fake.requests) == 2 and [m.wamid for m in fake.messages] == [wamid]
 
-    async def test_timeout_is_retried(self, fake: FakeCloudAPI) -> None:
-        """A request with no answer times out and is retried once."""
+    async def test_wrong_token_is_190(self, fake: FakeCloudAPI) -> None:
+        """The fake answers a wrong bearer token with 401/190, raised as SendingHalted each time."""
+        async with client(fake, token="wrong") as api:
+            for _ in range(2):
+                with pytest.raises(SendingHalted, match="renew WHATSAPP_TOKEN") as info:
+                    await api.send(USER, TEXT)
+                assert (info.value.code, info.value.http_status) == (190, 401)
+        assert len(fake.requests) == 2 and fake.messages == []
+
+    async def test_timeout_is_outcome_unknown(self, fake: FakeCloudAPI) -> None:
+        """A request with no answer raises OutcomeUnknown after that one request."""
         sleeps = Sleeps()
         fake.fail_next(1, timeout=True)
         async with client(fake, sleeps, timeout=0.2) as api:
-            await api.send(USER, TEXT)
-        assert len(sleeps.delays) == 1 and len(fake.messages) == 1
+            with pytest.raises(OutcomeUnknown, match=r"within 0\.2s") as info:
+                await api.send(USER, TEXT)
+        assert isinstance(info.value, TransientError) and info.value.retryable
+        assert len(fake.requests) == 1 and fake.messages == [] and sleeps.delays == []
 
-    async def test_connection_refused_is_transient(self) -> None:
-        """Nothing listening is a TransientError after the retries."""
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+    async def test_a_slow_answer_may_still_have_been_accepted(self) -> None:
+        """A send the fake answers after the timeout is OutcomeUnknown, yet the message went out."""
+        async with FakeCloudAPI(token=TOKEN, delay=0.5) as slow:
+            slow.user_wrote(USER)
+            async with client(slow, timeout=0.2) as api:
+                with pytest.raises(OutcomeUnknown):
+                    await api.send(USER, TEXT)
+            [sent] = await slow.wait_for(USER, 1, within=5)
+        assert sent.body["to"] == USER and len(slow.requests) == 1
+
+    async def test_connection_refused_is_transient_not_unknown(self) -> None:
+        """Nothing listening is a plain TransientError (surely not sent) after one attempt."""
         sleeps = Sleeps()
         api = CloudAPI(
             phone_number_id="1",
             token=TOKEN,
-            base_url=f"http://127.0.0.1:{port}",
-            max_retries=2,
+            base_url=f"http://127.0.0.1:{free_port()}",
             sleep=sleeps,
             rate_limit=0,
         )
         async with api:
-            with pytest.raises(TransientError, match="cannot reach"):
+            with pytest.raises(TransientError, match="cannot reach") as info:
                 await api.send(USER, TEXT)
-        assert len(sleeps.delays) == 2
+        assert not isinstance(info.value, OutcomeUnknown)
+        assert sleeps.delays == []
+
+    async def test_connection_dropped_after_connecting_is_outcome_unknown(self) -> None:
+        """A server that reads the request and hangs up without answering gives OutcomeUnknown."""
+        requests: list[bytes] = []
+
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            requests.append(await reader.read(65536))
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            api = CloudAPI(
+                phone_number_id="1", token=TOKEN, base_url=f"http://127.0.0.1:{port}", rate_limit=0
+            )
+            async with api:
+                with pytest.raises(OutcomeUnknown, match="broke before its answer"):
+                    await api.send(USER, TEXT)
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert len(requests) == 1 and requests[0].startswith(b"POST /v23.0/1/messages")
+
+    @pytest.mark.parametrize(
+        "text",
+        ['{"messaging_product": "whatsapp"}', '{"messages": []}', '{"messages": [{}]}', "ok"],
+        ids=["no-messages", "empty-messages", "no-id", "not-json"],
+    )
+    async def test_200_without_a_message_id_is_outcome_unknown(
+        self, aiohttp_server: ServerFactory, text: str
+    ) -> None:
+        """A 200 that names no wamid (or is not JSON) raises OutcomeUnknown with HTTP 200."""
+        url = await answering(aiohttp_server, 200, text)
+        async with CloudAPI(phone_number_id="1", token=TOKEN, base_url=url, rate_limit=0) as api:
+            with pytest.raises(OutcomeUnknown) as info:
+                await api.send(USER, TEXT)
+        assert info.value.http_status == 200
+
+    async def test_callback_is_sent_and_echoed_in_statuses(
+        self, aiohttp_server: ServerFactory
+    ) -> None:
+        """callback goes out as biz_opaque_callback_data and comes back in every status webhook."""
+        posted: list[JSON] = []
+
+        async def webhook(request: web.Request) -> web.Response:
+            posted.append(await request.json())
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_post("/webhook", webhook)
+        hook = await aiohttp_server(app)
+        fake = FakeCloudAPI(
+            token=TOKEN, webhook_url=str(hook.make_url("/webhook")), app_secret=SECRET
+        )
+        async with fake:
+            fake.user_wrote(USER)
+            async with client(fake) as api:
+                wamid = await api.send(USER, TEXT, callback="wb1:1:entry-42")
+                await api.send(USER, TEXT)
+            await fake.settle()
+        assert [r["biz_opaque_callback_data"] for r in fake.requests[:1]] == ["wb1:1:entry-42"]
+        assert "biz_opaque_callback_data" not in fake.requests[1]
+        assert [m.callback for m in fake.messages] == ["wb1:1:entry-42", ""]
+        statuses = [
+            s for body in posted for s in body["entry"][0]["changes"][0]["value"]["statuses"]
+        ]
+        ours = [s for s in statuses if s["id"] == wamid]
+        assert [s["status"] for s in ours] == ["sent", "delivered"]
+        assert {s.get("biz_opaque_callback_data") for s in ours} == {"wb1:1:entry-42"}
+        assert all("biz_opaque_callback_data" not in s for s in statuses if s["id"] != wamid)
+
+    async def test_callback_is_cut_to_512_characters(self, fake: FakeCloudAPI) -> None:
+        """Callback data longer than Meta's 512-character limit is truncated, not refused."""
+        async with client(fake) as api:
+            await api.send(USER, TEXT, callback="x" * 600)
+        assert fake.requests[0]["biz_opaque_callback_data"] == "x" * 512
 
     async def test_rate_limit_spaces_sends(self, fake: FakeCloudAPI) -> None:
         """At 5 messages/s with a frozen clock, sends wait 0.2 s more each."""
@@ -363,22 +457,36 @@ class TestSend:
         assert len(fake.messages) == 4
 
     async def test_token_is_never_logged_nor_shown(self, fake: FakeCloudAPI) -> None:
-        """repr masks the token; no log event of a send, retry or failure contains it."""
+        """repr masks the token; no log event nor error message of a failed send contains it."""
         fake.fail_next(1, status=500)
         fake.fail_next(1, code=100)
+        fake.fail_next(1, code=190)
+        errors: list[CloudAPIError] = []
         with structlog.testing.capture_logs() as logs:
             async with client(fake) as api:
-                with pytest.raises(InvalidRequest):
-                    await api.send(USER, TEXT)
+                for _ in range(3):
+                    with pytest.raises(CloudAPIError) as info:
+                        await api.send(USER, TEXT)
+                    errors.append(info.value)
                 await api.send(USER, TEXT)
         assert TOKEN not in repr(api) and "***" in repr(api)
-        assert logs and TOKEN not in repr(logs)
+        assert [type(e) for e in errors] == [TransientError, InvalidRequest, SendingHalted]
+        assert TOKEN not in repr(logs)
+        assert all(TOKEN not in f"{e} {e.details} {e!r}" for e in errors)
 
     async def test_mark_read(self, fake: FakeCloudAPI) -> None:
         """mark_read posts a read receipt for an inbound wamid."""
         async with client(fake) as api:
             await api.mark_read("wamid.IN1")
         assert fake.read_receipts == ["wamid.IN1"] and fake.messages == []
+
+    async def test_mark_read_posts_once(self, fake: FakeCloudAPI) -> None:
+        """A failing read receipt raises after its one request and is not sent again."""
+        fake.fail_next(1, status=500)
+        async with client(fake) as api:
+            with pytest.raises(TransientError):
+                await api.mark_read("wamid.IN1")
+        assert len(fake.requests) == 1 and fake.read_receipts == []
 
     async def test_send_before_start_explains(self) -> None:
         """Using the client outside 'async with' says how to start it."""
