@@ -1,8 +1,8 @@
-"""Fixtures shared by the whole suite: configs, a real SQLite store, a running app."""
+"""Fixtures shared by the whole suite: configs, a real SQLite store, a running app, Mongo."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from bot.app import Components, create_app
 from bot.config import Config, load_config
 from bot.store.sqlite import SQLiteStore
 from bot.testing import signed_request
+from tests.mongo_server import MONGO_SERVER_NAMES, mongo_database
 
 SECRET = "test-app-secret"
 DATA = Path(__file__).parent / "data" / "webhooks"
@@ -68,3 +69,12 @@ def make_client(aiohttp_client: Callable[..., Awaitable[AppClient]], config: Con
         return await aiohttp_client(create_app(cfg, comps))
 
     return make
+
+
+@pytest.fixture(
+    params=[pytest.param(name, marks=pytest.mark.mongo, id=name) for name in MONGO_SERVER_NAMES]
+)
+def mongo_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database's URL on each Mongo server: nx-27017, and BOT_TEST_MONGODB_URI's."""
+    with mongo_database(request.param, tmp_path / "nx") as url:
+        yield url

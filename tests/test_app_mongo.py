@@ -1,12 +1,10 @@
 """The webhook server on the Mongo store, through PyMongo against an nx-27017 server.
 
-Set BOT_TEST_MONGODB_URI to run the same against a real MongoDB as well.
+Set BOT_TEST_MONGODB_URI to run the tests taking ``mongo_url`` against that MongoDB as well.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from bot.app import DISPATCHER, Components, create_app
 from bot.errors import StoreUnavailable
 from bot.store.mongo import MongoStore
 from tests.conftest import MakeClient, make_config, recorded, signed
-from tests.mongo_server import NxServer, collecting_leaked_sockets, running_nx_27017
+from tests.mongo_server import collecting_leaked_sockets, running_nx_27017
 
 pytestmark = pytest.mark.mongo
 
@@ -30,35 +28,18 @@ def _collect_driver_leaks() -> Iterator[None]:
         pass
 
 
-@pytest.fixture
-def nx(tmp_path: Path) -> Iterator[NxServer]:
-    with running_nx_27017(tmp_path / "nx") as server:
-        yield server
-
-
-def mongo_urls(nx: NxServer) -> list[str]:
-    urls = [nx.url]
-    if os.environ.get("BOT_TEST_MONGODB_URI"):
-        urls.append(os.environ["BOT_TEST_MONGODB_URI"].rstrip("/"))
-    return urls
-
-
-async def test_batch_lands_in_mongo_once(
-    make_client: MakeClient, tmp_path: Path, nx: NxServer
-) -> None:
+async def test_batch_lands_in_mongo_once(make_client: MakeClient, mongo_url: str) -> None:
     """A batch delivered twice yields one inbox record per message and the user records."""
-    for base in mongo_urls(nx):
-        db = f"bot_{uuid.uuid4().hex[:8]}"
-        store = MongoStore.from_url(f"{base}/{db}")
-        client = await make_client(components=Components(store=store))
-        raw, headers = signed(recorded("batch.json"))
-        for _ in range(2):
-            assert (await client.post("/webhook", data=raw, headers=headers)).status == 200
-        await client.app[DISPATCHER].idle()
-        assert await store.inbox_counts() == {"pending": 0, "done": 4, "failed": 0}
-        ana = await store.get_user("5511999990000")
-        assert ana is not None and (ana.message_count, ana.last_inbound_at) == (2, 1764000011)
-        await client.close()
+    store = MongoStore.from_url(mongo_url)
+    client = await make_client(components=Components(store=store))
+    raw, headers = signed(recorded("batch.json"))
+    for _ in range(2):
+        assert (await client.post("/webhook", data=raw, headers=headers)).status == 200
+    await client.app[DISPATCHER].idle()
+    assert await store.inbox_counts() == {"pending": 0, "done": 4, "failed": 0}
+    ana = await store.get_user("5511999990000")
+    assert ana is not None and (ana.message_count, ana.last_inbound_at) == (2, 1764000011)
+    await client.close()
 
 
 async def test_mongo_down_mid_run_is_503_then_retry_succeeds(

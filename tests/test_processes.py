@@ -1,4 +1,7 @@
-"""Real ``bot run`` processes on one SQLite file: kill -9, several processes, per-user order."""
+"""Real ``bot run`` processes on one store: kill -9, several processes, per-user order.
+
+Each test runs on SQLite, on nx-27017 and, when BOT_TEST_MONGODB_URI is set, on that server.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.testing import text_message
 from tests.conftest import SECRET, signed
-from tests.mongo_server import running_nx_27017
+from tests.mongo_server import MONGO_SERVER_NAMES, mongo_database
 from tests.server import ROOT, BotProcess
 
 pytestmark = pytest.mark.slow
@@ -58,19 +61,26 @@ def env_for(tmp_path: Path, store_url: str = "") -> dict[str, str]:
     }
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mongo", marks=pytest.mark.mongo)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        *(pytest.param(name, marks=pytest.mark.mongo, id=name) for name in MONGO_SERVER_NAMES),
+    ]
+)
 async def shared_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[str, Store]]:
-    """A store URL for the bot processes and the test's own handle on the same data."""
+    """A store URL for the bot processes and the test's own handle on the same data.
+
+    On SQLite, and on each Mongo server: a fresh nx-27017, and BOT_TEST_MONGODB_URI's.
+    """
     if request.param == "sqlite":
         store: Store = SQLiteStore(tmp_path / "bot.db")
         await store.open()
         yield f"sqlite:///{tmp_path / 'bot.db'}", store
         await store.close()
         return
-    with running_nx_27017(tmp_path / "nx") as server:
-        url = f"{server.url}/crash"
+    with mongo_database(request.param, tmp_path / "nx", prefix="crash") as url:
         store = MongoStore.from_url(url)
         await store.open()
         yield url, store
@@ -117,16 +127,17 @@ async def test_kill_9_after_acks_then_restart_processes_each_message_once(
         assert (record.message_count, record.last_inbound_at) == (15, ts + 14), user
 
 
-async def test_two_processes_share_one_store(tmp_path: Path) -> None:
+async def test_two_processes_share_one_store(
+    tmp_path: Path, shared_store: tuple[str, Store]
+) -> None:
     """Deliveries spread over two processes on one store are each processed once."""
-    store = SQLiteStore(tmp_path / "bot.db")
-    await store.open()
+    url, store = shared_store
     users = [f"1555100{u:04d}" for u in range(10)]
     ts = int(time.time())
     bodies = [delivery(u, n, ts + n) for n in range(20) for u in users]
     async with (
-        BotProcess(env_for(tmp_path), tmp_path / "a.log") as a,
-        BotProcess(env_for(tmp_path), tmp_path / "b.log") as b,
+        BotProcess(env_for(tmp_path, url), tmp_path / "a.log") as a,
+        BotProcess(env_for(tmp_path, url), tmp_path / "b.log") as b,
     ):
         statuses = await post_all([a.url, b.url], bodies + bodies)  # each twice, both sides
         assert statuses == [200] * (2 * len(bodies))
@@ -141,11 +152,10 @@ async def test_two_processes_share_one_store(tmp_path: Path) -> None:
     _ = json
 
 
-async def fifty_at_once(tmp_path: Path, processes: int) -> None:
+async def fifty_at_once(tmp_path: Path, shared_store: tuple[str, Store], processes: int) -> None:
     """One user's 50 messages, posted concurrently over ``processes`` servers, in order."""
-    store = SQLiteStore(tmp_path / "bot.db")
-    await store.open()
-    env = {**env_for(tmp_path), "BOT_FLOWS_DIR": str(ORDER_FLOWS)}
+    url, store = shared_store
+    env = {**env_for(tmp_path, url), "BOT_FLOWS_DIR": str(ORDER_FLOWS)}
     servers = [BotProcess(env, tmp_path / f"bot{i}.log") for i in range(processes)]
     user, ts = "15552000001", int(time.time())
     try:
@@ -166,14 +176,17 @@ async def fifty_at_once(tmp_path: Path, processes: int) -> None:
     assert record is not None
     assert record.variables["seen"] == [f"m{n}" for n in range(1, 51)]
     assert record.message_count == 51
-    await store.close()
 
 
-async def test_fifty_messages_from_one_user_at_once_in_timestamp_order(tmp_path: Path) -> None:
+async def test_fifty_messages_from_one_user_at_once_in_timestamp_order(
+    tmp_path: Path, shared_store: tuple[str, Store]
+) -> None:
     """50 concurrent deliveries from one user are handled oldest first, no update lost."""
-    await fifty_at_once(tmp_path, processes=1)
+    await fifty_at_once(tmp_path, shared_store, processes=1)
 
 
-async def test_fifty_messages_over_two_processes_in_timestamp_order(tmp_path: Path) -> None:
+async def test_fifty_messages_over_two_processes_in_timestamp_order(
+    tmp_path: Path, shared_store: tuple[str, Store]
+) -> None:
     """The same across two processes sharing the store: one order, one of each."""
-    await fifty_at_once(tmp_path, processes=2)
+    await fifty_at_once(tmp_path, shared_store, processes=2)

@@ -5,7 +5,8 @@
   :meth:`MongoStore.from_url` (PyMongo's async client);
 * ``mongo-motor``: the same server, the store built on a motor database;
 * ``mongo-real``: the MongoDB that ``BOT_TEST_MONGODB_URI`` names (a fresh database per
-  test, dropped afterwards); only when that variable is set.
+  test, dropped afterwards); only when that variable is set. CI sets it to a secantusdb
+  server (``python -m tests.mongo_server secantusdb ...``, see ``.ci/run``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from pymongo import AsyncMongoClient
 
 from bot.store.base import Store
 from bot.store.mongo import MongoStore, mask_url
-from tests.mongo_server import running_nx_27017
-
-REAL_URI_ENV = "BOT_TEST_MONGODB_URI"
+from tests.mongo_server import REAL_URI_ENV, running_nx_27017
 
 
 @dataclass
