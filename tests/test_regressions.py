@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.models import Outgoing, UserRecord
+from bot.models import Outgoing, StatusUpdate, UserRecord
 from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_status
 
@@ -33,10 +33,12 @@ async def test_status_lookups_by_wamid_use_the_partial_index(
     monkeypatch.setattr(sqlite3, "connect", traced)
     store = SQLiteStore(tmp_path / "bot.db")
     await store.open()
-    await store.commit_turn(None, UserRecord(key="1555"), [REPLY], 0.0)
+    work = await store.claim("1555", "w1", 30.0, 0.0)
+    assert work is not None
+    await store.commit_turn(work.lease, None, UserRecord(key="1555"), [REPLY], 0.0)
     item = {"id": "wamid.x", "status": "delivered", "timestamp": "1", "recipient_id": "1555"}
     await store.add_statuses([parse_status(item)], 0.0)
-    await store.outbox_by_wamid("wamid.x")
+    await store.outbox_for_status(parse_status(item))
     await store.close()
     monkeypatch.undo()
     by_wamid = [s for s in statements if "FROM outbox WHERE wamid" in s or "outbox SET" in s]
@@ -49,9 +51,12 @@ async def test_status_lookups_by_wamid_use_the_partial_index(
 
 
 async def test_empty_wamid_never_finds_an_unsent_entry(tmp_path: Path) -> None:
-    """``outbox_by_wamid('')`` once returned some unsent entry (they all have wamid '')."""
+    """A lookup by an empty wamid once returned some unsent entry (they all have wamid '')."""
     store = SQLiteStore(tmp_path / "bot.db")
     await store.open()
-    await store.commit_turn(None, UserRecord(key="1555"), [REPLY], 0.0)
-    assert await store.outbox_by_wamid("") is None
+    work = await store.claim("1555", "w1", 30.0, 0.0)
+    assert work is not None
+    await store.commit_turn(work.lease, None, UserRecord(key="1555"), [REPLY], 0.0)
+    empty = StatusUpdate(id="", status="sent", timestamp=1, recipient="1555")
+    assert await store.outbox_for_status(empty) is None
     await store.close()

@@ -1,56 +1,91 @@
 """The MongoDB store, on PyMongo's native async driver (a motor database works too).
 
-Collections: ``users`` (``_id`` = user key, the record, ``version``, ``next_seq``), ``inbox``
-(``_id`` = wamid; ``user``, ``ts``, ``status``, ``data``, ``received_at``), ``statuses`` (``_id``
-= ``"{wamid}:{status}"``; ``user`` = recipient, ``applied``), ``outbox`` (``_id`` =
-``outbox_id(user, seq)`` plus the entry's fields) and ``leases`` (``_id`` = user; ``owner``,
-``until``). Payloads are stored through the JSON helpers of :mod:`bot.store.base`, so every
-backend keeps the same data. Deduplication is by ``_id`` (duplicate key errors, per item).
+MongoDB only promises atomicity for one document and the store uses no multi-document
+transaction, so every guarantee of the protocol rests on single-document conditional writes:
 
-MongoDB only promises atomicity for one document, so :meth:`MongoStore.commit_turn` makes the
-**user document the commit point** instead of using a multi-document transaction:
+* ``users`` (``_id`` = user key): the record (``version``, the :func:`user_to_json` fields),
+  ``next_seq``, the **lease** ``{owner, token, until}``, ``adopted`` (see fencing) and, between
+  the steps of a turn, ``_turn``. A document a claim created before any commit has no record
+  fields and no ``version``: the user's version is then 0.
+* ``inbox`` (``_id`` = wamid; ``user``, ``ts``, ``arrival``, ``status``, ``data``...). There is
+  no rowid: ``arrival`` is this process's receipt time made strictly increasing, so a user's
+  pending messages sort by ``(ts, arrival)``: Meta's second first, then the order stored.
+* ``statuses`` (``_id`` = ``"{wamid}:{status}"``; ``user`` = recipient, ``applied``).
+* ``outbox`` (``_id`` = ``outbox_id(user, seq)``, the entry's fields and ``fence``).
 
-1. the version-checked write of the user document (``replace_one`` filtered on
-   ``{_id, version: read_version}``; ``insert_one`` for a new user, where a duplicate key means
-   someone else created it first) stores the new record *and* a ``_turn`` field holding the
-   turn's outbox documents and the inbox message it applied. Once that write is acknowledged
-   the turn has happened; a conflict raises ``VersionConflict`` before anything was written;
-2. the outbox documents are inserted under deterministic ids (``outbox_id(user, seq)``;
-   duplicate keys are ignored, so a document the sender already updated is never clobbered);
-3. the inbox message is marked ``done``;
-4. ``_turn`` is removed, conditioned on the version written in step 1.
+**A turn** (:meth:`MongoStore.commit_turn`, and :meth:`~MongoStore.enqueue`) makes the user
+document the commit point: one update filtered on ``{_id, version, lease.token}`` stores the
+record and a ``_turn`` holding the new outbox documents and the inbox mark. Once acknowledged,
+the turn has happened; then the outbox documents are inserted (duplicate ids ignored), the
+message is marked done or failed and ``_turn`` is removed. Every reader of that user (claim,
+``read_work``, ``get_user``, ``outbox_of``, the next turn) first finishes a ``_turn`` left
+behind by a crash, and :meth:`~MongoStore.users_with_work` lists such users. The lease
+token in the same filter fences the turn: a worker whose lease was taken over gets
+``LeaseLost``, atomically.
 
-If the process dies between 1 and 4, whoever reads that user next rolls the turn forward
-(steps 2-4 are idempotent): :meth:`~MongoStore.get_user`, :meth:`~MongoStore.pending_inbound`,
-:meth:`~MongoStore.pending_outbox` and the next :meth:`~MongoStore.commit_turn` all do, and
-:meth:`~MongoStore.users_with_work` lists users with a ``_turn`` left behind. The user's
-outbox sequence lives in the user document (``next_seq``), so it continues across turns.
+**Leases** live in the user document. A claim is one ``find_one_and_update`` (upsert)
+conditioned on no lease, the owner's own, or one that expired ``clock_skew`` seconds ago; it
+returns the document as it was, so the record, a ``_turn`` to finish and the previous token
+come with it, and the pending work is then read in one concurrent round.
 
-Times are unix-second floats everywhere (leases included), never BSON dates: they compare the
-same way in every backend and on the nx-27017 stand-in used by the tests.
+**Fencing outbox writes.** Outbox entries are separate documents, so each carries ``fence``:
+the token of the one lease that may write it. ``begin_send`` and ``save_outbox`` filter on
+``{_id, user, fence: token}``. A claim that takes over a lease first re-fences every document
+the previous token could write (those fenced by it, and those listed in ``adopted``) to a dead
+marker, and after reading the pending entries fences them with its own token. A write that
+finds a foreign fence on an entry while the lease is still its own (an entry sent under an
+earlier lease, to which a ``failed`` status now applies) **adopts** it: it adds the id to the
+user document's ``adopted``, conditioned on its token, then swaps the fence it saw for its own.
+The next claim reads ``adopted`` in the same write that takes the lease, so an adoption under a
+replaced lease either lands before that claim re-fences the entry or fails. :meth:`release`
+kills the released token's fences the same way, so a released lease writes nothing either.
+
+Every hot query names ``user`` (lease, turn, claim reads, fenced writes, status lookups), so a
+cluster sharded by user routes each to one shard; only the sweep, the purge and the counts
+scatter. Times are unix-second floats everywhere, never BSON dates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 
-from bot.errors import ConfigError, StoreError, VersionConflict
-from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, UserRecord
+from bot.errors import ConfigError, LeaseLost, StoreError, VersionConflict
+from bot.models import (
+    DELIVERY_RANK,
+    InboundMessage,
+    OutboxEntry,
+    Outgoing,
+    StatusUpdate,
+    UserRecord,
+    delivery_status,
+    parse_callback_data,
+)
 from bot.store._mongo_errors import mask_url, translate
 from bot.store.base import (
-    PROGRESS,
     Committed,
+    Lease,
+    Work,
     inbound_from_json,
     inbound_to_json,
+    merge_saved,
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
@@ -63,8 +98,37 @@ from bot.store.base import (
 Doc = dict[str, Any]
 
 _DUPLICATE_KEY = 11000
+_NO_INDEX = frozenset({26, 27})  # NamespaceNotFound, IndexNotFound
+_NO_LEASE: Doc = {"owner": "", "token": "", "until": 0.0}
 #: Ties between status items with the same timestamp go in the order they happen in.
 _STATUS_RANK = {"sent": 0, "delivered": 1, "read": 2, "failed": 3, "deleted": 4, "warning": 5}
+_INBOX_ORDER = [("ts", ASCENDING), ("arrival", ASCENDING)]
+_STATUS_ORDER = [("ts", ASCENDING), ("received_at", ASCENDING), ("rank", ASCENDING)]
+#: Indexes each query needs. No ``_id`` in a compound index: nx-27017 then fails every insert.
+_INDEXES: dict[str, list[list[tuple[str, int]]]] = {
+    "users": [[("lease.until", ASCENDING)]],  # the sweep leaves out live leases
+    "inbox": [
+        [("user", ASCENDING), ("status", ASCENDING), *_INBOX_ORDER],  # a user's pending
+        [("status", ASCENDING), ("finished_at", ASCENDING)],  # sweep, counts, purge
+    ],
+    "statuses": [
+        [("user", ASCENDING), ("applied", ASCENDING), *_STATUS_ORDER],  # a user's pending
+        [("applied", ASCENDING), ("received_at", ASCENDING)],  # sweep, purge
+    ],
+    "outbox": [
+        [("user", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)],  # a user's pending
+        [("user", ASCENDING), ("wamid", ASCENDING)],  # status lookups
+        [("user", ASCENDING), ("fence", ASCENDING)],  # re-fencing at claim and release
+        [("status", ASCENDING), ("next_attempt_at", ASCENDING)],  # sweep
+        [("status", ASCENDING), ("created_at", ASCENDING)],  # purge
+    ],
+}
+#: Indexes of earlier versions that a prefix of one above serves just as well. (The outbox
+#: ``wamid_1`` stays: processes of the previous version look entries up by wamid alone.)
+_SUPERSEDED = {
+    "inbox": ("user_1_status_1_ts_1", "status_1", "finished_at_1"),
+    "statuses": ("user_1_applied_1_ts_1", "applied_1"),
+}
 
 
 class MongoStore:
@@ -75,29 +139,47 @@ class MongoStore:
             uses it with its own write concern (:meth:`from_url` asks for a journaled one).
         client: the client to close in :meth:`close`; pass it only if the store owns it.
         description: where the data lives, for logs; must not contain a password.
+        clock_skew: seconds by which the clocks of the processes sharing the database may
+            differ; a lease is taken over only once it expired that long ago.
     """
 
-    def __init__(self, database: Any, *, client: Any = None, description: str = "") -> None:
+    def __init__(
+        self,
+        database: Any,
+        *,
+        client: Any = None,
+        description: str = "",
+        clock_skew: float = 0.0,
+    ) -> None:
         # Typed as PyMongo's database: motor's has the same collection API for what is used
         # here, except ``aggregate`` (see ``_aggregate``).
         self._db = cast("AsyncDatabase[Doc]", database)
         self._client = client
         self.description = description or f"MongoDB database {database.name!r}"
+        self._skew = max(0.0, clock_skew)
         self._users: AsyncCollection[Doc] = self._db["users"]
         self._inbox: AsyncCollection[Doc] = self._db["inbox"]
         self._statuses: AsyncCollection[Doc] = self._db["statuses"]
         self._outbox: AsyncCollection[Doc] = self._db["outbox"]
-        self._leases: AsyncCollection[Doc] = self._db["leases"]
+        self._last_arrival = 0.0
 
     @classmethod
     def from_url(
-        cls, url: str, *, database: str | None = None, timeout_ms: int = 5000
+        cls,
+        url: str,
+        *,
+        database: str | None = None,
+        timeout_ms: int = 5000,
+        operation_timeout_ms: int = 30_000,
+        clock_skew: float = 0.0,
     ) -> MongoStore:
         """A store on a new PyMongo client for ``url`` (closed again by :meth:`close`).
 
         The database is ``database``, else the URL's path, else ``windowbot``. Writes are
-        acknowledged by a majority and journaled, and the server must answer within
-        ``timeout_ms``; options given in the URL (``w``, ``journal``, ...) win over these.
+        acknowledged by a majority and journaled; the server must be found and connected to
+        within ``timeout_ms``, and answer an operation (its write concern included) within
+        ``operation_timeout_ms``, so a hung server fails the call instead of blocking it.
+        Options given in the URL (``w``, ``journal``, ``socketTimeoutMS``...) win over these.
 
         Raises:
             ConfigError: the URL cannot be parsed (the message shows it without password).
@@ -109,6 +191,8 @@ class MongoStore:
             "journal": True,
             "serverSelectionTimeoutMS": timeout_ms,
             "connectTimeoutMS": timeout_ms,
+            "socketTimeoutMS": operation_timeout_ms,
+            "wTimeoutMS": operation_timeout_ms,
         }
         options = {k: v for k, v in defaults.items() if k.lower() not in given}
         try:
@@ -118,7 +202,7 @@ class MongoStore:
             reason = mask_url(str(exc))
             raise ConfigError(f"invalid MongoDB URL {masked}: {reason}") from None
         description = masked if database is None else f"{masked} (database {database!r})"
-        return cls(db, client=client, description=description)
+        return cls(db, client=client, description=description, clock_skew=clock_skew)
 
     @property
     def database(self) -> AsyncDatabase[Doc]:
@@ -132,18 +216,16 @@ class MongoStore:
         with self._translate("open"):
             await self._db.command("ping")
             await self._users.create_index([("_turn.at", ASCENDING)], sparse=True)
-            # No ``_id`` in compound indexes: nx-27017 then fails every insert (code 8,
-            # "JSON path error near '_id'"); the extra in-memory sort of one user's pending
-            # messages by wamid costs nothing on MongoDB.
-            await self._inbox.create_index([("user", 1), ("status", 1), ("ts", 1)])
-            await self._inbox.create_index([("status", 1)])
-            await self._inbox.create_index([("finished_at", 1)], sparse=True)
-            await self._statuses.create_index([("user", 1), ("applied", 1), ("ts", 1)])
-            await self._statuses.create_index([("applied", 1)])
-            await self._outbox.create_index([("user", 1), ("status", 1), ("seq", 1)])
-            await self._outbox.create_index([("status", 1), ("next_attempt_at", 1)])
-            await self._outbox.create_index([("wamid", 1)])
-            await self._leases.create_index([("until", 1)])
+            for name, indexes in _INDEXES.items():
+                for keys in indexes:
+                    await self._db[name].create_index(keys)
+            for name, old in _SUPERSEDED.items():
+                for index in old:
+                    try:
+                        await self._db[name].drop_index(index)
+                    except OperationFailure as exc:
+                        if exc.code not in _NO_INDEX:
+                            raise
 
     async def close(self) -> None:
         """Close the client if the store created it; safe to call twice."""
@@ -153,9 +235,14 @@ class MongoStore:
             if inspect.isawaitable(result):  # PyMongo's close is a coroutine, motor's is not
                 await result
 
-    async def ping(self) -> None:
+    async def ping(self, *, write: bool = False) -> None:
         with self._translate("ping"):
-            await self._db.command("ping")
+            if write:  # a real write ($inc always changes the document) with the write concern
+                await self._db["health"].update_one(
+                    {"_id": "ping"}, {"$inc": {"writes": 1}}, upsert=True
+                )
+            else:
+                await self._db.command("ping")
 
     @contextmanager
     def _translate(self, what: str) -> Iterator[None]:
@@ -171,6 +258,7 @@ class MongoStore:
                 "_id": m.id,
                 "user": m.user,
                 "ts": m.timestamp,
+                "arrival": self._arrival(now),
                 "status": "pending",
                 "data": inbound_to_json(m),
                 "received_at": now,
@@ -180,33 +268,71 @@ class MongoStore:
         with self._translate("add_inbound"):
             return await self._insert_new(self._inbox, docs)
 
-    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
-        docs = [
-            {
-                "_id": f"{s.id}:{s.status}",
-                "user": s.recipient,
-                "ts": s.timestamp,
-                "rank": _STATUS_RANK.get(s.status, len(_STATUS_RANK)),
-                "applied": False,
-                "data": status_to_json(s),
-                "received_at": now,
-            }
-            for s in statuses
-        ]
-        with self._translate("add_statuses"):
-            fresh = await self._insert_new(self._statuses, docs)
-            for status, new in zip(statuses, fresh, strict=True):
-                if new and status.status in PROGRESS:
-                    await self._apply_progress(status.id, status.status)
-            return fresh
+    def _arrival(self, now: float) -> float:
+        """``now``, made strictly greater than the last arrival this process stored."""
+        self._last_arrival = max(now, self._last_arrival + 1e-6)
+        return self._last_arrival
 
-    async def _apply_progress(self, wamid: str, name: str) -> None:
-        """Move the outbox entry ``wamid`` names forward to ``name``; mark the status applied."""
+    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
+        with self._translate("add_statuses"):
+            # Applied before the item is stored: applying again (Meta redelivers) changes
+            # nothing, and the item is then stored knowing whether a worker still needs it.
+            applied = [await self._apply_status(s) for s in statuses]
+            docs = [
+                {
+                    "_id": f"{s.id}:{s.status}",
+                    "user": s.recipient,
+                    "ts": s.timestamp,
+                    "rank": _STATUS_RANK.get(s.status, len(_STATUS_RANK)),
+                    "applied": done,
+                    "data": status_to_json(s),
+                    "received_at": now,
+                }
+                for s, done in zip(statuses, applied, strict=True)
+            ]
+            return await self._insert_new(self._statuses, docs)
+
+    async def _apply_status(self, status: StatusUpdate) -> bool:
+        """Apply delivery progress to the entry the status names; whether it names one.
+
+        Its wamid usually names the entry already. If not, its callback data may name an
+        entry whose attempt is in flight with no wamid (the sender died or timed out before
+        Meta's answer): the wamid is recorded then, so the entry is never sent again.
+        """
+        new, user = status.status, status.recipient
+        if new not in DELIVERY_RANK:
+            return False
+        behind = [s for s in DELIVERY_RANK if delivery_status(s, new) != s]
         moved = await self._outbox.update_one(
-            {"wamid": wamid, "status": {"$in": list(PROGRESS[name])}}, {"$set": {"status": name}}
+            {"user": user, "wamid": status.id, "status": {"$in": behind}},
+            {"$set": {"status": new}},
         )
-        if moved.matched_count or await self._outbox.find_one({"wamid": wamid}, {"_id": 1}):
-            await self._statuses.update_one({"_id": f"{wamid}:{name}"}, {"$set": {"applied": True}})
+        if moved.matched_count:
+            return True
+        named = parse_callback_data(status.callback_data)
+        if named is not None:
+            entry_id, attempt = named
+            accepted = await self._outbox.update_one(
+                {
+                    "_id": entry_id,
+                    "user": user,
+                    "wamid": "",
+                    "status": "pending",
+                    "inflight_at": {"$gt": 0},
+                    "attempts": attempt,
+                },
+                {
+                    "$set": {
+                        "wamid": status.id,
+                        "status": delivery_status("sent", new),
+                        "inflight_at": 0.0,
+                    }
+                },
+            )
+            if accepted.matched_count:
+                return True
+        known = await self._outbox.find_one({"user": user, "wamid": status.id}, {"_id": 1})
+        return known is not None
 
     async def _insert_new(self, coll: AsyncCollection[Doc], docs: list[Doc]) -> list[bool]:
         """Insert ``docs``; for each, whether it was new (a duplicate ``_id`` is not an error)."""
@@ -231,28 +357,117 @@ class MongoStore:
 
     # --- leases -------------------------------------------------------------------------
 
-    async def acquire_user(self, user: str, owner: str, until: float, now: float) -> bool:
-        with self._translate("acquire_user"):
-            try:
-                result = await self._leases.update_one(
-                    {"_id": user, "$or": [{"owner": owner}, {"until": {"$lt": now}}]},
-                    {"$set": {"owner": owner, "until": float(until)}},
-                    upsert=True,
+    async def claim(
+        self, user: str, owner: str, until: float, now: float, *, limit: int = 64
+    ) -> Work | None:
+        token = uuid.uuid4().hex
+        free = {
+            "_id": user,
+            "$or": [
+                {"lease.token": {"$in": ["", None]}},
+                {"lease.owner": owner},
+                {"lease.until": {"$lt": now - self._skew}},
+            ],
+        }
+        taken = {"lease": {"owner": owner, "token": token, "until": float(until)}, "adopted": []}
+        with self._translate("claim"):
+            try:  # the document as it was: its previous token and adoptions are re-fenced
+                before = await self._users.find_one_and_update(
+                    free, {"$set": taken}, upsert=True, return_document=ReturnDocument.BEFORE
                 )
-            except DuplicateKeyError:  # the filter missed because someone else holds it
-                return False
-            return result.matched_count == 1 or result.upserted_id is not None
+            except DuplicateKeyError:  # the filter missed: another owner holds the lease
+                return None
+            if before is None:
+                # MongoDB: the upsert created the user. nx-27017 answers None too, without
+                # the duplicate key error, when another owner holds the lease: look.
+                if _token(await self._users.find_one({"_id": user}, {"lease": 1})) != token:
+                    return None
+                before = {"_id": user}
+            lease = Lease(user, owner, token, float(until))
+            previous = _token(before)
+            if previous:  # taken over (or claimed again): that token writes nothing more
+                await self._kill_fences(user, previous, before.get("adopted") or [], token)
+            return await self._read_work(lease, before, limit, fence=True)
 
-    async def release_user(self, user: str, owner: str) -> None:
-        with self._translate("release_user"):
-            await self._leases.delete_one({"_id": user, "owner": owner})
+    async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
+        with self._translate("read_work"):
+            doc = await self._users.find_one({"_id": lease.user})
+            return await self._read_work(lease, doc or {"_id": lease.user}, limit, fence=False)
+
+    async def _read_work(self, lease: Lease, doc: Doc, limit: int, *, fence: bool) -> Work:
+        """Finish a turn ``doc`` carries, then read the user's pending work.
+
+        ``fence``: fence the pending entries read with the lease's token. Only right after
+        the claim: any other owner's fences have been killed by then.
+        """
+        await self._finish_turn(doc)
+        user = lease.user
+        inbox, statuses, outbox = await asyncio.gather(
+            self._inbox.find({"user": user, "status": "pending"})
+            .sort(_INBOX_ORDER)
+            .limit(limit)
+            .to_list(None),
+            self._statuses.find({"user": user, "applied": False})
+            .sort(_STATUS_ORDER)
+            .limit(limit)
+            .to_list(None),
+            self._outbox.find({"user": user, "status": "pending"})
+            .sort("seq", ASCENDING)
+            .limit(limit)
+            .to_list(None),
+        )
+        stray = [d["_id"] for d in outbox if d.get("fence") != lease.token]
+        if fence and stray:
+            await self._outbox.update_many(
+                {"_id": {"$in": stray}, "user": user, "status": "pending"},
+                {"$set": {"fence": lease.token}},
+            )
+        return Work(
+            lease=lease,
+            record=_record(doc) or _blank_user(user),
+            inbound=tuple(inbound_from_json(d["data"]) for d in inbox),
+            statuses=tuple(status_from_json(d["data"]) for d in statuses),
+            outbox=tuple(outbox_from_json(d) for d in outbox),
+        )
+
+    async def _kill_fences(self, user: str, token: str, adopted: list[str], by: str) -> None:
+        """Re-fence every entry ``token`` may write (or is adopting) to a dead marker."""
+        query: Doc = {"user": user, "fence": token}
+        if adopted:
+            query = {"user": user, "$or": [{"fence": token}, {"_id": {"$in": adopted}}]}
+        await self._outbox.update_many(query, {"$set": {"fence": f"-{by}"}})
+
+    async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
+        async def one(lease: Lease) -> str | None:
+            result = await self._users.update_one(
+                {"_id": lease.user, "lease.token": lease.token},
+                {"$set": {"lease.until": float(until)}},
+            )
+            return lease.user if result.matched_count else None
+
+        with self._translate("renew"):
+            held = await asyncio.gather(*(one(lease) for lease in leases))
+        return {user for user in held if user is not None}
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        async def one(lease: Lease) -> None:
+            # Fences first: should the second step fail, the lease is still there and the
+            # claim that takes it over once it expires kills the fences again.
+            await self._kill_fences(lease.user, lease.token, [], lease.token)
+            await self._users.update_one(
+                {"_id": lease.user, "lease.token": lease.token},
+                {"$set": {"lease": dict(_NO_LEASE), "adopted": []}},
+            )
+
+        with self._translate("release"):
+            await asyncio.gather(*(one(lease) for lease in leases))
 
     async def users_with_work(self, now: float, limit: int) -> list[str]:
         if limit <= 0:
             return []
         with self._translate("users_with_work"):
-            held = await self._leases.find({"until": {"$gte": now}}, {"_id": 1}).to_list(None)
-            busy = [doc["_id"] for doc in held]
+            live = {"lease.until": {"$gte": now - self._skew}}
+            busy = [d["_id"] for d in await self._users.find(live, {"_id": 1}).to_list(None)]
             sources: list[tuple[AsyncCollection[Doc], Doc, str]] = [
                 (self._inbox, {"status": "pending"}, "ts"),
                 (self._statuses, {"applied": False}, "ts"),
@@ -277,40 +492,30 @@ class MongoStore:
             found.update(dict.fromkeys(d["_id"] for d in await crashed.limit(limit).to_list(None)))
         return list(found)[:limit]
 
-    # --- per-user work ------------------------------------------------------------------
-
     async def get_user(self, user: str) -> UserRecord | None:
         with self._translate("get_user"):
             doc = await self._users.find_one({"_id": user})
             if doc is None:
                 return None
             await self._finish_turn(doc)
-        return user_from_json(doc)
+        return _record(doc)
 
-    async def pending_inbound(self, user: str, limit: int) -> list[InboundMessage]:
-        with self._translate("pending_inbound"):
-            applied = await self._roll_forward(user)
-            query: Doc = {"user": user, "status": "pending"}
-            if applied is not None:  # done by now; excluded again in case a reader raced us
-                query["_id"] = {"$ne": applied}
-            cursor = self._inbox.find(query).sort([("ts", 1), ("_id", 1)]).limit(limit)
-            docs = await cursor.to_list(None)
-        return [inbound_from_json(doc["data"]) for doc in docs]
+    # --- turns --------------------------------------------------------------------------
 
     async def commit_turn(
         self,
+        lease: Lease,
         message_id: str | None,
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
+        *,
+        failed: str = "",
+        start_sending: bool = False,
     ) -> Committed:
         with self._translate("commit_turn"):
-            doc = await self._write_turn(message_id, record, outgoing, now)
-            # older entries, including any a crashed turn left and _write_turn rolled forward;
-            # this turn's own entries are not inserted until _finish_turn below
-            backlog = bool(outgoing) and (
-                await self._outbox.find_one({"user": record.key, "status": "pending"}, {"_id": 1})
-                is not None
+            doc, backlog = await self._write_turn(
+                lease, message_id, record, outgoing, now, failed=failed, sending=start_sending
             )
             entries = tuple(outbox_from_json(e) for e in doc["_turn"]["entries"])
             await self._finish_turn(doc)
@@ -318,129 +523,323 @@ class MongoStore:
 
     async def _write_turn(
         self,
+        lease: Lease,
         message_id: str | None,
         record: UserRecord,
         outgoing: Sequence[Outgoing],
         now: float,
-    ) -> Doc:
-        """Step 1: the version-checked write of the user document, carrying the turn."""
-        read = record.version
-        current = await self._users.find_one({"_id": record.key})
-        stored = 0 if current is None else int(current["version"])
-        if stored != read:
-            raise VersionConflict(f"user {record.key}: read version {read}, stored {stored}")
-        if current is not None:
-            await self._finish_turn(current)  # the write below replaces the previous ``_turn``
-        seq = 0 if current is None else int(current.get("next_seq", 0))
-        new = new_outbox_entries(record.key, seq, outgoing, now)
-        entries = [{"_id": e.id, **outbox_to_json(e)} for e in new]
-        seq += len(new)
-        doc: Doc = {
-            "_id": record.key,
+        *,
+        failed: str = "",
+        sending: bool = False,
+    ) -> tuple[Doc, bool]:
+        """Step 1: the fenced, version-checked write of the user document, carrying the turn.
+
+        Returns the user document as written (``_turn`` included) and the backlog flag.
+        """
+        key, read = record.key, record.version
+        current, older = await asyncio.gather(
+            self._users.find_one({"_id": key}),
+            self._outbox.find_one({"user": key, "status": "pending"}, {"_id": 1})
+            if outgoing
+            else _none(),
+        )
+        current = _checked(current, lease, read)
+        left = (current.get("_turn") or {}).get("entries")  # pending too, once finished
+        await self._finish_turn(current)  # the write below replaces the previous ``_turn``
+        backlog = bool(outgoing) and (older is not None or bool(left))
+        seq = int(current.get("next_seq", 0))
+        new = new_outbox_entries(
+            key, seq, outgoing, now, in_flight=lease.token if sending and not backlog else ""
+        )
+        turn = _turn(now, message_id, failed, new, lease.token)
+        fields: Doc = {
             **user_to_json(record),
             "version": read + 1,
-            "next_seq": seq,
-            "_turn": {"at": now, "message_id": message_id, "entries": entries},
+            "next_seq": seq + len(new),
+            "_turn": turn,
         }
-        conflict = VersionConflict(f"user {record.key}: version {read} was overwritten meanwhile")
+        result = await self._users.update_one(
+            {"_id": key, "lease.token": lease.token, **_version_is(current)}, {"$set": fields}
+        )
+        if result.matched_count != 1:
+            _checked(await self._users.find_one({"_id": key}), lease, read)
+            raise VersionConflict(f"user {key}: version {read} was overwritten meanwhile")
+        return {**current, **fields}, backlog
+
+    async def enqueue(
+        self, user: str, outgoing: Sequence[Outgoing], now: float
+    ) -> list[OutboxEntry]:
+        with self._translate("enqueue"):
+            while True:  # each retry means another writer's turn succeeded
+                current = await self._users.find_one({"_id": user})
+                if current is not None:
+                    await self._finish_turn(current)
+                doc = await self._write_enqueued(user, current, outgoing, now)
+                if doc is not None:
+                    break
+            entries = [outbox_from_json(e) for e in doc["_turn"]["entries"]]
+            await self._finish_turn(doc)
+        return entries
+
+    async def _write_enqueued(
+        self, user: str, current: Doc | None, outgoing: Sequence[Outgoing], now: float
+    ) -> Doc | None:
+        """The turn of :meth:`enqueue` as one conditional write; ``None`` if it lost a race.
+
+        Its entries are fenced by the lease held at that moment (the write is conditioned on
+        it), so that lease's owner may send them and a later claim re-fences them.
+        """
+        seq = int((current or {}).get("next_seq", 0))
+        held = (current or {}).get("lease") or {}
+        new = new_outbox_entries(user, seq, outgoing, now)
+        version = int((current or {}).get("version", 0)) + 1
+        fields: Doc = {"version": version}
+        if current is None or "key" not in current:  # the record is born here
+            fields = user_to_json(_blank_user(user, version))
+        fields["next_seq"] = seq + len(new)
+        fields["_turn"] = _turn(now, None, "", new, held.get("token") or "")
         if current is None:
             try:
-                await self._users.insert_one(doc)
+                await self._users.insert_one(
+                    {"_id": user, **fields, "lease": dict(_NO_LEASE), "adopted": []}
+                )
             except DuplicateKeyError:
-                raise conflict from None
-        else:
-            result = await self._users.replace_one({"_id": record.key, "version": read}, doc)
-            if result.matched_count != 1:
-                raise conflict
-        return doc
+                return None
+            return {"_id": user, **fields}
+        token = held.get("token", {"$exists": False})
+        query = {"_id": user, "lease.token": token, **_version_is(current)}
+        if (await self._users.update_one(query, {"$set": fields})).matched_count != 1:
+            return None
+        return {**current, **fields}
 
     async def _finish_turn(self, doc: Doc) -> None:
         """Steps 2-4: apply what the user document's ``_turn`` (if any) recorded; idempotent."""
         turn = doc.pop("_turn", None)
         if turn is None:
             return
-        await self._insert_new(self._outbox, list(turn.get("entries") or []))
+        steps: list[Awaitable[Any]] = [
+            self._insert_new(self._outbox, list(turn.get("entries") or []))
+        ]
         if turn.get("message_id") is not None:
-            await self._inbox.update_one(
-                {"_id": turn["message_id"]},
-                {"$set": {"status": "done", "finished_at": turn["at"]}},
+            reason = turn.get("failed") or ""
+            mark = {
+                "status": "failed" if reason else "done",
+                "finished_at": turn["at"],
+                "reason": reason or None,
+            }
+            steps.append(
+                self._inbox.update_one(
+                    {"_id": turn["message_id"], "user": doc["_id"]}, {"$set": mark}
+                )
             )
+        await asyncio.gather(*steps)
         await self._users.update_one(
             {"_id": doc["_id"], "version": doc["version"]}, {"$unset": {"_turn": ""}}
         )
 
-    async def _roll_forward(self, user: str) -> str | None:
-        """Finish a turn left by a crash; the inbox message it applied, if any."""
-        doc = await self._users.find_one({"_id": user, "_turn.at": {"$exists": True}})
-        if doc is None:
-            return None
-        message_id = doc["_turn"].get("message_id")
-        await self._finish_turn(doc)
-        return None if message_id is None else str(message_id)
+    # --- the outbox ---------------------------------------------------------------------
 
-    async def fail_inbound(self, message_id: str, reason: str, now: float) -> None:
-        with self._translate("fail_inbound"):
-            await self._inbox.update_one(
-                {"_id": message_id},
-                {"$set": {"status": "failed", "reason": reason, "finished_at": now}},
+    async def begin_send(self, lease: Lease, entry: OutboxEntry, now: float) -> OutboxEntry | None:
+        with self._translate("begin_send"):
+            written, doc = await self._fenced(
+                lease,
+                entry.id,
+                {"status": "pending", "wamid": ""},
+                {
+                    "$inc": {"attempts": 1},
+                    "$set": {"inflight_at": now, "inflight_token": lease.token},
+                },
+            )
+        if not written or doc is None:
+            return None
+        return replace(
+            entry, attempts=int(doc["attempts"]), inflight_at=now, inflight_token=lease.token
+        )
+
+    async def save_outbox(self, lease: Lease, entry: OutboxEntry) -> None:
+        # An entry's reply never changes once queued: only its delivery fields are written.
+        fields = {
+            "attempts": entry.attempts,
+            "next_attempt_at": entry.next_attempt_at,
+            "wamid": entry.wamid,
+            "sent_as": entry.sent_as,
+            "reason": entry.reason,
+            "error_code": entry.error_code,
+            "fallback_sent": entry.fallback_sent,
+            "inflight_at": entry.inflight_at,
+            "inflight_token": entry.inflight_token,
+        }
+        # Over another wamid the entry's own status is stored whatever the stored one is
+        # (merge_saved); over the same wamid the stored status is read and merged.
+        match: Doc = {"wamid": {"$ne": entry.wamid}} if entry.wamid else {}
+        status = entry.status
+        with self._translate("save_outbox"):
+            while True:
+                written, stored = await self._fenced(
+                    lease, entry.id, match, {"$set": {**fields, "status": status}}
+                )
+                if written or stored is None:
+                    return
+                match = {"status": stored.get("status"), "wamid": stored.get("wamid")}
+                status = merge_saved(str(match["status"]), str(match["wamid"]), entry)
+
+    async def _fenced(
+        self, lease: Lease, entry_id: str, match: Doc, update: Doc
+    ) -> tuple[bool, Doc | None]:
+        """Update the entry if the lease's token fences it and ``match`` holds.
+
+        Returns ``(True, the entry after the update)``, or ``(False, the stored entry)`` when
+        ``match`` does not hold (``None``: no such entry of the lease's user). An entry fenced
+        by an earlier lease is adopted first (see the module docstring).
+
+        Raises:
+            LeaseLost: the lease no longer holds the user.
+        """
+        user, token = lease.user, lease.token
+        while True:
+            doc = await self._outbox.find_one_and_update(
+                {"_id": entry_id, "user": user, "fence": token, **match},
+                update,
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                return True, doc
+            held, stored = await asyncio.gather(
+                self._users.find_one({"_id": user}, {"lease": 1}),
+                self._outbox.find_one({"_id": entry_id, "user": user}),
+            )
+            if _token(held) != token:
+                raise LeaseLost(f"user {user}: the lease was taken over; write refused")
+            if stored is None or not _matches(stored, match):
+                return False, stored
+            if stored.get("fence") == token:
+                continue  # it changed in between: try again
+            adopting = await self._users.update_one(
+                {"_id": user, "lease.token": token}, {"$addToSet": {"adopted": entry_id}}
+            )
+            if adopting.matched_count != 1:
+                raise LeaseLost(f"user {user}: the lease was taken over; write refused")
+            await self._outbox.update_one(
+                {"_id": entry_id, "user": user, "fence": stored.get("fence")},
+                {"$set": {"fence": token}},
             )
 
-    async def pending_statuses(self, user: str, limit: int) -> list[StatusUpdate]:
-        order = [("ts", 1), ("received_at", 1), ("rank", 1), ("_id", 1)]
-        with self._translate("pending_statuses"):
-            cursor = self._statuses.find({"user": user, "applied": False}).sort(order)
-            docs = await cursor.limit(limit).to_list(None)
-        return [status_from_json(doc["data"]) for doc in docs]
+    async def outbox_for_status(self, status: StatusUpdate) -> OutboxEntry | None:
+        if not status.id:
+            return None
+        user = status.recipient
+        with self._translate("outbox_for_status"):
+            doc = await self._outbox.find_one({"user": user, "wamid": status.id})
+            named = parse_callback_data(status.callback_data)
+            if doc is None and named is not None:
+                doc = await self._outbox.find_one({"_id": named[0], "user": user})
+        return None if doc is None else outbox_from_json(doc)
 
-    async def finish_statuses(self, keys: Sequence[tuple[str, str]]) -> None:
+    async def finish_statuses(self, user: str, keys: Sequence[tuple[str, str]]) -> None:
         ids = [f"{wamid}:{status}" for wamid, status in keys]
         if not ids:
             return
         with self._translate("finish_statuses"):
-            await self._statuses.update_many({"_id": {"$in": ids}}, {"$set": {"applied": True}})
-
-    async def pending_outbox(self, user: str, limit: int) -> list[OutboxEntry]:
-        with self._translate("pending_outbox"):
-            await self._roll_forward(user)
-            cursor = self._outbox.find({"user": user, "status": "pending"}).sort("seq", 1)
-            docs = await cursor.limit(limit).to_list(None)
-        return [outbox_from_json(doc) for doc in docs]
-
-    async def outbox_by_wamid(self, wamid: str) -> OutboxEntry | None:
-        if not wamid:
-            return None
-        with self._translate("outbox_by_wamid"):
-            doc = await self._outbox.find_one({"wamid": wamid})
-        return None if doc is None else outbox_from_json(doc)
-
-    async def save_outbox(self, entry: OutboxEntry) -> None:
-        with self._translate("save_outbox"):
-            await self._outbox.replace_one(
-                {"_id": entry.id}, {"_id": entry.id, **outbox_to_json(entry)}
+            await self._statuses.update_many(
+                {"_id": {"$in": ids}, "user": user}, {"$set": {"applied": True}}
             )
+
+    async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
+        with self._translate("outbox_of"):
+            turn = await self._users.find_one({"_id": user, "_turn.at": {"$exists": True}})
+            if turn is not None:  # a turn left by a crash: its entries first
+                await self._finish_turn(turn)
+            cursor = self._outbox.find({"user": user}).sort("seq", DESCENDING).limit(limit)
+            docs = await cursor.to_list(None)
+        return [outbox_from_json(doc) for doc in reversed(docs)]
+
+    # --- housekeeping -------------------------------------------------------------------
 
     async def purge(self, before: float, limit: int) -> int:
         deleted = 0
         with self._translate("purge"):
             for coll, query in (
-                (self._inbox, {"status": {"$ne": "pending"}, "finished_at": {"$lt": before}}),
+                (
+                    self._inbox,
+                    {"status": {"$in": ["done", "failed"]}, "finished_at": {"$lt": before}},
+                ),
                 (self._statuses, {"applied": True, "received_at": {"$lt": before}}),
                 (self._outbox, {"status": {"$ne": "pending"}, "created_at": {"$lt": before}}),
             ):
-                ids = [
-                    d["_id"] for d in await coll.find(query, {"_id": 1}).limit(limit).to_list(None)
-                ]
-                if ids:
-                    deleted += (await coll.delete_many({"_id": {"$in": ids}})).deleted_count
+                found = await coll.find(query, {"_id": 1}).limit(limit).to_list(None)
+                if found:  # the query again: an entry queued again meanwhile stays
+                    ids = {"_id": {"$in": [d["_id"] for d in found]}}
+                    deleted += (await coll.delete_many({**query, **ids})).deleted_count
         return deleted
 
     async def inbox_counts(self) -> dict[str, int]:
-        pipeline: list[Doc] = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        names = ("pending", "done", "failed")
         with self._translate("inbox_counts"):
-            rows = await _aggregate(self._inbox, pipeline)
-        counts = {"pending": 0, "done": 0, "failed": 0}
-        counts.update({str(row["_id"]): int(row["n"]) for row in rows})
-        return counts
+            counts = await asyncio.gather(
+                *(self._inbox.count_documents({"status": name}) for name in names)
+            )
+        return dict(zip(names, counts, strict=True))
+
+
+def _token(doc: Mapping[str, Any] | None) -> str:
+    """The lease token a user document holds ('' for none)."""
+    return str(((doc or {}).get("lease") or {}).get("token") or "")
+
+
+def _version_is(doc: Mapping[str, Any]) -> Doc:
+    """A filter matching the version ``doc`` has (a claimed, never written user has none)."""
+    return {"version": doc["version"]} if "version" in doc else {"version": {"$exists": False}}
+
+
+def _checked(doc: Doc | None, lease: Lease, read: int) -> Doc:
+    """``doc``, if a turn that read version ``read`` may be written over it under ``lease``.
+
+    Raises:
+        LeaseLost: the lease no longer holds the user (checked first).
+        VersionConflict: the stored version is not ``read``.
+    """
+    if doc is None or _token(doc) != lease.token:
+        raise LeaseLost(f"user {lease.user}: the lease was taken over; turn not stored")
+    stored = int(doc.get("version", 0))
+    if stored != read:
+        raise VersionConflict(f"user {lease.user}: read version {read}, stored {stored}")
+    return doc
+
+
+def _turn(
+    now: float, message_id: str | None, failed: str, entries: list[OutboxEntry], fence: str
+) -> Doc:
+    """The ``_turn`` a user document carries until its steps are done."""
+    docs = [{"_id": e.id, **outbox_to_json(e), "fence": fence} for e in entries]
+    return {"at": now, "message_id": message_id, "failed": failed, "entries": docs}
+
+
+def _matches(doc: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
+    """Whether ``doc`` satisfies ``match`` (equality and ``$ne`` only)."""
+    for field, want in match.items():
+        if isinstance(want, dict):
+            if doc.get(field) == want["$ne"]:
+                return False
+        elif doc.get(field) != want:
+            return False
+    return True
+
+
+def _record(doc: Mapping[str, Any]) -> UserRecord | None:
+    """The record a user document holds (``None`` before the first turn)."""
+    return user_from_json(doc) if "key" in doc else None
+
+
+def _blank_user(user: str, version: int = 0) -> UserRecord:
+    """The record of a user never seen (keyed by a phone number or a business-scoped id)."""
+    phone = user.isdigit()
+    return UserRecord(
+        key=user, wa_id=user if phone else "", user_id="" if phone else user, version=version
+    )
+
+
+async def _none() -> None:
+    return None
 
 
 async def _aggregate(coll: AsyncCollection[Doc], pipeline: list[Doc]) -> list[Mapping[str, Any]]:

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import os
 from typing import Any
 
 import pytest
 
-from bot.errors import VersionConflict
-from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, TemplateCall, UserRecord
-from bot.store.base import Committed, Store, outbox_id
+from bot.errors import LeaseLost, VersionConflict
+from bot.models import (
+    InboundMessage,
+    OutboxEntry,
+    Outgoing,
+    StatusUpdate,
+    TemplateCall,
+    UserRecord,
+    callback_data,
+)
+from bot.store.base import Committed, Lease, Store, Work, outbox_id
 from bot.webhook import parse_message, parse_status
 from tests.store.conftest import Backend
 
 NOW = 1_764_000_100.0
 ANA = "5511999990000"
 BIA = "5511999990001"
+TS = 1_764_000_000
 
 
-def inbound(
-    wamid: str, user: str = ANA, ts: int = 1_764_000_000, text: str = "hi"
-) -> InboundMessage:
+def inbound(wamid: str, user: str = ANA, ts: int = TS, text: str = "hi") -> InboundMessage:
     """A text message as the webhook parser builds it from Meta's item."""
     item = {
         "from": user,
@@ -33,19 +42,29 @@ def inbound(
     return parse_message(item, wa_id=user, profile_name="Ana", phone_number_id="1066")
 
 
-def status(wamid: str, name: str, recipient: str = ANA, ts: int = 1_764_000_050) -> StatusUpdate:
-    """A status item as the webhook parser builds it."""
+def opaque_wamid() -> str:
+    """A wamid as Meta makes them: ``wamid.`` and random base64, no order in it."""
+    return "wamid." + base64.b64encode(os.urandom(24)).decode()
+
+
+def status(
+    wamid: str, name: str, recipient: str = ANA, ts: int = 1_764_000_050, callback: str = ""
+) -> StatusUpdate:
+    """A status item as the webhook parser builds it, echoing ``callback`` if given."""
     item = {"id": wamid, "status": name, "timestamp": str(ts), "recipient_id": recipient}
+    if callback:
+        item["biz_opaque_callback_data"] = callback
     return parse_status(item, phone_number_id="1066")
 
 
-def reply(text: str, *, fallback: bool = False) -> Outgoing:
-    """A text reply, optionally with a template fallback."""
+def reply(text: str, *, fallback: bool = False, send_at: float = 0.0) -> Outgoing:
+    """A text reply, optionally with a template fallback or as a reminder."""
     call = TemplateCall(name="follow_up", parameters=("Ana", text), language="pt_BR")
     return Outgoing(
         message={"type": "text", "text": {"body": text, "preview_url": False}},
         fallback=call if fallback else None,
         note="test",
+        send_at=send_at,
     )
 
 
@@ -55,9 +74,47 @@ def user(key: str = ANA, version: int = 0, **changes: Any) -> UserRecord:
     return dataclasses.replace(record, version=version, **changes)
 
 
-async def seqs(store: Store, key: str = ANA) -> list[int]:
-    """The ``seq`` of the user's pending outbox entries, in order."""
-    return [entry.seq for entry in await store.pending_outbox(key, 100)]
+async def claim(
+    store: Store,
+    key: str = ANA,
+    owner: str = "w1",
+    *,
+    until: float = NOW + 30,
+    now: float = NOW,
+    limit: int = 64,
+) -> Work:
+    """Claim ``key`` and insist on getting it."""
+    work = await store.claim(key, owner, until, now, limit=limit)
+    assert work is not None, f"{owner} could not claim {key}"
+    return work
+
+
+async def pending(store: Store, key: str = ANA) -> list[OutboxEntry]:
+    """The user's pending outbox entries in ``seq`` order, read without a lease."""
+    return [e for e in await store.outbox_of(key) if e.status == "pending"]
+
+
+async def entry_named(store: Store, entry_id: str, key: str = ANA) -> OutboxEntry:
+    """The stored outbox entry with this id."""
+    [entry] = [e for e in await store.outbox_of(key) if e.id == entry_id]
+    return entry
+
+
+async def taken_over(store: Store, key: str = ANA) -> tuple[Lease, Lease]:
+    """``w1``'s lease, which expired, and ``w2``'s, which took it over."""
+    old = (await claim(store, key, "w1", until=NOW + 30)).lease
+    new = (await claim(store, key, "w2", until=NOW + 90, now=NOW + 31)).lease
+    return old, new
+
+
+async def one_sent(store: Store, lease: Lease, wamid: str = "wamid.out1") -> OutboxEntry:
+    """Commit a turn with one reply (fallback included) and save it as sent as ``wamid``."""
+    [entry] = (
+        await store.commit_turn(lease, None, user(), [reply("hi", fallback=True)], NOW)
+    ).entries
+    sent = dataclasses.replace(entry, status="sent", attempts=1, wamid=wamid, sent_as="session")
+    await store.save_outbox(lease, sent)
+    return sent
 
 
 class TestProtocol:
@@ -67,14 +124,19 @@ class TestProtocol:
         assert store.description
         await store.ping()
 
+    async def test_write_ping_on_a_healthy_store(self, store: Store) -> None:
+        """A write ping succeeds, twice, and leaves the user data alone."""
+        await store.ping(write=True)
+        await store.ping(write=True)
+        assert await store.users_with_work(NOW, 10) == []
+        assert await store.inbox_counts() == {"pending": 0, "done": 0, "failed": 0}
+
 
 class TestInbox:
     async def test_new_messages_are_reported_new(self, store: Store) -> None:
         """Messages never seen before are each reported ``True``."""
-        assert await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW) == [
-            True,
-            True,
-        ]
+        got = await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
+        assert got == [True, True]
 
     async def test_same_batch_twice_is_all_duplicates(self, store: Store) -> None:
         """Delivering the same batch again (Meta retries) reports every message as a duplicate."""
@@ -93,15 +155,14 @@ class TestInbox:
 
     async def test_duplicate_inside_one_batch(self, store: Store) -> None:
         """The second copy of a message inside one batch is a duplicate."""
-        assert await store.add_inbound([inbound("wamid.1"), inbound("wamid.1")], NOW) == [
-            True,
-            False,
-        ]
+        got = await store.add_inbound([inbound("wamid.1"), inbound("wamid.1")], NOW)
+        assert got == [True, False]
 
     async def test_empty_batch(self, store: Store) -> None:
         """An empty batch stores nothing and returns an empty list."""
         assert await store.add_inbound([], NOW) == []
         assert await store.add_statuses([], NOW) == []
+        assert await store.inbox_counts() == {"pending": 0, "done": 0, "failed": 0}
 
     async def test_concurrent_duplicates_exactly_one_new(self, store: Store) -> None:
         """Twenty callers inserting the same message at once: exactly one is told it is new."""
@@ -115,52 +176,288 @@ class TestInbox:
         """A pending message comes back equal to what was stored, Meta's item included."""
         message = inbound("wamid.1", text="olá, tudo bem? 🙂")
         await store.add_inbound([message], NOW)
-        [got] = await store.pending_inbound(ANA, 10)
+        [got] = (await claim(store)).inbound
         assert got == message
         assert got.raw == message.raw
 
-    async def test_pending_orders_by_timestamp_then_wamid(self, store: Store) -> None:
-        """Pending messages come oldest ``timestamp`` first, ties broken by wamid."""
-        await store.add_inbound(
-            [
-                inbound("wamid.d", ts=1_764_000_003),
-                inbound("wamid.c", ts=1_764_000_001),
-                inbound("wamid.a", ts=1_764_000_002),
-                inbound("wamid.b", ts=1_764_000_001),
-            ],
-            NOW,
-        )
-        got = [m.id for m in await store.pending_inbound(ANA, 10)]
-        assert got == ["wamid.b", "wamid.c", "wamid.a", "wamid.d"]
-
     async def test_pending_is_per_user_and_limited(self, store: Store) -> None:
-        """Only the asked user's messages are returned, at most ``limit`` of them."""
+        """A claim reads only its user's messages, at most ``limit`` of them."""
         await store.add_inbound(
-            [inbound(f"wamid.a{i}", ts=1_764_000_000 + i) for i in range(3)]
-            + [inbound("wamid.b0", user=BIA)],
+            [inbound(f"wamid.a{i}", ts=TS + i) for i in range(3)] + [inbound("wamid.b0", user=BIA)],
             NOW,
         )
-        assert [m.id for m in await store.pending_inbound(ANA, 2)] == ["wamid.a0", "wamid.a1"]
-        assert [m.id for m in await store.pending_inbound(BIA, 10)] == ["wamid.b0"]
-        assert await store.pending_inbound("5511000000000", 10) == []
-
-    async def test_fail_inbound(self, store: Store) -> None:
-        """A failed message is no longer pending and is counted as failed."""
-        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
-        await store.fail_inbound("wamid.1", "flow crashed", NOW + 1)
-        assert [m.id for m in await store.pending_inbound(ANA, 10)] == ["wamid.2"]
-        assert await store.inbox_counts() == {"pending": 1, "done": 0, "failed": 1}
+        assert [m.id for m in (await claim(store, limit=2)).inbound] == ["wamid.a0", "wamid.a1"]
+        assert [m.id for m in (await claim(store, BIA)).inbound] == ["wamid.b0"]
+        assert (await claim(store, "5511000000000")).inbound == ()
 
     async def test_failed_message_is_still_a_duplicate(self, store: Store) -> None:
-        """A message that failed is not taken in again when Meta redelivers it."""
+        """A message whose turn failed is not taken in again when Meta redelivers it."""
         await store.add_inbound([inbound("wamid.1")], NOW)
-        await store.fail_inbound("wamid.1", "bad", NOW)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, "wamid.1", user(), [], NOW, failed="bad")
         assert await store.add_inbound([inbound("wamid.1")], NOW + 5) == [False]
-        assert await store.pending_inbound(ANA, 10) == []
+        assert (await store.read_work(lease)).inbound == ()
 
     async def test_counts_of_an_empty_inbox(self, store: Store) -> None:
         """An empty inbox counts zero of each status."""
         assert await store.inbox_counts() == {"pending": 0, "done": 0, "failed": 0}
+
+
+class TestArrivalOrder:
+    async def test_same_second_messages_keep_the_order_they_were_stored_in(
+        self, store: Store
+    ) -> None:
+        """Fifty messages of one second with random wamids come back in the order stored."""
+        wamids = [opaque_wamid() for _ in range(50)]
+        assert wamids != sorted(wamids)  # what ordering by wamid would give
+        for wamid in wamids:
+            await store.add_inbound([inbound(wamid)], NOW)
+        assert [m.id for m in (await claim(store)).inbound] == wamids
+
+    async def test_a_clock_stepping_back_does_not_reorder(self, store: Store) -> None:
+        """Messages stored while the receipt clock steps back keep the order stored."""
+        wamids = [opaque_wamid() for _ in range(10)]
+        for i, wamid in enumerate(wamids):
+            await store.add_inbound([inbound(wamid)], NOW - i)
+        assert [m.id for m in (await claim(store)).inbound] == wamids
+
+    async def test_a_batch_keeps_its_order(self, store: Store) -> None:
+        """Messages of one second stored in one batch come back in the batch's order."""
+        wamids = [opaque_wamid() for _ in range(20)]
+        await store.add_inbound([inbound(w) for w in wamids], NOW)
+        assert [m.id for m in (await claim(store)).inbound] == wamids
+
+    async def test_an_older_second_stored_later_goes_first(self, store: Store) -> None:
+        """A late message stamped with an older second comes before one stored earlier."""
+        await store.add_inbound([inbound("wamid.newer", ts=TS + 5)], NOW)
+        await store.add_inbound([inbound("wamid.later", ts=TS + 5)], NOW + 1)
+        await store.add_inbound([inbound("wamid.older", ts=TS + 2)], NOW + 2)
+        got = [m.id for m in (await claim(store)).inbound]
+        assert got == ["wamid.older", "wamid.newer", "wamid.later"]
+
+    async def test_order_by_second_then_arrival(self, store: Store) -> None:
+        """Oldest second first; inside a second, the order stored (not the wamid's)."""
+        await store.add_inbound(
+            [
+                inbound("wamid.d", ts=TS + 3),
+                inbound("wamid.c", ts=TS + 1),
+                inbound("wamid.a", ts=TS + 2),
+                inbound("wamid.b", ts=TS + 1),
+            ],
+            NOW,
+        )
+        got = [m.id for m in (await claim(store)).inbound]
+        assert got == ["wamid.c", "wamid.b", "wamid.a", "wamid.d"]
+
+    async def test_order_holds_across_stores_on_the_same_data(
+        self, store: Store, backend: Backend
+    ) -> None:
+        """Two processes storing one after the other: the user's messages keep that order."""
+        other = backend.make()
+        await other.open()
+        try:
+            wamids = [opaque_wamid() for _ in range(6)]
+            for i, wamid in enumerate(wamids):
+                await (store if i % 2 else other).add_inbound([inbound(wamid)], NOW + i)
+            assert [m.id for m in (await claim(store)).inbound] == wamids
+        finally:
+            await other.close()
+
+
+class TestClaim:
+    async def test_new_user_is_blank_at_version_zero(self, store: Store) -> None:
+        """Claiming a user never seen gives a blank record at version 0 and no work."""
+        work = await claim(store, ANA, "w1", until=NOW + 30)
+        assert (work.lease.user, work.lease.owner, work.lease.until) == (ANA, "w1", NOW + 30)
+        assert work.lease.token
+        assert (work.record.key, work.record.wa_id, work.record.version) == (ANA, ANA, 0)
+        assert (work.inbound, work.statuses, work.outbox) == ((), (), ())
+        assert await store.get_user(ANA) is None
+
+    async def test_claim_reads_the_users_work(self, store: Store) -> None:
+        """The claim returns the stored record and pending messages, statuses and replies."""
+        first = await claim(store)
+        stored = (await store.commit_turn(first.lease, None, user(), [reply("a")], NOW)).record
+        await store.release([first.lease])
+        await store.add_inbound([inbound("wamid.1"), inbound("wamid.b", user=BIA)], NOW)
+        await store.add_statuses([status("wamid.x", "failed"), status("wamid.y", "read", BIA)], NOW)
+        work = await claim(store, owner="w2", now=NOW + 1)
+        assert work.record == stored
+        assert [m.id for m in work.inbound] == ["wamid.1"]
+        assert [(s.id, s.status) for s in work.statuses] == [("wamid.x", "failed")]
+        assert [e.outgoing for e in work.outbox] == [reply("a")]
+
+    async def test_limit_bounds_each_list(self, store: Store) -> None:
+        """``limit`` bounds the messages, statuses and replies read, oldest first."""
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, None, user(), [reply(str(i)) for i in range(5)], NOW)
+        await store.add_inbound([inbound(f"wamid.{i}", ts=TS + i) for i in range(5)], NOW)
+        await store.add_statuses(
+            [status(f"wamid.o{i}", "failed", ts=TS + i) for i in range(5)], NOW
+        )
+        work = await claim(store, limit=3)
+        assert [m.id for m in work.inbound] == ["wamid.0", "wamid.1", "wamid.2"]
+        assert [s.id for s in work.statuses] == ["wamid.o0", "wamid.o1", "wamid.o2"]
+        assert [e.seq for e in work.outbox] == [0, 1, 2]
+
+    async def test_second_owner_is_refused(self, store: Store) -> None:
+        """While the lease is live another owner cannot take it, up to and including ``until``."""
+        await claim(store, owner="w1", until=NOW + 30)
+        assert await store.claim(ANA, "w2", NOW + 60, NOW + 10) is None
+        assert await store.claim(ANA, "w2", NOW + 60, NOW + 30) is None
+
+    async def test_owner_claims_again_with_a_new_token(self, store: Store) -> None:
+        """The holder can claim again: it gets a new token and a later ``until``."""
+        first = await claim(store, owner="w1", until=NOW + 30)
+        again = await claim(store, owner="w1", until=NOW + 90, now=NOW + 20)
+        assert again.lease.token != first.lease.token
+        assert await store.claim(ANA, "w2", NOW + 120, NOW + 60) is None
+
+    async def test_expired_lease_is_taken_over(self, store: Store) -> None:
+        """A lease whose ``until`` has passed goes to the next owner, and the old one loses it."""
+        await claim(store, owner="w1", until=NOW + 30)
+        assert await store.claim(ANA, "w2", NOW + 90, NOW + 30.5) is not None
+        assert await store.claim(ANA, "w1", NOW + 100, NOW + 40) is None
+
+    async def test_concurrent_claims_have_one_winner(self, store: Store) -> None:
+        """Of twenty workers racing for a free user exactly one gets it."""
+        results = await asyncio.gather(
+            *(store.claim(ANA, f"w{i}", NOW + 30, NOW) for i in range(20))
+        )
+        winners = [work for work in results if work is not None]
+        assert len(winners) == 1
+
+    async def test_concurrent_takeovers_have_one_winner(self, store: Store) -> None:
+        """Of twenty workers racing for an expired lease exactly one gets it."""
+        await claim(store, owner="w0", until=NOW + 30)
+        results = await asyncio.gather(
+            *(store.claim(ANA, f"w{i}", NOW + 90, NOW + 31) for i in range(1, 21))
+        )
+        assert sum(work is not None for work in results) == 1
+
+    async def test_leases_are_per_user(self, store: Store) -> None:
+        """Holding one user does not block another."""
+        await claim(store, ANA, "w1")
+        assert await store.claim(BIA, "w2", NOW + 30, NOW) is not None
+
+    async def test_release_frees_the_user(self, store: Store) -> None:
+        """After the owner releases, another owner takes the lease at once."""
+        lease = (await claim(store, owner="w1")).lease
+        await store.release([lease])
+        assert await store.claim(ANA, "w2", NOW + 30, NOW + 1) is not None
+
+    async def test_release_of_a_replaced_lease_is_a_no_op(self, store: Store) -> None:
+        """Releasing a lease that was taken over leaves the new holder's lease in place."""
+        old, new = await taken_over(store)
+        await store.release([old])
+        assert await store.claim(ANA, "w3", NOW + 60, NOW + 40) is None
+        assert await store.renew([new], NOW + 120) == {ANA}
+
+    async def test_renew_extends_the_leases_still_held(self, store: Store) -> None:
+        """Renewing extends each lease still held and names exactly those users."""
+        old, new = await taken_over(store, ANA)
+        bia = (await claim(store, BIA, "w1", until=NOW + 30)).lease
+        assert await store.renew([old, bia], NOW + 200) == {BIA}
+        assert await store.claim(BIA, "w2", NOW + 300, NOW + 100) is None
+        assert await store.renew([], NOW + 200) == set()
+        assert await store.renew([new], NOW + 200) == {ANA}
+
+    async def test_released_lease_is_not_renewed(self, store: Store) -> None:
+        """A released lease cannot be renewed back into existence."""
+        lease = (await claim(store)).lease
+        await store.release([lease])
+        assert await store.renew([lease], NOW + 100) == set()
+        assert await store.claim(ANA, "w2", NOW + 30, NOW + 1) is not None
+
+
+class TestFencing:
+    async def test_old_lease_cannot_commit(self, store: Store) -> None:
+        """After a takeover the old lease's turn raises ``LeaseLost`` and changes nothing."""
+        await store.add_inbound([inbound("wamid.1")], NOW)
+        old, new = await taken_over(store)
+        with pytest.raises(LeaseLost):
+            await store.commit_turn(old, "wamid.1", user(), [reply("stale")], NOW + 32)
+        assert await store.get_user(ANA) is None
+        assert await store.outbox_of(ANA) == []
+        assert [m.id for m in (await store.read_work(new)).inbound] == ["wamid.1"]
+        assert await store.inbox_counts() == {"pending": 1, "done": 0, "failed": 0}
+        stored = (await store.commit_turn(new, "wamid.1", user(), [reply("ok")], NOW + 32)).record
+        assert stored.version == 1
+
+    async def test_old_lease_cannot_begin_a_send(self, store: Store) -> None:
+        """After a takeover the old lease's ``begin_send`` raises ``LeaseLost``; nothing moves."""
+        lease = (await claim(store, until=NOW + 30)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        await claim(store, owner="w2", until=NOW + 90, now=NOW + 31)
+        with pytest.raises(LeaseLost):
+            await store.begin_send(lease, entry, NOW + 32)
+        assert await entry_named(store, entry.id) == entry
+
+    async def test_old_lease_cannot_save_an_entry(self, store: Store) -> None:
+        """After a takeover the old lease's ``save_outbox`` raises ``LeaseLost``; nothing moves."""
+        lease = (await claim(store, until=NOW + 30)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        await claim(store, owner="w2", until=NOW + 90, now=NOW + 31)
+        with pytest.raises(LeaseLost):
+            await store.save_outbox(lease, dataclasses.replace(entry, status="sent", wamid="w.x"))
+        assert await entry_named(store, entry.id) == entry
+
+    async def test_old_lease_cannot_touch_an_entry_sent_earlier(self, store: Store) -> None:
+        """An entry that was already sent is fenced too: the old lease cannot queue it again."""
+        lease = (await claim(store, until=NOW + 30)).lease
+        sent = await one_sent(store, lease)
+        await claim(store, owner="w2", until=NOW + 90, now=NOW + 31)
+        again = dataclasses.replace(sent, status="pending", wamid="", fallback_sent=True)
+        with pytest.raises(LeaseLost):
+            await store.save_outbox(lease, again)
+        with pytest.raises(LeaseLost):
+            await store.save_outbox(lease, dataclasses.replace(sent, status="failed"))
+        assert await entry_named(store, sent.id) == sent
+
+    async def test_new_lease_writes_entries_of_earlier_leases(self, store: Store) -> None:
+        """The new holder can update an entry sent under an earlier lease, and send one again."""
+        first = (await claim(store, until=NOW + 30)).lease
+        sent = await one_sent(store, first)
+        await store.release([first])
+        second = (await claim(store, owner="w2", now=NOW + 1)).lease
+        again = dataclasses.replace(sent, status="pending", wamid="", fallback_sent=True)
+        await store.save_outbox(second, again)
+        assert await entry_named(store, sent.id) == again
+        started = await store.begin_send(second, again, NOW + 2)
+        assert started is not None and started.attempts == 2
+        assert started.inflight_token == second.token
+
+    async def test_claiming_again_fences_the_previous_token(self, store: Store) -> None:
+        """An owner that claims again gets a new token; its previous lease is refused."""
+        first = (await claim(store, owner="w1")).lease
+        [entry] = (await store.commit_turn(first, None, user(), [reply("a")], NOW)).entries
+        second = (await claim(store, owner="w1", now=NOW + 1)).lease
+        with pytest.raises(LeaseLost):
+            await store.begin_send(first, entry, NOW + 2)
+        with pytest.raises(LeaseLost):
+            await store.commit_turn(first, None, user(version=1), [], NOW + 2)
+        assert await store.begin_send(second, entry, NOW + 2) is not None
+
+    async def test_released_lease_writes_nothing(self, store: Store) -> None:
+        """After its release a lease can neither commit, begin a send nor save an entry."""
+        lease = (await claim(store)).lease
+        committed = await store.commit_turn(lease, None, user(), [reply("a")], NOW)
+        [entry] = committed.entries
+        await store.release([lease])
+        with pytest.raises(LeaseLost):
+            await store.commit_turn(lease, None, committed.record, [], NOW + 1)
+        with pytest.raises(LeaseLost):
+            await store.begin_send(lease, entry, NOW + 1)
+        with pytest.raises(LeaseLost):
+            await store.save_outbox(lease, dataclasses.replace(entry, status="skipped"))
+        assert await entry_named(store, entry.id) == entry
+
+    async def test_lease_of_another_user_cannot_commit(self, store: Store) -> None:
+        """A lease fences its own user only: a record of another user is refused."""
+        lease = (await claim(store, BIA)).lease
+        with pytest.raises(LeaseLost):
+            await store.commit_turn(lease, None, user(ANA), [reply("a")], NOW)
+        assert await store.get_user(ANA) is None
 
 
 class TestCommitTurn:
@@ -170,114 +467,142 @@ class TestCommitTurn:
 
     async def test_new_user_is_stored_with_version_one(self, store: Store) -> None:
         """Committing a version-0 record stores it as version 1 and returns what is stored."""
-        record = user(variables={"name": "Ana", "cart": {"items": [1, 2]}, "n": 2.5})
-        stored = (await store.commit_turn(None, record, [], NOW)).record
+        lease = (await claim(store)).lease
+        record = user(variables={"name": "Ana", "cart": {"items": [1, 2]}, "n": 2.5, "ok": True})
+        stored = (await store.commit_turn(lease, None, record, [], NOW)).record
         assert stored == dataclasses.replace(record, version=1)
-        assert await store.get_user(ANA) == stored
+        got = await store.get_user(ANA)
+        assert got == stored
+        assert got is not None and got.variables["ok"] is True
 
     async def test_every_commit_bumps_the_version(self, store: Store) -> None:
         """Each commit stores the record with the read version plus one."""
-        first = (await store.commit_turn(None, user(), [], NOW)).record
-        second = (
-            await store.commit_turn(None, dataclasses.replace(first, state="asked"), [], NOW)
-        ).record
+        lease = (await claim(store)).lease
+        first = (await store.commit_turn(lease, None, user(), [], NOW)).record
+        asked = dataclasses.replace(first, state="asked")
+        second = (await store.commit_turn(lease, None, asked, [], NOW)).record
         assert second.version == 2
         got = await store.get_user(ANA)
         assert got is not None
         assert (got.version, got.state) == (2, "asked")
+        assert (await claim(store, owner="w1", now=NOW + 1)).record == second
 
     async def test_outgoing_appended_in_order(self, store: Store) -> None:
-        """A turn's replies become pending outbox entries with consecutive ``seq``."""
+        """A turn's replies become pending outbox entries with consecutive ``seq`` from 0."""
+        lease = (await claim(store)).lease
         outgoing = [reply("one"), reply("two", fallback=True)]
-        await store.commit_turn(None, user(), outgoing, NOW)
-        entries = await store.pending_outbox(ANA, 10)
+        await store.commit_turn(lease, None, user(), outgoing, NOW)
+        entries = await pending(store)
         assert [e.outgoing for e in entries] == outgoing
-        assert [e.seq for e in entries] == [entries[0].seq, entries[0].seq + 1]
+        assert [e.seq for e in entries] == [0, 1]
         assert [e.id for e in entries] == [outbox_id(ANA, e.seq) for e in entries]
-        assert {(e.user, e.status, e.created_at, e.attempts) for e in entries} == {
-            (ANA, "pending", NOW, 0)
+        assert {(e.user, e.status, e.created_at, e.attempts, e.inflight_at) for e in entries} == {
+            (ANA, "pending", NOW, 0, 0.0)
         }
 
     async def test_sequence_continues_across_turns(self, store: Store) -> None:
         """The next turn's replies continue the user's sequence, even after some were sent."""
-        first = (await store.commit_turn(None, user(), [reply("a"), reply("b")], NOW)).record
-        [sent, _] = await store.pending_outbox(ANA, 10)
-        await store.save_outbox(dataclasses.replace(sent, status="sent", wamid="wamid.out1"))
-        await store.commit_turn(None, first, [reply("c")], NOW + 1)
-        base = sent.seq
-        assert await seqs(store) == [base + 1, base + 2]
+        lease = (await claim(store)).lease
+        first = await store.commit_turn(lease, None, user(), [reply("a"), reply("b")], NOW)
+        sent = dataclasses.replace(first.entries[0], status="sent", wamid="wamid.out1")
+        await store.save_outbox(lease, sent)
+        await store.commit_turn(lease, None, first.record, [reply("c")], NOW + 1)
+        assert [e.seq for e in await pending(store)] == [1, 2]
 
     async def test_sequences_are_per_user(self, store: Store) -> None:
-        """Two users' sequences are independent: both start at the same first ``seq``."""
-        await store.commit_turn(None, user(ANA), [reply("a"), reply("b")], NOW)
-        await store.commit_turn(None, user(BIA), [reply("c")], NOW)
-        assert (await seqs(store, BIA))[0] == (await seqs(store, ANA))[0]
+        """Two users' sequences are independent: both start at 0."""
+        ana, bia = (await claim(store, ANA)).lease, (await claim(store, BIA)).lease
+        await store.commit_turn(ana, None, user(ANA), [reply("a"), reply("b")], NOW)
+        await store.commit_turn(bia, None, user(BIA), [reply("c")], NOW)
+        assert [e.seq for e in await pending(store, BIA)] == [0]
+        assert [e.seq for e in await pending(store, ANA)] == [0, 1]
 
     async def test_message_is_marked_done(self, store: Store) -> None:
         """The applied message is no longer pending and counts as done."""
-        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2", ts=1_764_000_009)], NOW)
-        await store.commit_turn("wamid.1", user(), [reply("hello")], NOW)
-        assert [m.id for m in await store.pending_inbound(ANA, 10)] == ["wamid.2"]
+        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2", ts=TS + 9)], NOW)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, "wamid.1", user(), [reply("hello")], NOW)
+        assert [m.id for m in (await store.read_work(lease)).inbound] == ["wamid.2"]
         assert await store.inbox_counts() == {"pending": 1, "done": 1, "failed": 0}
+
+    async def test_failed_turn_marks_the_message_failed(self, store: Store) -> None:
+        """``failed`` marks the message failed yet stores the record and the replies."""
+        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2", ts=TS + 9)], NOW)
+        lease = (await claim(store)).lease
+        record = user(state="error")
+        committed = await store.commit_turn(
+            lease, "wamid.1", record, [reply("sorry")], NOW, failed="flow crashed"
+        )
+        assert committed.record == dataclasses.replace(record, version=1)
+        assert await store.get_user(ANA) == committed.record
+        assert [e.outgoing for e in await pending(store)] == [reply("sorry")]
+        assert [m.id for m in (await store.read_work(lease)).inbound] == ["wamid.2"]
+        assert await store.inbox_counts() == {"pending": 1, "done": 0, "failed": 1}
 
     async def test_stale_version_raises_and_changes_nothing(self, store: Store) -> None:
         """A commit from a stale read raises ``VersionConflict`` and writes nothing at all."""
         await store.add_inbound([inbound("wamid.1")], NOW)
-        stored = (await store.commit_turn(None, user(state="first"), [reply("one")], NOW)).record
-        before = await store.pending_outbox(ANA, 10)
+        lease = (await claim(store)).lease
+        stored = (await store.commit_turn(lease, None, user(state="one"), [reply("1")], NOW)).record
+        before = await store.outbox_of(ANA)
         with pytest.raises(VersionConflict):
-            await store.commit_turn("wamid.1", user(state="stale"), [reply("two")], NOW + 1)
+            await store.commit_turn(lease, "wamid.1", user(state="stale"), [reply("2")], NOW + 1)
         assert await store.get_user(ANA) == stored
-        assert await store.pending_outbox(ANA, 10) == before
-        assert [m.id for m in await store.pending_inbound(ANA, 10)] == ["wamid.1"]
+        assert await store.outbox_of(ANA) == before
+        assert [m.id for m in (await store.read_work(lease)).inbound] == ["wamid.1"]
         assert await store.inbox_counts() == {"pending": 1, "done": 0, "failed": 0}
 
     async def test_version_ahead_of_store_conflicts(self, store: Store) -> None:
         """A record claiming a version that was never stored is refused."""
+        lease = (await claim(store)).lease
         with pytest.raises(VersionConflict):
-            await store.commit_turn(None, user(version=3), [reply("x")], NOW)
+            await store.commit_turn(lease, None, user(version=3), [reply("x")], NOW)
         assert await store.get_user(ANA) is None
-        assert await store.pending_outbox(ANA, 10) == []
+        assert await store.outbox_of(ANA) == []
 
     async def test_new_user_race_has_one_winner(self, store: Store) -> None:
-        """Two processes creating the same user at once: exactly one commit succeeds."""
+        """Two turns creating the same user at once: exactly one commit succeeds."""
+        lease = (await claim(store)).lease
         results = await asyncio.gather(
-            store.commit_turn(None, user(state="left"), [reply("left")], NOW),
-            store.commit_turn(None, user(state="right"), [reply("right")], NOW),
+            store.commit_turn(lease, None, user(state="left"), [reply("left")], NOW),
+            store.commit_turn(lease, None, user(state="right"), [reply("right")], NOW),
             return_exceptions=True,
         )
         winners = [r.record for r in results if isinstance(r, Committed)]
         assert len(winners) == 1
         assert sum(isinstance(r, VersionConflict) for r in results) == 1
         assert await store.get_user(ANA) == winners[0]
-        [entry] = await store.pending_outbox(ANA, 10)
+        [entry] = await store.outbox_of(ANA)
         assert entry.outgoing == reply(winners[0].state)
 
     async def test_commit_reports_entries_and_backlog(self, store: Store) -> None:
         """The commit returns the entries it appended and whether older ones were pending."""
-        first = await store.commit_turn(None, user(), [reply("a"), reply("b")], NOW)
+        lease = (await claim(store)).lease
+        first = await store.commit_turn(lease, None, user(), [reply("a"), reply("b")], NOW)
         assert [e.seq for e in first.entries] == [0, 1] and not first.backlog
-        assert list(first.entries) == await store.pending_outbox(ANA, 10)
-        second = await store.commit_turn(None, first.record, [reply("c")], NOW)
+        assert list(first.entries) == await pending(store)
+        second = await store.commit_turn(lease, None, first.record, [reply("c")], NOW)
         assert [e.seq for e in second.entries] == [2] and second.backlog
-        for entry in await store.pending_outbox(ANA, 10):
-            await store.save_outbox(dataclasses.replace(entry, status="sent", wamid=entry.id))
-        third = await store.commit_turn(None, second.record, [reply("d")], NOW)
+        for entry in await pending(store):
+            await store.save_outbox(
+                lease, dataclasses.replace(entry, status="sent", wamid=entry.id)
+            )
+        third = await store.commit_turn(lease, None, second.record, [reply("d")], NOW)
         assert not third.backlog and third.entries[0].outgoing == reply("d")
 
     async def test_concurrent_read_modify_write_loses_nothing(self, store: Store) -> None:
         """Fifty concurrent increments that retry on conflict all land, each with its reply."""
-        await store.commit_turn(None, user(variables={"n": 0}), [], NOW)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, None, user(variables={"n": 0}), [], NOW)
 
         async def increment() -> None:
             while True:
                 current = await store.get_user(ANA)
                 assert current is not None
                 n = current.variables["n"] + 1
+                record = dataclasses.replace(current, variables={"n": n})
                 try:
-                    await store.commit_turn(
-                        None, dataclasses.replace(current, variables={"n": n}), [reply(f"{n}")], NOW
-                    )
+                    await store.commit_turn(lease, None, record, [reply(f"{n}")], NOW)
                     return
                 except VersionConflict:
                     continue
@@ -286,120 +611,216 @@ class TestCommitTurn:
         final = await store.get_user(ANA)
         assert final is not None
         assert (final.variables["n"], final.version) == (50, 51)
-        entries = await store.pending_outbox(ANA, 100)
+        entries = await pending(store)
         assert [e.outgoing.message for e in entries] == [
             reply(f"{n}").message for n in range(1, 51)
         ]
-        assert [e.seq for e in entries] == list(range(entries[0].seq, entries[0].seq + 50))
+        assert [e.seq for e in entries] == list(range(50))
 
 
-class TestLeases:
-    async def test_free_user_can_be_taken(self, store: Store) -> None:
-        """Nobody holds a new user: the first owner gets the lease."""
-        assert await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-
-    async def test_second_owner_is_refused(self, store: Store) -> None:
-        """While the lease is live another owner cannot take it, up to and including ``until``."""
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        assert not await store.acquire_user(ANA, "w2", NOW + 60, NOW + 10)
-        assert not await store.acquire_user(ANA, "w2", NOW + 60, NOW + 30)
-
-    async def test_owner_extends_its_lease(self, store: Store) -> None:
-        """The holder can extend; the extension keeps others out past the first ``until``."""
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        assert await store.acquire_user(ANA, "w1", NOW + 90, NOW + 20)
-        assert not await store.acquire_user(ANA, "w2", NOW + 120, NOW + 60)
-
-    async def test_expired_lease_is_taken_over(self, store: Store) -> None:
-        """A lease whose ``until`` has passed goes to the next owner, and the old one loses it."""
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        assert await store.acquire_user(ANA, "w2", NOW + 90, NOW + 30.5)
-        assert not await store.acquire_user(ANA, "w1", NOW + 100, NOW + 40)
-
-    async def test_release_frees_the_user(self, store: Store) -> None:
-        """After the owner releases, another owner takes the lease at once."""
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        await store.release_user(ANA, "w1")
-        assert await store.acquire_user(ANA, "w2", NOW + 30, NOW + 1)
-
-    async def test_release_by_non_owner_is_a_no_op(self, store: Store) -> None:
-        """Releasing someone else's lease leaves it in place."""
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        await store.release_user(ANA, "w2")
-        assert not await store.acquire_user(ANA, "w2", NOW + 30, NOW + 1)
-
-    async def test_concurrent_acquire_has_one_winner(self, store: Store) -> None:
-        """Of twenty workers racing for a free user exactly one gets it."""
-        results = await asyncio.gather(
-            *(store.acquire_user(ANA, f"w{i}", NOW + 30, NOW) for i in range(20))
+class TestStartSending:
+    async def test_due_entries_are_stored_in_flight(self, store: Store) -> None:
+        """With ``start_sending`` the new entries are stored as their first attempt in flight."""
+        lease = (await claim(store)).lease
+        committed = await store.commit_turn(
+            lease, None, user(), [reply("a"), reply("b")], NOW, start_sending=True
         )
-        assert sum(results) == 1
+        assert not committed.backlog
+        expected = {(1, NOW, lease.token)}
+        assert {
+            (e.attempts, e.inflight_at, e.inflight_token) for e in committed.entries
+        } == expected
+        stored = await pending(store)
+        assert stored == list(committed.entries)
 
-    async def test_leases_are_per_user(self, store: Store) -> None:
-        """Holding one user does not block another."""
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        assert await store.acquire_user(BIA, "w2", NOW + 30, NOW)
-
-
-class TestUsersWithWork:
-    async def test_nothing_to_do(self, store: Store) -> None:
-        """An empty store has no users with work."""
-        assert await store.users_with_work(NOW, 10) == []
-
-    async def test_pending_inbox_is_work_until_done(self, store: Store) -> None:
-        """A user with pending messages is listed once, and no longer after the turn."""
-        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
-        assert await store.users_with_work(NOW, 10) == [ANA]
-        await store.commit_turn("wamid.1", user(), [], NOW)
-        stored = (await store.commit_turn("wamid.2", user(version=1), [], NOW)).record
-        assert stored.version == 2
-        assert await store.users_with_work(NOW, 10) == []
-
-    async def test_unapplied_statuses_are_work_for_the_recipient(self, store: Store) -> None:
-        """Unapplied status items list their recipient until they are finished."""
-        await store.add_statuses([status("wamid.out1", "delivered", recipient=BIA)], NOW)
-        assert await store.users_with_work(NOW, 10) == [BIA]
-        await store.finish_statuses([("wamid.out1", "delivered")])
-        assert await store.users_with_work(NOW, 10) == []
-
-    async def test_due_outbox_is_work(self, store: Store) -> None:
-        """Pending outbox entries due by ``now`` are work; sent ones are not."""
-        await store.commit_turn(None, user(), [reply("hi")], NOW)
-        assert await store.users_with_work(NOW, 10) == [ANA]
-        [entry] = await store.pending_outbox(ANA, 10)
-        await store.save_outbox(dataclasses.replace(entry, status="sent", wamid="wamid.o"))
-        assert await store.users_with_work(NOW, 10) == []
-
-    async def test_outbox_not_yet_due_is_not_work(self, store: Store) -> None:
-        """An entry waiting for a retry is not work before its ``next_attempt_at``."""
-        await store.commit_turn(None, user(), [reply("hi")], NOW)
-        [entry] = await store.pending_outbox(ANA, 10)
-        await store.save_outbox(dataclasses.replace(entry, attempts=1, next_attempt_at=NOW + 60))
-        assert await store.users_with_work(NOW + 59, 10) == []
-        assert await store.users_with_work(NOW + 60, 10) == [ANA]
-
-    async def test_leased_users_are_left_out(self, store: Store) -> None:
-        """Users whose lease is live are omitted; once it expires they are listed again."""
-        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2", user=BIA)], NOW)
-        await store.acquire_user(ANA, "w1", NOW + 30, NOW)
-        assert await store.users_with_work(NOW + 30, 10) == [BIA]
-        assert sorted(await store.users_with_work(NOW + 31, 10)) == [ANA, BIA]
-
-    async def test_limit_and_distinct(self, store: Store) -> None:
-        """Each user is listed once, and no more than ``limit`` users."""
-        await store.add_inbound(
-            [
-                inbound(f"wamid.{u}.{i}", user=u)
-                for u in (ANA, BIA, "5511999990002")
-                for i in range(3)
-            ],
-            NOW,
+    async def test_not_in_flight_behind_an_older_pending_entry(self, store: Store) -> None:
+        """An older entry still pending keeps the new ones out of flight (order)."""
+        lease = (await claim(store)).lease
+        first = await store.commit_turn(lease, None, user(), [reply("a")], NOW)
+        second = await store.commit_turn(
+            lease, None, first.record, [reply("b")], NOW, start_sending=True
         )
-        await store.add_statuses([status("wamid.o", "read", recipient=ANA)], NOW)
-        everyone = await store.users_with_work(NOW, 10)
-        assert sorted(everyone) == sorted([ANA, BIA, "5511999990002"])
-        two = await store.users_with_work(NOW, 2)
-        assert len(set(two)) == 2 and set(two) <= set(everyone)
+        assert second.backlog
+        [entry] = second.entries
+        assert (entry.attempts, entry.inflight_at, entry.inflight_token) == (0, 0.0, "")
+        assert await entry_named(store, entry.id) == entry
+
+    async def test_a_reminder_is_never_in_flight(self, store: Store) -> None:
+        """A reply with ``send_at`` in the future is stored not started, beside one that is."""
+        lease = (await claim(store)).lease
+        later = reply("remember", send_at=NOW + 3600)
+        committed = await store.commit_turn(
+            lease, None, user(), [reply("now"), later], NOW, start_sending=True
+        )
+        now_entry, reminder = committed.entries
+        assert (now_entry.attempts, now_entry.inflight_token) == (1, lease.token)
+        assert (reminder.attempts, reminder.inflight_at, reminder.inflight_token) == (0, 0.0, "")
+        assert await entry_named(store, reminder.id) == reminder
+
+    async def test_without_start_sending_nothing_is_in_flight(self, store: Store) -> None:
+        """By default the new entries are stored with no attempt."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        assert (entry.attempts, entry.inflight_at, entry.inflight_token) == (0, 0.0, "")
+
+
+class TestEnqueue:
+    async def test_never_seen_user_is_created(self, store: Store) -> None:
+        """Enqueueing to a user never seen creates a blank record at version 1."""
+        entries = await store.enqueue(ANA, [reply("promo")], NOW)
+        assert [(e.seq, e.status, e.attempts, e.outgoing) for e in entries] == [
+            (0, "pending", 0, reply("promo"))
+        ]
+        record = await store.get_user(ANA)
+        assert record is not None
+        assert (record.key, record.wa_id, record.version) == (ANA, ANA, 1)
+        assert await pending(store) == entries
+        assert (await claim(store)).record == record
+
+    async def test_appends_after_turns_and_bumps_the_version(self, store: Store) -> None:
+        """Enqueued entries continue the sequence and the version goes up by one."""
+        lease = (await claim(store)).lease
+        committed = await store.commit_turn(lease, None, user(state="s"), [reply("a")], NOW)
+        entries = await store.enqueue(ANA, [reply("b"), reply("c")], NOW + 1)
+        assert [e.seq for e in entries] == [1, 2]
+        record = await store.get_user(ANA)
+        assert record == dataclasses.replace(committed.record, version=2)
+        assert [e.outgoing for e in await pending(store)] == [reply("a"), reply("b"), reply("c")]
+
+    async def test_a_turn_that_read_before_the_enqueue_conflicts(self, store: Store) -> None:
+        """A worker's turn from the version read before an enqueue raises ``VersionConflict``."""
+        lease = (await claim(store)).lease
+        read = (await store.commit_turn(lease, None, user(), [], NOW)).record
+        await store.enqueue(ANA, [reply("promo")], NOW + 1)
+        with pytest.raises(VersionConflict):
+            await store.commit_turn(lease, None, read, [reply("late")], NOW + 2)
+        assert [e.outgoing for e in await pending(store)] == [reply("promo")]
+
+    async def test_claimed_user_never_committed(self, store: Store) -> None:
+        """Enqueueing to a claimed but never committed user creates the record at version 1."""
+        work = await claim(store)
+        await store.enqueue(ANA, [reply("promo")], NOW + 1)
+        record = await store.get_user(ANA)
+        assert record is not None and record.version == 1
+        with pytest.raises(VersionConflict):
+            await store.commit_turn(work.lease, None, work.record, [], NOW + 2)
+        again = await store.read_work(work.lease)
+        assert again.record == record
+        assert [e.outgoing for e in again.outbox] == [reply("promo")]
+
+    async def test_holder_can_send_enqueued_entries(self, store: Store) -> None:
+        """Entries enqueued while a lease is held can be sent by its holder."""
+        lease = (await claim(store)).lease
+        [entry] = await store.enqueue(ANA, [reply("promo")], NOW)
+        started = await store.begin_send(lease, entry, NOW + 1)
+        assert started is not None and started.attempts == 1
+
+    async def test_concurrent_enqueues_all_land(self, store: Store) -> None:
+        """Ten concurrent enqueues each get their own ``seq``; the version counts them."""
+        await asyncio.gather(*(store.enqueue(ANA, [reply(str(i))], NOW) for i in range(10)))
+        entries = await pending(store)
+        assert [e.seq for e in entries] == list(range(10))
+        assert sorted(str(e.outgoing.message) for e in entries) == sorted(
+            str(reply(str(i)).message) for i in range(10)
+        )
+        record = await store.get_user(ANA)
+        assert record is not None and record.version == 10
+
+
+class TestBeginSend:
+    async def test_records_the_attempt(self, store: Store) -> None:
+        """An attempt is counted and stored in flight with the lease's token."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        started = await store.begin_send(lease, entry, NOW + 1)
+        assert started == dataclasses.replace(
+            entry, attempts=1, inflight_at=NOW + 1, inflight_token=lease.token
+        )
+        assert await entry_named(store, entry.id) == started
+        again = await store.begin_send(lease, started, NOW + 2)
+        assert again is not None and again.attempts == 2
+
+    async def test_none_for_an_entry_no_longer_pending(self, store: Store) -> None:
+        """An entry that was sent (or settled) is not started again."""
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        assert await store.begin_send(lease, sent, NOW + 1) is None
+        [entry] = (await store.commit_turn(lease, None, user(version=1), [reply("b")], NOW)).entries
+        skipped = dataclasses.replace(entry, status="skipped", reason="opted out")
+        await store.save_outbox(lease, skipped)
+        assert await store.begin_send(lease, entry, NOW + 1) is None
+        assert await entry_named(store, entry.id) == skipped
+
+    async def test_none_when_a_wamid_was_recorded(self, store: Store) -> None:
+        """A pending entry with a wamid (Meta accepted it) is not started again."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        accepted = dataclasses.replace(entry, wamid="wamid.out1")
+        await store.save_outbox(lease, accepted)
+        assert await store.begin_send(lease, accepted, NOW + 1) is None
+        assert (await entry_named(store, entry.id)).attempts == 0
+
+    async def test_none_for_an_unknown_entry(self, store: Store) -> None:
+        """An entry that was never stored is not started."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        ghost = dataclasses.replace(entry, id=outbox_id(ANA, 99), seq=99)
+        assert await store.begin_send(lease, ghost, NOW + 1) is None
+
+
+class TestCallbackReconciliation:
+    async def in_flight(self, store: Store, attempts: int = 1) -> tuple[Lease, OutboxEntry]:
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        for _ in range(attempts):
+            started = await store.begin_send(lease, entry, NOW + 1)
+            assert started is not None
+            entry = started
+        return lease, entry
+
+    @pytest.mark.parametrize("name", ["sent", "delivered"])
+    async def test_status_of_the_attempt_records_the_wamid(self, store: Store, name: str) -> None:
+        """A status echoing the attempt's callback data records its wamid; no resend then."""
+        lease, entry = await self.in_flight(store)
+        echo = status("wamid.meta", name, callback=callback_data(entry.id, entry.attempts))
+        assert await store.add_statuses([echo], NOW + 2) == [True]
+        stored = await entry_named(store, entry.id)
+        assert (stored.wamid, stored.status, stored.inflight_at) == ("wamid.meta", name, 0.0)
+        assert await store.begin_send(lease, entry, NOW + 3) is None
+        assert (await store.read_work(lease)).statuses == ()
+        assert await store.outbox_for_status(status("wamid.meta", "read")) == stored
+
+    async def test_status_of_an_older_attempt_changes_nothing(self, store: Store) -> None:
+        """A status naming an earlier attempt leaves the entry in flight, the item pending."""
+        lease, entry = await self.in_flight(store, attempts=2)
+        echo = status("wamid.meta", "sent", callback=callback_data(entry.id, 1))
+        await store.add_statuses([echo], NOW + 2)
+        assert await entry_named(store, entry.id) == entry
+        assert [s.id for s in (await store.read_work(lease)).statuses] == ["wamid.meta"]
+
+    async def test_entry_not_in_flight_is_left_alone(self, store: Store) -> None:
+        """A status naming an entry with no attempt in flight changes nothing."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        echo = status("wamid.meta", "sent", callback=callback_data(entry.id, 0))
+        await store.add_statuses([echo], NOW + 2)
+        assert await entry_named(store, entry.id) == entry
+        assert await store.begin_send(lease, entry, NOW + 3) is not None
+
+    async def test_another_recipients_status_changes_nothing(self, store: Store) -> None:
+        """Callback data naming the entry of another user is not applied to it."""
+        _, entry = await self.in_flight(store)
+        echo = status("wamid.meta", "sent", recipient=BIA, callback=callback_data(entry.id, 1))
+        await store.add_statuses([echo], NOW + 2)
+        assert await entry_named(store, entry.id) == entry
+
+    async def test_failed_status_does_not_record_the_wamid(self, store: Store) -> None:
+        """A ``failed`` status echoing the attempt waits for the worker; the entry is unchanged."""
+        lease, entry = await self.in_flight(store)
+        echo = status("wamid.meta", "failed", callback=callback_data(entry.id, 1))
+        await store.add_statuses([echo], NOW + 2)
+        assert await entry_named(store, entry.id) == entry
+        assert [s.status for s in (await store.read_work(lease)).statuses] == ["failed"]
 
 
 class TestStatuses:
@@ -420,90 +841,106 @@ class TestStatuses:
             ],
             NOW,
         )
-        got = await store.pending_statuses(ANA, 10)
+        got = (await claim(store)).statuses
         assert [(s.id, s.status) for s in got] == [("wamid.o1", "delivered"), ("wamid.o2", "read")]
-        assert [s.id for s in await store.pending_statuses(ANA, 1)] == ["wamid.o1"]
+        assert [s.id for s in (await claim(store, limit=1)).statuses] == ["wamid.o1"]
+
+    async def test_same_second_goes_sent_delivered_read(self, store: Store) -> None:
+        """Statuses of one second stored in one batch come in the order they happen in."""
+        await store.add_statuses(
+            [status("wamid.o", "read"), status("wamid.o", "sent"), status("wamid.o", "delivered")],
+            NOW,
+        )
+        got = [s.status for s in (await claim(store)).statuses]
+        assert got == ["sent", "delivered", "read"]
 
     async def test_status_round_trips(self, store: Store) -> None:
-        """A stored status item comes back equal, errors and raw item included."""
+        """A stored status item comes back equal, errors, callback data and raw item included."""
         item = {
             "id": "wamid.o",
             "status": "failed",
             "timestamp": "1764000050",
             "recipient_id": ANA,
+            "biz_opaque_callback_data": callback_data(outbox_id(ANA, 0), 1),
             "errors": [{"code": 131047, "title": "Re-engagement message"}],
         }
         failed = parse_status(item, phone_number_id="1066")
         await store.add_statuses([failed], NOW)
-        [got] = await store.pending_statuses(ANA, 10)
+        [got] = (await claim(store)).statuses
         assert got == failed
         assert got.raw == failed.raw
 
     async def test_finish_statuses(self, store: Store) -> None:
         """Finished items are no longer pending; the others stay."""
         await store.add_statuses([status("wamid.o", "sent"), status("wamid.o", "read")], NOW)
-        await store.finish_statuses([("wamid.o", "sent")])
-        assert [s.status for s in await store.pending_statuses(ANA, 10)] == ["read"]
-        await store.finish_statuses([])
-        assert len(await store.pending_statuses(ANA, 10)) == 1
+        lease = (await claim(store)).lease
+        await store.finish_statuses(ANA, [("wamid.o", "sent")])
+        assert [s.status for s in (await store.read_work(lease)).statuses] == ["read"]
+        await store.finish_statuses(ANA, [])
+        assert len((await store.read_work(lease)).statuses) == 1
+
+    async def test_finish_statuses_is_per_user(self, store: Store) -> None:
+        """Finishing a user's items leaves another recipient's alone."""
+        await store.add_statuses([status("wamid.b", "failed", recipient=BIA)], NOW)
+        await store.finish_statuses(ANA, [("wamid.b", "failed")])
+        assert [s.id for s in (await claim(store, BIA)).statuses] == ["wamid.b"]
 
     async def test_finished_status_stays_a_duplicate(self, store: Store) -> None:
         """A redelivered status that was already applied is not taken in again."""
         await store.add_statuses([status("wamid.o", "read")], NOW)
-        await store.finish_statuses([("wamid.o", "read")])
+        await store.finish_statuses(ANA, [("wamid.o", "read")])
         assert await store.add_statuses([status("wamid.o", "read")], NOW + 1) == [False]
-        assert await store.pending_statuses(ANA, 10) == []
+        assert (await claim(store)).statuses == ()
 
 
 class TestStatusProgress:
-    async def sent_entry(self, store: Store, wamid: str = "wamid.out1") -> OutboxEntry:
-        await store.commit_turn(None, user(), [reply("hi", fallback=True)], NOW)
-        [entry] = await store.pending_outbox(ANA, 10)
-        sent = dataclasses.replace(entry, status="sent", wamid=wamid, sent_as="session")
-        await store.save_outbox(sent)
-        return sent
-
     async def test_progress_is_applied_on_the_way_in(self, store: Store) -> None:
         """delivered then read move the entry forward and need no worker."""
-        await self.sent_entry(store)
+        lease = (await claim(store)).lease
+        await one_sent(store, lease)
+        await store.release([lease])
         await store.add_statuses([status("wamid.out1", "delivered")], NOW)
-        entry = await store.outbox_by_wamid("wamid.out1")
+        entry = await store.outbox_for_status(status("wamid.out1", "delivered"))
         assert entry is not None and entry.status == "delivered"
         await store.add_statuses([status("wamid.out1", "read", ts=1_764_000_060)], NOW)
-        entry = await store.outbox_by_wamid("wamid.out1")
+        entry = await store.outbox_for_status(status("wamid.out1", "read"))
         assert entry is not None and entry.status == "read" and entry.sent_as == "session"
-        assert await store.pending_statuses(ANA, 10) == []
         assert await store.users_with_work(NOW, 10) == []
+        assert (await claim(store)).statuses == ()
 
     async def test_progress_never_moves_back(self, store: Store) -> None:
         """A delivered that arrives after read leaves the entry read."""
-        await self.sent_entry(store)
+        lease = (await claim(store)).lease
+        await one_sent(store, lease)
         await store.add_statuses([status("wamid.out1", "read")], NOW)
         await store.add_statuses([status("wamid.out1", "delivered")], NOW)
-        entry = await store.outbox_by_wamid("wamid.out1")
+        entry = await store.outbox_for_status(status("wamid.out1", "read"))
         assert entry is not None and entry.status == "read"
-        assert await store.pending_statuses(ANA, 10) == []
+        assert (await store.read_work(lease)).statuses == ()
 
     async def test_failed_and_unknown_stay_pending(self, store: Store) -> None:
         """A failed status, and one for a wamid not in the outbox, wait for the worker."""
-        await self.sent_entry(store)
+        lease = (await claim(store)).lease
+        await one_sent(store, lease)
         await store.add_statuses(
             [status("wamid.out1", "failed"), status("wamid.early", "delivered")], NOW
         )
-        entry = await store.outbox_by_wamid("wamid.out1")
+        entry = await store.outbox_for_status(status("wamid.out1", "failed"))
         assert entry is not None and entry.status == "sent"
-        pending = await store.pending_statuses(ANA, 10)
-        assert sorted((s.id, s.status) for s in pending) == [
+        got = (await store.read_work(lease)).statuses
+        assert sorted((s.id, s.status) for s in got) == [
             ("wamid.early", "delivered"),
             ("wamid.out1", "failed"),
         ]
 
 
-class TestOutbox:
-    async def test_save_and_find_by_wamid(self, store: Store) -> None:
-        """A saved entry replaces the stored one and is found again by its wamid."""
-        await store.commit_turn(None, user(), [reply("hi", fallback=True)], NOW)
-        [entry] = await store.pending_outbox(ANA, 10)
+class TestSaveOutbox:
+    async def test_saved_fields_come_back(self, store: Store) -> None:
+        """Every delivery field saved is stored; the reply itself is kept."""
+        lease = (await claim(store)).lease
+        [entry] = (
+            await store.commit_turn(lease, None, user(), [reply("hi", fallback=True)], NOW)
+        ).entries
         sent = dataclasses.replace(
             entry,
             status="sent",
@@ -514,68 +951,241 @@ class TestOutbox:
             error_code=131047,
             fallback_sent=True,
             next_attempt_at=NOW + 5,
+            inflight_at=NOW + 1,
+            inflight_token="t",
         )
-        await store.save_outbox(sent)
-        assert await store.outbox_by_wamid("wamid.out1") == sent
-        assert await store.pending_outbox(ANA, 10) == []
+        await store.save_outbox(lease, sent)
+        assert await store.outbox_for_status(status("wamid.out1", "read")) == sent
+        assert await pending(store) == []
 
-    async def test_unknown_wamid(self, store: Store) -> None:
-        """No entry has a wamid nobody sent."""
-        await store.commit_turn(None, user(), [reply("hi")], NOW)
-        assert await store.outbox_by_wamid("wamid.nobody") is None
+    async def test_a_status_that_got_there_first_is_kept(self, store: Store) -> None:
+        """Saving ``sent`` over the same wamid already ``delivered`` keeps ``delivered``."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        started = await store.begin_send(lease, entry, NOW)
+        assert started is not None
+        echo = status("wamid.m", "delivered", callback=callback_data(entry.id, 1))
+        await store.add_statuses([echo], NOW + 1)
+        sent = dataclasses.replace(started, status="sent", wamid="wamid.m", sent_as="session")
+        await store.save_outbox(lease, sent)
+        stored = await entry_named(store, entry.id)
+        assert (stored.status, stored.sent_as, stored.wamid) == ("delivered", "session", "wamid.m")
+
+    async def test_delivered_never_overwrites_read(self, store: Store) -> None:
+        """An owner's ``delivered`` over a stored ``read`` of the same wamid stays ``read``."""
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        await store.add_statuses([status(sent.wamid, "read")], NOW)
+        await store.save_outbox(lease, dataclasses.replace(sent, status="delivered"))
+        assert (await entry_named(store, sent.id)).status == "read"
+
+    async def test_failed_over_the_same_wamid_is_taken(self, store: Store) -> None:
+        """A ``failed`` outcome is stored over a delivered entry of the same wamid."""
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        await store.add_statuses([status(sent.wamid, "delivered")], NOW)
+        await store.save_outbox(lease, dataclasses.replace(sent, status="failed", reason="x"))
+        stored = await entry_named(store, sent.id)
+        assert (stored.status, stored.reason) == ("failed", "x")
+
+    async def test_another_wamid_takes_the_entrys_status(self, store: Store) -> None:
+        """Queued again without a wamid (for its fallback), the entry is pending again."""
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        await store.add_statuses([status(sent.wamid, "read")], NOW)
+        again = dataclasses.replace(sent, status="pending", wamid="", fallback_sent=True)
+        await store.save_outbox(lease, again)
+        assert await entry_named(store, sent.id) == again
+
+    async def test_unknown_entry_is_a_no_op(self, store: Store) -> None:
+        """Saving an entry that was never stored changes nothing."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        ghost = dataclasses.replace(entry, id=outbox_id(ANA, 7), seq=7, status="sent")
+        await store.save_outbox(lease, ghost)
+        assert await store.outbox_of(ANA) == [entry]
+
+
+class TestOutboxForStatus:
+    async def test_by_wamid(self, store: Store) -> None:
+        """A status naming a sent wamid finds that entry."""
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        assert await store.outbox_for_status(status("wamid.out1", "failed")) == sent
+
+    async def test_by_callback_data_of_the_same_recipient(self, store: Store) -> None:
+        """With no entry of that wamid, the callback data names the recipient's entry."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+        echo = status("wamid.meta", "failed", callback=callback_data(entry.id, 1))
+        assert await store.outbox_for_status(echo) == entry
+        other = status("wamid.meta", "failed", recipient=BIA, callback=echo.callback_data)
+        assert await store.outbox_for_status(other) is None
+
+    async def test_wamid_wins_over_callback_data(self, store: Store) -> None:
+        """When the wamid names an entry, that entry is the answer whatever the callback says."""
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        [other] = (await store.commit_turn(lease, None, user(version=1), [reply("b")], NOW)).entries
+        echo = status(sent.wamid, "read", callback=callback_data(other.id, 1))
+        assert await store.outbox_for_status(echo) == sent
+
+    async def test_unknown_and_foreign_callback_data(self, store: Store) -> None:
+        """Neither an unknown wamid nor callback data that is not ours finds an entry."""
+        lease = (await claim(store)).lease
+        await one_sent(store, lease)
+        assert await store.outbox_for_status(status("wamid.nobody", "read")) is None
+        foreign = status("wamid.nobody", "read", callback="campaign-7")
+        assert await store.outbox_for_status(foreign) is None
 
     async def test_empty_wamid_finds_nothing(self, store: Store) -> None:
         """Unsent entries (no wamid yet) are never found by an empty wamid."""
-        await store.commit_turn(None, user(), [reply("hi")], NOW)
-        assert await store.outbox_by_wamid("") is None
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, None, user(), [reply("hi")], NOW)
+        empty = StatusUpdate(id="", status="sent", timestamp=TS, recipient=ANA)
+        assert await store.outbox_for_status(empty) is None
 
+
+class TestOutbox:
     async def test_reminder_waits_for_its_time(self, store: Store) -> None:
         """A reply with ``send_at`` is pending but only due, and work, from that time."""
-        later = dataclasses.replace(reply("remember"), send_at=NOW + 3600)
-        await store.commit_turn(None, user(), [later], NOW)
-        [entry] = await store.pending_outbox(ANA, 10)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, None, user(), [reply("remember", send_at=NOW + 3600)], NOW)
+        await store.release([lease])
+        [entry] = await pending(store)
         assert entry.next_attempt_at == NOW + 3600 and entry.outgoing.send_at == NOW + 3600
         assert await store.users_with_work(NOW + 60, 10) == []
         assert await store.users_with_work(NOW + 3600, 10) == [ANA]
 
-    async def test_pending_outbox_limit_in_seq_order(self, store: Store) -> None:
-        """``limit`` takes the lowest ``seq`` first."""
-        await store.commit_turn(None, user(), [reply(str(i)) for i in range(5)], NOW)
-        entries: list[OutboxEntry] = await store.pending_outbox(ANA, 3)
-        assert [e.outgoing.message for e in entries] == [reply(str(i)).message for i in range(3)]
+    async def test_outbox_of_lists_every_status_newest_last(self, store: Store) -> None:
+        """``outbox_of`` lists sent and pending entries in ``seq`` order, the newest ``limit``."""
+        lease = (await claim(store)).lease
+        committed = await store.commit_turn(
+            lease, None, user(), [reply(str(i)) for i in range(5)], NOW
+        )
+        sent = dataclasses.replace(committed.entries[0], status="sent", wamid="wamid.o")
+        await store.save_outbox(lease, sent)
+        assert [e.seq for e in await store.outbox_of(ANA)] == [0, 1, 2, 3, 4]
+        assert (await store.outbox_of(ANA))[0] == sent
+        assert [e.seq for e in await store.outbox_of(ANA, limit=2)] == [3, 4]
+        assert await store.outbox_of(BIA) == []
+
+
+class TestUsersWithWork:
+    async def test_nothing_to_do(self, store: Store) -> None:
+        """An empty store has no users with work."""
+        assert await store.users_with_work(NOW, 10) == []
+
+    async def test_pending_inbox_is_work_until_done(self, store: Store) -> None:
+        """A user with pending messages is listed once, and no longer after the turns."""
+        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
+        assert await store.users_with_work(NOW, 10) == [ANA]
+        lease = (await claim(store)).lease
+        done = await store.commit_turn(lease, "wamid.1", user(), [], NOW)
+        await store.commit_turn(lease, "wamid.2", done.record, [], NOW)
+        await store.release([lease])
+        assert await store.users_with_work(NOW, 10) == []
+
+    async def test_unapplied_statuses_are_work_for_the_recipient(self, store: Store) -> None:
+        """Unapplied status items list their recipient until they are finished."""
+        await store.add_statuses([status("wamid.out1", "delivered", recipient=BIA)], NOW)
+        assert await store.users_with_work(NOW, 10) == [BIA]
+        await store.finish_statuses(BIA, [("wamid.out1", "delivered")])
+        assert await store.users_with_work(NOW, 10) == []
+
+    async def test_due_outbox_is_work(self, store: Store) -> None:
+        """Pending outbox entries due by ``now`` are work; sent ones are not."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("hi")], NOW)).entries
+        await store.release([lease])
+        assert await store.users_with_work(NOW, 10) == [ANA]
+        lease = (await claim(store)).lease
+        await store.save_outbox(lease, dataclasses.replace(entry, status="sent", wamid="w.o"))
+        await store.release([lease])
+        assert await store.users_with_work(NOW, 10) == []
+
+    async def test_outbox_not_yet_due_is_not_work(self, store: Store) -> None:
+        """An entry waiting for a retry is not work before its ``next_attempt_at``."""
+        lease = (await claim(store)).lease
+        [entry] = (await store.commit_turn(lease, None, user(), [reply("hi")], NOW)).entries
+        await store.save_outbox(
+            lease, dataclasses.replace(entry, attempts=1, next_attempt_at=NOW + 60)
+        )
+        await store.release([lease])
+        assert await store.users_with_work(NOW + 59, 10) == []
+        assert await store.users_with_work(NOW + 60, 10) == [ANA]
+
+    async def test_leased_users_are_left_out_until_expiry(self, store: Store) -> None:
+        """Users whose lease is live are omitted; once it expires they are listed again."""
+        await store.add_inbound([inbound("wamid.1"), inbound("wamid.2", user=BIA)], NOW)
+        await claim(store, ANA, "w1", until=NOW + 30)
+        assert await store.users_with_work(NOW + 30, 10) == [BIA]
+        assert sorted(await store.users_with_work(NOW + 31, 10)) == [ANA, BIA]
+
+    async def test_released_users_are_listed_again(self, store: Store) -> None:
+        """A user whose lease was released with work left is listed at once."""
+        await store.add_inbound([inbound("wamid.1")], NOW)
+        lease = (await claim(store, until=NOW + 30)).lease
+        assert await store.users_with_work(NOW, 10) == []
+        await store.release([lease])
+        assert await store.users_with_work(NOW, 10) == [ANA]
+
+    async def test_limit_and_distinct(self, store: Store) -> None:
+        """Each user is listed once, and no more than ``limit`` users."""
+        await store.add_inbound(
+            [
+                inbound(f"wamid.{u}.{i}", user=u)
+                for u in (ANA, BIA, "5511999990002")
+                for i in range(3)
+            ],
+            NOW,
+        )
+        await store.add_statuses([status("wamid.o", "read", recipient=ANA)], NOW)
+        everyone = await store.users_with_work(NOW, 10)
+        assert sorted(everyone) == sorted([ANA, BIA, "5511999990002"])
+        two = await store.users_with_work(NOW, 2)
+        assert len(set(two)) == 2 and set(two) <= set(everyone)
 
 
 class TestPurge:
     async def test_purge_removes_old_finished_work_only(self, store: Store) -> None:
         """Old handled messages, applied statuses and sent replies go; pending work stays."""
         old, recent = NOW, NOW + 10 * 86400
-        await store.add_inbound(
-            [inbound("wamid.old"), inbound("wamid.wait", ts=1_764_000_001)], old
-        )
+        await store.add_inbound([inbound("wamid.old"), inbound("wamid.wait", ts=TS + 1)], old)
+        lease = (await claim(store, until=recent + 30)).lease
         committed = await store.commit_turn(
-            "wamid.old", user(), [reply("sent"), reply("queued")], old
+            lease, "wamid.old", user(), [reply("sent"), reply("queued")], old
         )
         sent = dataclasses.replace(committed.entries[0], status="sent", wamid="wamid.out")
-        await store.save_outbox(sent)
+        await store.save_outbox(lease, sent)
         await store.add_statuses([status("wamid.out", "delivered")], old)
-        await store.add_inbound([inbound("wamid.new", ts=1_764_000_002)], recent)
-        await store.commit_turn("wamid.new", committed.record, [], recent)
+        await store.add_inbound([inbound("wamid.new", ts=TS + 2)], recent)
+        await store.commit_turn(lease, "wamid.new", committed.record, [], recent)
         deleted = await store.purge(old + 86400, 100)
         assert deleted == 3  # the old message, its applied status, its sent reply
         assert await store.inbox_counts() == {"pending": 1, "done": 1, "failed": 0}
-        assert [e.outgoing for e in await store.pending_outbox(ANA, 10)] == [reply("queued")]
-        assert await store.outbox_by_wamid("wamid.out") is None
+        assert [e.outgoing for e in await store.outbox_of(ANA)] == [reply("queued")]
+        assert await store.outbox_for_status(status("wamid.out", "read")) is None
         assert await store.add_inbound([inbound("wamid.old")], recent) == [True]  # forgotten
         assert await store.purge(old + 86400, 100) == 0
 
+    async def test_failed_messages_go_pending_statuses_stay(self, store: Store) -> None:
+        """Old failed messages are purged; status items still pending never are."""
+        await store.add_inbound([inbound("wamid.1")], NOW)
+        await store.add_statuses([status("wamid.x", "failed")], NOW)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, "wamid.1", user(), [], NOW, failed="bad")
+        assert await store.purge(NOW + 1, 100) == 1
+        assert await store.inbox_counts() == {"pending": 0, "done": 0, "failed": 0}
+        assert [s.id for s in (await store.read_work(lease)).statuses] == ["wamid.x"]
+
     async def test_purge_respects_the_limit(self, store: Store) -> None:
         """At most ``limit`` rows of each kind go per call."""
-        await store.add_inbound(
-            [inbound(f"wamid.{i}", ts=1_764_000_000 + i) for i in range(5)], NOW
-        )
+        await store.add_inbound([inbound(f"wamid.{i}", ts=TS + i) for i in range(5)], NOW)
+        lease = (await claim(store)).lease
         record = user()
         for i in range(5):
-            record = (await store.commit_turn(f"wamid.{i}", record, [], NOW)).record
+            record = (await store.commit_turn(lease, f"wamid.{i}", record, [], NOW)).record
         assert await store.purge(NOW + 1, 2) == 2
         assert (await store.inbox_counts())["done"] == 3
 
@@ -585,8 +1195,10 @@ class TestDurability:
         """Everything written is there again in a new store on the same data."""
         await store.add_inbound([inbound("wamid.1"), inbound("wamid.2")], NOW)
         await store.add_statuses([status("wamid.o", "read")], NOW)
-        record = (await store.commit_turn("wamid.1", user(), [reply("hi")], NOW)).record
-        await store.acquire_user(BIA, "w1", NOW + 30, NOW)
+        lease = (await claim(store)).lease
+        record = (await store.commit_turn(lease, "wamid.1", user(), [reply("hi")], NOW)).record
+        await store.release([lease])
+        await claim(store, BIA, "w1", until=NOW + 30)
         await store.close()
         await store.close()  # twice is fine
 
@@ -594,10 +1206,12 @@ class TestDurability:
         await reopened.open()
         try:
             assert await reopened.get_user(ANA) == record
-            assert [m.id for m in await reopened.pending_inbound(ANA, 10)] == ["wamid.2"]
-            assert [e.outgoing for e in await reopened.pending_outbox(ANA, 10)] == [reply("hi")]
-            assert [s.status for s in await reopened.pending_statuses(ANA, 10)] == ["read"]
-            assert not await reopened.acquire_user(BIA, "w2", NOW + 30, NOW + 1)
+            work = await claim(reopened, ANA, "w2", now=NOW + 1)
+            assert work.record == record
+            assert [m.id for m in work.inbound] == ["wamid.2"]
+            assert [e.outgoing for e in work.outbox] == [reply("hi")]
+            assert [s.status for s in work.statuses] == ["read"]
+            assert await reopened.claim(BIA, "w2", NOW + 30, NOW + 1) is None
             assert await reopened.inbox_counts() == {"pending": 1, "done": 1, "failed": 0}
         finally:
             await reopened.close()
@@ -608,6 +1222,6 @@ class TestDurability:
         other = backend.make()
         await other.open()
         try:
-            assert [m.id for m in await other.pending_inbound(ANA, 10)] == ["wamid.1"]
+            assert [m.id for m in (await claim(other)).inbound] == ["wamid.1"]
         finally:
             await other.close()
