@@ -539,7 +539,14 @@ class MongoStore:
         key, read = record.key, record.version
         current, older = await asyncio.gather(
             self._users.find_one({"_id": key}),
-            self._outbox.find_one({"user": key, "status": "pending"}, {"_id": 1})
+            self._outbox.find_one(  # an older entry goes first; a reminder not due does not
+                {
+                    "user": key,
+                    "status": "pending",
+                    "$or": [{"next_attempt_at": {"$lte": now}}, {"attempts": {"$gt": 0}}],
+                },
+                {"_id": 1},
+            )
             if outgoing
             else _none(),
         )

@@ -657,6 +657,19 @@ class TestStartSending:
         assert (reminder.attempts, reminder.inflight_at, reminder.inflight_token) == (0, 0.0, "")
         assert await entry_named(store, reminder.id) == reminder
 
+    async def test_a_reminder_not_yet_due_is_no_backlog(self, store: Store) -> None:
+        """A pending reminder due later does not hold a new reply out of flight."""
+        lease = (await claim(store)).lease
+        first = await store.commit_turn(
+            lease, None, user(), [reply("remember", send_at=NOW + 3600)], NOW
+        )
+        second = await store.commit_turn(
+            lease, None, first.record, [reply("now")], NOW, start_sending=True
+        )
+        assert not second.backlog
+        [entry] = second.entries
+        assert (entry.attempts, entry.inflight_token) == (1, lease.token)
+
     async def test_without_start_sending_nothing_is_in_flight(self, store: Store) -> None:
         """By default the new entries are stored with no attempt."""
         lease = (await claim(store)).lease
