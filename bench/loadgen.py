@@ -18,11 +18,83 @@ from bot.testing import text_message
 from bot.webhook import sign
 
 
+async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(url)
+    return await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 80)
+
+
 def delivery(wa_id: str, wamid: str, text: str, timestamp: int, name: str = "Bench") -> bytes:
     """One Meta delivery with one text message."""
     return json.dumps(
         text_message(wa_id, text, wamid=wamid, timestamp=timestamp, name=name)
     ).encode()
+
+
+class Connection:
+    """One keep-alive connection that POSTs signed bodies to one URL, one at a time.
+
+    :meth:`post` writes the whole request before its first ``await``, so a clock read just
+    before the call is the moment the request went out.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        url: str,
+        app_secret: str,
+    ) -> None:
+        self._reader, self._writer = reader, writer
+        self._url, self._secret = url, app_secret
+        parts = urlsplit(url)
+        self._head = (
+            f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/json\r\n"
+        )
+
+    @classmethod
+    async def open(cls, url: str, *, app_secret: str = "") -> Connection:
+        """Connect to ``url``'s host; every :meth:`post` goes to its path."""
+        reader, writer = await _connect(url)
+        return cls(reader, writer, url, app_secret)
+
+    async def try_post(self, body: bytes) -> int:
+        """:meth:`post`, but a dropped connection is status 0 and a new connection.
+
+        Raises:
+            OSError: the server cannot be reached any more.
+        """
+        try:
+            return await self.post(body)
+        except (OSError, asyncio.IncompleteReadError):
+            self.close()
+            self._reader, self._writer = await _connect(self._url)
+            return 0
+
+    async def post(self, body: bytes) -> int:
+        """Send ``body`` (signed if there is an app secret); the answer's HTTP status."""
+        head = f"{self._head}Content-Length: {len(body)}\r\n"
+        if self._secret:
+            head += f"X-Hub-Signature-256: {sign(body, self._secret)}\r\n"
+        self._writer.write(head.encode() + b"\r\n" + body)
+        reader = self._reader
+        status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        length = 0
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await reader.readexactly(length)
+        return int(status_line.split()[1])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._writer.close()
 
 
 @dataclass
@@ -54,41 +126,22 @@ async def fire(
     concurrency: int = 64,
 ) -> Result:
     """POST every body once over ``concurrency`` keep-alive connections."""
-    parts = urlsplit(url)
-    host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     result = Result()
-    it = iter(enumerate(bodies))
+    it = iter(bodies)
 
     async def worker() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        conn = await Connection.open(url, app_secret=app_secret)
         try:
-            for _, body in it:
-                head = (
-                    f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                )
-                if app_secret:
-                    head += f"X-Hub-Signature-256: {sign(body, app_secret)}\r\n"
+            for body in it:
                 t0 = time.perf_counter()
-                writer.write(head.encode() + b"\r\n" + body)
-                status_line = await reader.readline()
-                length = 0
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                if length:
-                    await reader.readexactly(length)
+                status = await conn.post(body)
                 result.latencies.append(time.perf_counter() - t0)
-                status = int(status_line.split()[1])
                 if status == 200:
                     result.sent += 1
                 else:
                     result.errors[status] = result.errors.get(status, 0) + 1
         finally:
-            writer.close()
+            conn.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))

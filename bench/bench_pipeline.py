@@ -1,0 +1,388 @@
+"""windowbot against its floor, under the same load generator in the same run.
+
+    python bench/bench_pipeline.py [--messages 10000] [--users 1000] [--concurrency 64]
+                                   [--runs K] [--only floor|bot] [--modes burst sustained]
+
+Two servers do the same observable work: take a signed webhook POST, answer 200, then POST
+an echo of the message's text to the Cloud API.
+
+- floor: ``bench/floor.py``, verify + parse + 200 + echo, no store, no flow;
+- bot: ``python -m bot run`` on a fresh SQLite file with ``bench/flows`` (the echo flow).
+
+Replies go to a reply sink (``bench/sink.py``, a fake Cloud API in its own process) that
+reports each arrival to this load generator. Per server and run, each mode runs on a fresh
+server process (and store), after a closed-loop warm-up of ``--warmup`` messages:
+
+- burst: ``--messages`` messages POSTed over ``--concurrency`` connections as fast as the
+  server acknowledges them (the backlog is unbounded); rate = answered / (last reply - start);
+- sustained: a closed loop, at most ``--concurrency`` messages awaiting their reply at once,
+  a user never has two in flight; rate as above, e2e latency = POST written → reply at sink.
+
+CPU is the server process's utime + stime from ``/proc/<pid>/stat`` from the start of the
+phase until it is idle again, divided by messages answered. Each phase line also shows the
+cores the server, the sink, this load generator and everything else on the machine used:
+other work (a test suite) slows the single-threaded floor most, so each phase first waits
+(``--quiet-wait``) for the machine to be idle. The table shows medians over ``--runs``
+(missing / duplicate / out-of-order replies: sums) against the product's bar.
+
+The bot runs from this working tree; ``--bot-src DIR`` runs another checkout instead (a
+``git archive`` of a commit), for numbers that do not move while the tree is being edited.
+A server that logs anything has its log kept in the temporary folder (the path is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_webhook import ROOT, free_port, wait_http
+from pipeline_load import Ledger, Messages, burst, closed_loop
+from pipeline_procs import (
+    Sink,
+    cpu_seconds,
+    machine_busy,
+    machine_quiet,
+    profiler,
+    spawned,
+    wait_idle,
+)
+
+BENCH = ROOT / "bench"
+SECRET, TOKEN, PNID = "bench-secret", "bench-token", "PNID"
+USERS_BASE, WARM_BASE = 15_550_000_000, 16_660_000_000
+TARGETS, MODES = ("floor", "bot"), ("burst", "sustained")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One phase of one server."""
+
+    target: str
+    mode: str
+    rate: float  # messages answered per second
+    ack_rate: float  # burst: messages acknowledged per second
+    p50: float  # e2e latency, seconds
+    p99: float
+    cpu_ms: float  # server CPU per message answered
+    answered: int
+    missing: int
+    duplicates: int
+    out_of_order: int
+    unexpected: int
+    refused: dict[int, int]
+    # CPU used during the phase, in cores: the server, the sink, this load generator and
+    # every other process on the machine (which only adds noise to the comparison)
+    server_share: float
+    sink_share: float
+    gen_share: float
+    others_share: float
+
+    def line(self) -> str:
+        """The phase in one line."""
+        ack = f", acked {self.ack_rate:,.0f}/s" if self.ack_rate else ""
+        return (
+            f"{self.target:>5} {self.mode:<9} {self.answered:>6,} answered = {self.rate:7,.0f}"
+            f" msg/s{ack}; e2e p50 {self.p50 * 1e3:7.1f} ms p99 {self.p99 * 1e3:7.1f} ms;"
+            f" CPU {self.cpu_ms:.3f} ms/msg; missing {self.missing} dup {self.duplicates}"
+            f" ooo {self.out_of_order} unexpected {self.unexpected}"
+            f" refused {self.refused or 0}; cores: server {self.server_share:.2f} sink"
+            f" {self.sink_share:.2f} loadgen {self.gen_share:.2f} others {self.others_share:.2f}"
+        )
+
+
+def server_command(target: str, port: int) -> list[str]:
+    """How to start ``target`` on ``port``."""
+    if target == "floor":
+        return [sys.executable, str(BENCH / "floor.py"), str(port)]
+    return [sys.executable, "-m", "bot", "run", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def server_env(sink_url: str, store: Path) -> dict[str, str]:
+    """The environment of both servers: this one's, minus any windowbot settings, plus ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "WHATSAPP_"))}
+    env.update(
+        WHATSAPP_TOKEN=TOKEN,
+        WHATSAPP_PHONE_NUMBER_ID=PNID,
+        WHATSAPP_API_URL=sink_url,
+        WHATSAPP_APP_SECRET=SECRET,
+        BOT_SEND_RATE="0",
+        BOT_LOG_LEVEL="warning",
+        BOT_FLOWS_DIR=str(BENCH / "flows"),
+        BOT_STORE_URL=f"sqlite:///{store}",
+    )
+    return env
+
+
+async def measure(target: str, mode: str, run: int, args: argparse.Namespace) -> Measurement:
+    """Start a sink and a fresh ``target``, warm it up, run ``mode``, stop both."""
+    if args.quiet_wait and not await machine_quiet(args.quiet_wait):
+        print(f"      the machine stayed busy for {args.quiet_wait:.0f} s; measuring anyway")
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        parent, child = socket.socketpair()
+        sink_port, port = free_port(), free_port()
+        sink_cmd = [sys.executable, str(BENCH / "sink.py"), str(sink_port), str(child.fileno())]
+        log_path = Path(tmp) / "server.log"
+        with (
+            spawned(sink_cmd, pass_fds=(child.fileno(),)) as sink_proc,
+            log_path.open("wb") as log,
+            spawned(
+                server_command(target, port),
+                cwd=args.bot_src if target == "bot" else ROOT,
+                env=server_env(f"http://127.0.0.1:{sink_port}", Path(tmp) / "bench.db"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ) as server,
+        ):
+            child.close()
+            sink = Sink(sink_proc, sink_port, parent)
+            listener = asyncio.create_task(sink.listen())
+            try:
+                await asyncio.wait_for(sink.ready.wait(), 20)
+                await wait_http(f"http://127.0.0.1:{port}/healthz")
+                return await phases(target, mode, run, sink, server.pid, port, args)
+            finally:
+                listener.cancel()
+                keep_log(log_path, f"{target}-{mode}-{run}")
+
+
+def keep_log(path: Path, name: str) -> None:
+    """If the server wrote anything, copy it out of the temporary folder and say so."""
+    logged = path.read_text(errors="replace").splitlines()
+    if logged:
+        kept = Path(tempfile.gettempdir()) / f"bench_pipeline-{name}.log"
+        kept.write_text("\n".join(logged) + "\n")
+        print(f"      the server logged {len(logged)} line(s), kept in {kept}; the last:")
+        print(f"      {logged[-1][:200]}")
+
+
+async def phases(
+    target: str,
+    mode: str,
+    run: int,
+    sink: Sink,
+    pid: int,
+    port: int,
+    args: argparse.Namespace,
+) -> Measurement:
+    """The warm-up, then the measured phase, on running processes."""
+    url = f"http://127.0.0.1:{port}/webhook"
+    loop_args = {"concurrency": args.concurrency, "reply_timeout": args.reply_timeout}
+    if args.warmup:
+        sink.ledger = warm = Ledger()
+        deadline = time.monotonic() + args.max_seconds
+        users = max(args.concurrency, 128)
+        await closed_loop(
+            url, SECRET, warm, Messages("w", WARM_BASE), count=args.warmup, users=users,
+            deadline=deadline, **loop_args,
+        )  # fmt: skip
+        await warm.settle(args.idle_timeout, deadline)
+    await wait_idle(pid)
+    sink.ledger = ledger = Ledger()
+    messages = Messages("m", USERS_BASE, ordered_wamids=args.ordered_wamids)
+    profile = None
+    if args.profile and target == "bot":
+        profile = Path(args.profile) / f"{target}-{mode}-{run}.speedscope.json"
+    with profiler(pid, profile):
+        cpu0, sink0, gen0 = cpu_seconds(pid), cpu_seconds(sink.proc.pid), time.process_time()
+        busy0 = machine_busy()
+        start = time.monotonic()
+        deadline = start + args.max_seconds
+        ack_rate = 0.0
+        if mode == "burst":
+            acked_at = await burst(
+                url, SECRET, ledger, messages, count=args.messages, users=args.users,
+                concurrency=args.concurrency, deadline=deadline,
+            )  # fmt: skip
+            ack_rate = ledger.acked / (acked_at - start)
+        else:
+            await closed_loop(
+                url, SECRET, ledger, messages, count=args.messages, users=args.users,
+                deadline=deadline, **loop_args,
+            )  # fmt: skip
+        await ledger.settle(args.idle_timeout, deadline)
+        wall = time.monotonic() - start
+        sink_cpu, gen_cpu = cpu_seconds(sink.proc.pid) - sink0, time.process_time() - gen0
+        server_cpu, busy = cpu_seconds(pid) - cpu0, machine_busy() - busy0
+        await asyncio.sleep(args.linger)  # a late duplicate still counts
+        await wait_idle(pid)
+        cpu = cpu_seconds(pid) - cpu0
+    answered = ledger.answered
+    return Measurement(
+        target=target,
+        mode=mode,
+        rate=answered / (ledger.last_answer_at - start) if answered else 0.0,
+        ack_rate=ack_rate,
+        p50=ledger.percentile(50),
+        p99=ledger.percentile(99),
+        cpu_ms=cpu * 1000 / answered if answered else math.nan,
+        answered=answered,
+        missing=ledger.missing,
+        duplicates=ledger.duplicates,
+        out_of_order=ledger.out_of_order,
+        unexpected=ledger.unexpected,
+        refused=dict(ledger.refused),
+        server_share=server_cpu / wall,
+        sink_share=sink_cpu / wall,
+        gen_share=gen_cpu / wall,
+        others_share=max(0.0, busy - server_cpu - sink_cpu - gen_cpu) / wall,
+    )
+
+
+def ratio(bot: float, floor: float) -> float:
+    """bot / floor, NaN when either is missing."""
+    return bot / floor if floor and not math.isnan(floor) else math.nan
+
+
+def table(results: list[Measurement], runs: int) -> str:
+    """The floor/bot comparison, one row per mode, against the product's bar."""
+
+    def med(target: str, mode: str, attr: str) -> float:
+        values = [getattr(m, attr) for m in results if (m.target, m.mode) == (target, mode)]
+        return statistics.median(values) if values else math.nan
+
+    def counts(target: str, mode: str) -> str:
+        rows = [m for m in results if (m.target, m.mode) == (target, mode)]
+        if not rows:
+            return "-"
+        return "/".join(
+            str(sum(getattr(m, a) for m in rows)) for a in ("missing", "duplicates", "out_of_order")
+        )
+
+    def verdict(ok: bool, value: float) -> str:
+        return "  n/a" if math.isnan(value) else (" pass" if ok else " FAIL")
+
+    head = (
+        f"{'mode':<10}|{'floor msg/s':>12}{'bot msg/s':>10}{'ratio':>7}{'':>5} |"
+        f"{'e2e p50 ms: floor':>18}{'bot':>8}{'ratio':>7}{'':>5} |"
+        f"{'CPU ms/msg: floor':>18}{'bot':>7}{'ratio':>7}{'':>5} |"
+        f"{'miss/dup/ooo: floor':>20}{'bot':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for mode in MODES:
+        if not any(m.mode == mode for m in results):
+            continue
+        rf, rb = med("floor", mode, "rate"), med("bot", mode, "rate")
+        lf, lb = med("floor", mode, "p50") * 1e3, med("bot", mode, "p50") * 1e3
+        cf, cb = med("floor", mode, "cpu_ms"), med("bot", mode, "cpu_ms")
+        rate, lat, cpu = ratio(rb, rf), ratio(lb, lf), ratio(cb, cf)
+        bot = [m for m in results if (m.target, m.mode) == ("bot", mode)]
+        complete = all(m.missing == m.duplicates == 0 for m in bot)
+        in_order = all(m.out_of_order == 0 for m in bot)
+        rate_ok = rate >= 0.6 and (mode != "burst" or (complete and in_order))
+        lat_verdict = verdict(lat <= 2, lat) if mode == "sustained" else "     "
+        lines.append(
+            f"{mode:<10}|{rf:>12,.0f}{rb:>10,.0f}{rate:>7.2f}{verdict(rate_ok, rate)} |"
+            f"{lf:>18.1f}{lb:>8.1f}{lat:>7.2f}{lat_verdict} |"
+            f"{cf:>18.3f}{cb:>7.3f}{cpu:>7.2f}{verdict(cpu <= 2, cpu)} |"
+            f"{counts('floor', mode):>20}{counts('bot', mode):>10}"
+        )
+    lines.append(
+        f"medians of {runs} run(s); miss/dup/ooo summed over them. Bar: burst rate >= 0.6x"
+        " with every reply exactly once and in order; sustained rate >= 0.6x and p50 <= 2x;"
+        " CPU per message <= 2x."
+    )
+    noisiest = max((m.others_share for m in results), default=0.0)
+    lines.append(
+        f"Other processes on the machine used up to {noisiest:.2f} of its {os.cpu_count()}"
+        " cores during a phase"
+        + (" (the comparison is noisy; run again)" if noisiest > 0.2 else "")
+    )
+    return "\n".join(lines)
+
+
+def source(folder: Path) -> str:
+    """Which code ``python -m bot`` runs in ``folder``: its commit and uncommitted bot/ files."""
+    git = ["git", "-C", str(folder)]
+    head = subprocess.run([*git, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    if head.returncode:
+        return f"{folder} (not a git checkout)"
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "bot"], capture_output=True, text=True
+    ).stdout.splitlines()
+    changes = f", {len(dirty)} uncommitted change(s) in bot/" if dirty else ", bot/ clean"
+    return f"{folder}: {head.stdout.strip()[:70]}{changes}"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000, help="per measured phase")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64, help="connections / in flight")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--only", choices=TARGETS, help="measure one server only")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--warmup", type=int, default=500, help="closed-loop messages first")
+    parser.add_argument("--reply-timeout", type=float, default=15.0, help="sustained, seconds")
+    parser.add_argument("--idle-timeout", type=float, default=15.0, help="no reply for so long")
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="cap of one phase")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each phase, wait up to so many seconds for other processes to go idle",
+    )
+    parser.add_argument("--linger", type=float, default=0.5, help="wait for late duplicates")
+    parser.add_argument(
+        "--ordered-wamids",
+        action="store_true",
+        help="wamids that sort in sending order (Meta's are opaque): tells a tie-break on "
+        "equal timestamps from other reordering",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="py-spy records the bot's measured phases here (see bench/profile_top.py)",
+    )
+    parser.add_argument(
+        "--bot-src",
+        type=Path,
+        default=ROOT,
+        metavar="DIR",
+        help="run `python -m bot` from this checkout (e.g. `git archive HEAD | tar -x -C DIR`)"
+        " instead of this working tree",
+    )
+    return parser.parse_args()
+
+
+async def main() -> None:
+    args = parse_args()
+    targets = [args.only] if args.only else list(TARGETS)
+    print(
+        f"{args.messages:,} messages per phase, {args.users:,} users, {args.concurrency}"
+        f" connections, warm-up {args.warmup}, {os.cpu_count()} CPUs, wamids"
+        f" {'ordered' if args.ordered_wamids else 'opaque'}"
+    )
+    print(f"bot from {source(args.bot_src)}")
+    results: list[Measurement] = []
+    failed: list[str] = []
+    for run in range(1, args.runs + 1):
+        for mode in args.modes:
+            for target in targets:
+                try:
+                    result = await measure(target, mode, run, args)
+                except (OSError, RuntimeError, TimeoutError) as exc:
+                    failed.append(f"run {run}: {target} {mode}: {type(exc).__name__}: {exc}")
+                    print(f"run {run}: {target:>5} {mode:<9} FAILED: {type(exc).__name__}: {exc}")
+                    continue
+                print(f"run {run}: {result.line()}", flush=True)
+                results.append(result)
+    print()
+    print(table(results, args.runs))
+    if failed:
+        print(f"{len(failed)} phase(s) failed and are not in the table:", *failed, sep="\n  ")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

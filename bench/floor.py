@@ -1,0 +1,101 @@
+"""The floor: the least a server can do for the bot's observable work, with no store or flow.
+
+    python bench/floor.py PORT
+
+It receives the webhook POST, verifies its signature, parses it, answers 200 and then, in a
+background task (as a bot answers after acknowledging), POSTs an echo of each text message
+to the Cloud API over one shared ``aiohttp.ClientSession``. Configured like ``bot run``, from
+the environment: ``WHATSAPP_APP_SECRET``, ``WHATSAPP_TOKEN``, ``WHATSAPP_PHONE_NUMBER_ID``,
+``WHATSAPP_API_URL`` and ``WHATSAPP_API_VERSION`` (default ``v23.0``).
+``bench/bench_pipeline.py`` measures the bot against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+
+from bot.errors import PayloadError, SignatureError
+from bot.webhook import SIGNATURE_HEADER, parse_body, verify_signature
+
+
+class Floor:
+    """The webhook handler and the echo sender, over one client session."""
+
+    def __init__(self, app_secret: str, messages_url: str, token: str) -> None:
+        self.app_secret = app_secret
+        self.messages_url = messages_url
+        self.token = token
+        self.session: aiohttp.ClientSession | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Floor:
+        """Read the same variables ``bot run`` reads."""
+        base = env.get("WHATSAPP_API_URL", "https://graph.facebook.com").rstrip("/")
+        version = env.get("WHATSAPP_API_VERSION", "v23.0")
+        url = f"{base}/{version}/{env.get('WHATSAPP_PHONE_NUMBER_ID', '')}/messages"
+        return cls(env.get("WHATSAPP_APP_SECRET", ""), url, env.get("WHATSAPP_TOKEN", ""))
+
+    async def session_ctx(self, _: web.Application) -> AsyncIterator[None]:
+        """The shared session; pending echoes finish before it closes."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            self.session = session
+            yield
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def receive(self, request: web.Request) -> web.Response:
+        """Verify, parse, acknowledge; the echoes go out after the 200."""
+        body = await request.read()
+        try:
+            verify_signature(body, request.headers.get(SIGNATURE_HEADER), self.app_secret)
+            delivery = parse_body(body)
+        except SignatureError as exc:
+            return web.Response(status=401, text=str(exc))
+        except PayloadError as exc:
+            return web.Response(status=400, text=str(exc))
+        for message in delivery.messages:
+            if message.type == "text":
+                task = asyncio.create_task(self.send_echo(message.wa_id, message.text))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        return web.Response(text="OK")
+
+    async def send_echo(self, to: str, text: str) -> None:
+        """POST one text message and read the wamid the Cloud API answers with."""
+        assert self.session is not None
+        payload = {
+            "messaging_product": "whatsapp",
+            "to": to,
+            "type": "text",
+            "text": {"body": text},
+        }
+        async with self.session.post(self.messages_url, json=payload) as response:
+            answer = json.loads(await response.read())
+        if response.status != 200 or not answer.get("messages"):
+            print(f"floor: reply to {to} refused: {response.status} {answer}", file=sys.stderr)
+
+    def app(self) -> web.Application:
+        """The aiohttp application: ``POST /webhook`` and ``GET /healthz``."""
+        app = web.Application()
+        app.cleanup_ctx.append(self.session_ctx)
+        app.router.add_post("/webhook", self.receive)
+        app.router.add_get("/healthz", healthz)
+        return app
+
+
+async def healthz(_: web.Request) -> web.Response:
+    """Always 200: there is no store to ask."""
+    return web.Response(text="ok")
+
+
+if __name__ == "__main__":
+    floor = Floor.from_env(os.environ)
+    web.run_app(floor.app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
