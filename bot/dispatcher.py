@@ -557,9 +557,12 @@ class _Leases:
     async def flush(self) -> None:
         """Release every lease waiting for the batch."""
         batch, self._releasing = self._releasing, []
-        if batch:
-            with contextlib.suppress(StoreError):
-                await self.store.release(batch)
+        if not batch:
+            return
+        try:
+            await self.store.release(batch)
+        except Exception as exc:  # the leases then run out on their own
+            log.warning("lease_release_failed", users=len(batch), error=str(exc))
 
     async def keep(self) -> None:
         """Renew every held lease, a third of the lease time apart, until cancelled."""

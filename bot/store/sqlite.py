@@ -159,7 +159,7 @@ class SQLiteStore:
     async def ping(self, *, write: bool = False) -> None:
         if write:  # through a real commit: a full disk or a lock held elsewhere fails here
             await self._call(
-                lambda c: c.execute("INSERT OR REPLACE INTO health (id, at) VALUES (1, 0)")
+                lambda c: _run(c, "INSERT OR REPLACE INTO health (id, at) VALUES (1, 0)")
             )
         else:
             await self._call(lambda c: c.execute("SELECT 1").fetchone())
@@ -328,7 +328,8 @@ class SQLiteStore:
         rows = [(lease.user, lease.token) for lease in leases]
         if rows:
             await self._call(
-                lambda c: c.executemany(
+                lambda c: _run_many(
+                    c,
                     "UPDATE users SET lease_owner = '', lease_token = '', lease_until = 0 "
                     "WHERE key = ? AND lease_token = ?",
                     rows,
@@ -534,7 +535,8 @@ class SQLiteStore:
     async def finish_statuses(self, user: str, keys: Sequence[tuple[str, str]]) -> None:
         rows = [(wamid, status, user) for wamid, status in keys]
         await self._call(
-            lambda c: c.executemany(
+            lambda c: _run_many(
+                c,
                 "UPDATE statuses SET applied = 1 WHERE wamid = ? AND status = ? AND user = ?",
                 rows,
             )
@@ -674,6 +676,18 @@ def _apply_status(c: sqlite3.Connection, status: StatusUpdate) -> bool:
         "SELECT 1 FROM outbox WHERE wamid = ? AND wamid != ''", (status.id,)
     ).fetchone()
     return known is not None
+
+
+def _run(c: sqlite3.Connection, sql: str) -> None:
+    """Run a statement; the cursor stays on the writer thread (handing it to the event loop
+    lets that thread reset a statement the writer is running: 'bad parameter or other API
+    misuse')."""
+    c.execute(sql)
+
+
+def _run_many(c: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Run a statement for each row, keeping the cursor on the writer thread (see ``_run``)."""
+    c.executemany(sql, rows)
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
