@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
@@ -150,6 +151,18 @@ async def verify(request: web.Request) -> web.Response:
     return web.Response(text=challenge)
 
 
+def _why(exc: BaseException) -> str:
+    """What aiohttp's chain of read errors says, innermost last, in ASCII (it is answered)."""
+    reasons: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(reasons) < 4:
+        text = (cause.message if isinstance(cause, HttpProcessingError) else str(cause)).strip()
+        if text and not text.startswith("400, message:") and text not in reasons:
+            reasons.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return ascii("; ".join(reasons))[1:-1][:300] or type(exc).__name__
+
+
 async def receive(request: web.Request) -> web.Response:
     """A webhook delivery: stored durably, then acknowledged."""
     app = request.app
@@ -163,6 +176,16 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(
             status=413, text=f"body larger than {config.server.max_body_bytes} bytes"
         )
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # aiohttp decodes Content-Encoding and chunking while reading: a body that is not what
+        # its headers say (not gzip, a broken chunk) is the sender's fault, not a 500.
+        metrics.rejected_requests += 1
+        encoding = ascii(request.headers.get("Content-Encoding", "identity"))
+        reason = f"body could not be read as sent (Content-Encoding {encoding}): {_why(exc)}"
+        log.warning("webhook_unreadable", reason=reason)
+        response = web.Response(status=400, text=reason)
+        response.force_close()  # the parser gave up on this connection's stream
+        return response
     try:
         if config.whatsapp.app_secret:
             verify_signature(

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
+import re
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    LineTooLong,
+    PayloadEncodingError,
+)
 
 from bot.config import Config, load_config
 from bot.errors import BotError
@@ -115,27 +128,154 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config, host: str | None, port: int | None) -> int:
-    from aiohttp import web
-
     from bot.runtime import build_app
 
     app = build_app(config)
     try:
-        web.run_app(
-            app,
-            host=host or config.server.host,
-            port=port or config.server.port,
-            print=lambda _: log.info(
-                "listening",
-                webhook=f"http://{host or config.server.host}:{port or config.server.port}"
-                f"{config.server.path}",
-            ),
-            access_log=None,
-            handle_signals=True,
+        asyncio.run(
+            _serve(app, host or config.server.host, port or config.server.port, config.server.path)
         )
+    except KeyboardInterrupt:  # a second Ctrl-C during the clean-up
+        pass
     except BotError:
         raise  # StoreUnavailable is a ConnectionError too: main() reports it
     except OSError as exc:  # the port is taken, the host is not an address of this machine
         print(f"bot: cannot listen: {exc} (pick another --port or --host)", file=sys.stderr)
         return 1
     return 0
+
+
+async def _serve(app: web.Application, host: str, port: int, path: str) -> None:
+    """What ``web.run_app`` did, on :func:`make_runner`'s runner, until SIGINT or SIGTERM.
+
+    The runner is cleaned up (store closed, workers stopped) before anything else is
+    cancelled, as ``run_app`` does.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C still interrupts
+            loop.add_signal_handler(sig, stop.set)
+    runner = make_runner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("listening", webhook=f"http://{host}:{port}{path}")
+        await stop.wait()
+    finally:
+        for sig in signals:  # a second Ctrl-C interrupts the clean-up
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+MAX_LINE_BYTES = 16 * 1024
+"""Longest request line or header the server reads (aiohttp's default is 8190 bytes)."""
+
+_BAD_REQUEST = {
+    LineTooLong: f"the request line or a header is longer than {MAX_LINE_BYTES} bytes",
+    BadStatusLine: "the request line is malformed",
+    InvalidHeader: "a header is malformed",
+    PayloadEncodingError: "the body's encoding is malformed or not supported",
+}
+
+
+def make_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An ``AppRunner`` for ``app`` whose HTTP errors never repeat what the client sent.
+
+    aiohttp answers a request it cannot parse with a 400 that quotes the offending bytes,
+    and logs them: for a too long handshake URL those hold the verify token. This runner's
+    connections answer such requests with a fixed reason and log one line without the bytes.
+    ``kwargs`` go to the runner (``handle_signals``, ``shutdown_timeout``...).
+    """
+    _scrub_aiohttp_logs()
+    return _Runner(
+        app,
+        access_log=None,
+        keepalive_timeout=75.0,  # run_app's
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_LINE_BYTES,
+        **kwargs,
+    )
+
+
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, minus the echo and the log of unparsable requests."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        why = next(
+            (text for kind, text in _BAD_REQUEST.items() if isinstance(exc, kind)),
+            "the request is not valid HTTP/1.1",
+        )
+        log.warning("http_request_refused", status=status, reason=why, error=type(exc).__name__)
+        response = web.Response(status=status)
+        response.text = f"{status} {response.reason}: {why}"
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
+            # aiohttp reads the rest of a body the webhook already answered 400 (not gzip,
+            # say) to keep the connection, and meets the same decoding error again.
+            self.log_debug("body still unreadable after the answer; connection closed")
+            return
+        super().log_exception(*args, **kw)
+
+
+class _Server(web.Server):
+    """``web.Server`` making :class:`_RequestHandler` connections.
+
+    aiohttp has no option for the connection class, so this reads ``web.Server``'s own
+    ``_loop`` and ``_kwargs`` (aiohttp 3.9 to 3.14); tests/test_hostile_input.py pins it.
+    """
+
+    def __call__(self) -> web.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """``web.AppRunner`` serving through :class:`_Server`."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()  # the app's startup, its handler and factory
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            **made._kwargs,
+        )
+
+
+class _VerifyTokenFilter(logging.Filter):
+    """Defence in depth: scrub ``hub.verify_token=...`` from aiohttp's own log records."""
+
+    _TOKEN = re.compile(r"(?i)(hub(?:\.|%2e)verify(?:_|%5f)token(?:=|%3d))[^&\s'\"]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._TOKEN.search(message):
+            record.msg, record.args = self._TOKEN.sub(r"\1***", message), None
+        if record.exc_info:
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            if self._TOKEN.search(text):  # the formatter prints exc_text when exc_info is gone
+                record.exc_text, record.exc_info = self._TOKEN.sub(r"\1***", text), None
+        return True
+
+
+_AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.server", "aiohttp.web", "aiohttp.internal")
+
+
+def _scrub_aiohttp_logs() -> None:
+    for name in _AIOHTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _VerifyTokenFilter) for f in logger.filters):
+            logger.addFilter(_VerifyTokenFilter())

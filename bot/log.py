@@ -15,11 +15,22 @@ _REDACTED = "***"
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Never let a secret reach a log line, whoever logged it."""
+    """Never let a secret reach a log line, whoever logged it.
+
+    Secret-named fields are replaced; any string field that holds a URL with credentials
+    (``scheme://user:password@host``, or a secret-looking option such as ``?password=``), in
+    a message or an error, has them masked. Only strings with ``://`` and an ``@`` or ``=``
+    are looked at, so ordinary lines cost a scan or two.
+    """
     for key in SECRETS & event.keys():
         event[key] = _REDACTED
     if "authorization" in event:
         event["authorization"] = _REDACTED
+    for key, value in event.items():
+        if isinstance(value, str) and "://" in value and ("@" in value or "=" in value):
+            from bot.store._mongo_errors import mask_url  # not at import: pymongo is heavy
+
+            event[key] = mask_url(value)
     return event
 
 

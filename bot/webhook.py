@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,18 @@ from bot.models import (
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays a body may have (Meta's go about 12 levels deep)."""
+
+TIMESTAMP_RANGE = (1_000_000_000, 4_102_444_800)
+"""Unix seconds a message or status may carry: 2001-09-09 to 2100-01-01 UTC, both included.
+
+Fixed rather than relative to now, so that parsing reads no clock; it still catches
+milliseconds sent as seconds, and values no store column or date library can hold.
+"""
+
+_INT64 = (-(2**63), 2**63 - 1)
+
 
 def sign(body: bytes, app_secret: str) -> str:
     """The ``X-Hub-Signature-256`` header value Meta sends for ``body``."""
@@ -40,10 +54,15 @@ def sign(body: bytes, app_secret: str) -> str:
 def verify_signature(body: bytes, header: str | None, app_secret: str) -> None:
     """Raise :class:`SignatureError` unless ``header`` is the HMAC-SHA256 of the raw ``body``.
 
-    The comparison is constant-time.
+    The comparison is constant-time. A header that is not ASCII is refused before comparing:
+    aiohttp hands undecodable header bytes over as lone surrogates, which cannot be encoded.
     """
     if not header:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    if not header.isascii():
+        raise SignatureError(
+            f"{SIGNATURE_HEADER} must be ASCII, 'sha256=<hex>'; this one has other characters"
+        )
     if not header.startswith("sha256="):
         raise SignatureError(f"{SIGNATURE_HEADER} must look like 'sha256=<hex>'")
     if not hmac.compare_digest(sign(body, app_secret).encode(), header.strip().encode()):
@@ -66,11 +85,26 @@ def parse_body(body: bytes) -> Delivery:
     Raises :class:`PayloadError` with a short reason for non-JSON bodies and for JSON that is
     not a WhatsApp Business Account envelope. Changes of fields other than ``messages`` are
     ignored; unknown message types are kept as ``unsupported``.
+
+    Whatever this accepts can be stored and parsed again (the store keeps each item's JSON and
+    re-runs :func:`parse_message` on it), so JSON that Python reads but a store cannot keep is
+    refused here: lone surrogates, NUL in keys, integers beyond 64 bits, NaN and infinities,
+    nesting deeper than :data:`MAX_DEPTH`, and timestamps outside :data:`TIMESTAMP_RANGE`.
     """
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8-sig")  # strict: json.loads(bytes) would let surrogates in
+        data = _DECODER.decode(text)
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not JSON: not UTF-8 ({exc})") from None
+    except json.JSONDecodeError as exc:
         raise PayloadError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels") from None
+    # Fast paths: a normal body has few brackets and no surrogate or NUL escapes; only
+    # bodies that could hold what the stores refuse are walked.
+    strings = _SUSPECT_ESCAPE.search(text) is not None
+    if strings or text.count("[") + text.count("{") > MAX_DEPTH:
+        _check_tree(data, strings=strings)
     return parse_envelope(data)
 
 
@@ -129,21 +163,23 @@ def _parse_value(
             wa_id = str(item.get("from", ""))
             user_id = str(item.get("from_user_id", ""))
         try:
-            messages.append(
-                parse_message(
-                    item, wa_id=wa_id, user_id=user_id, profile_name=name, phone_number_id=pnid
-                )
+            message = parse_message(
+                item, wa_id=wa_id, user_id=user_id, profile_name=name, phone_number_id=pnid
             )
         except PayloadError as exc:
             raise PayloadError(f"{iwhere}: {exc}") from None
+        _check_timestamp(message.timestamp, item, iwhere)
+        messages.append(message)
     for k, item in enumerate(_list(value, "statuses", where, required=False)):
         swhere = f"{where}.statuses[{k}]"
         if not isinstance(item, dict):
             raise PayloadError(f"{swhere} must be an object")
         try:
-            statuses.append(parse_status(item, phone_number_id=pnid))
+            status = parse_status(item, phone_number_id=pnid)
         except PayloadError as exc:
             raise PayloadError(f"{swhere}: {exc}") from None
+        _check_timestamp(status.timestamp, item, swhere)
+        statuses.append(status)
 
 
 def parse_message(
@@ -266,8 +302,14 @@ def parse_status(item: Mapping[str, Any], *, phone_number_id: str = "") -> Statu
         recipient=recipient,
         phone_number_id=phone_number_id,
         errors=_errors(item.get("errors")),
+        callback_data=_callback(item.get("biz_opaque_callback_data")),
         raw=dict(item),
     )
+
+
+def _callback(value: Any) -> str:
+    """The echoed ``biz_opaque_callback_data`` (ours are short; anything else is not ours)."""
+    return value if isinstance(value, str) and len(value) <= 512 else ""
 
 
 def _errors(value: Any) -> tuple[ErrorInfo, ...]:
@@ -294,14 +336,112 @@ def _errors(value: Any) -> tuple[ErrorInfo, ...]:
     return tuple(out)
 
 
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+"""A ``\\u`` escape of a surrogate (half of an emoji's pair, or a lone one) or of NUL."""
+
+
 def _timestamp(value: Any) -> int:
     try:
         ts = int(value)
     except (TypeError, ValueError):
-        raise PayloadError(f"'timestamp' must be unix seconds, got {value!r}") from None
+        raise PayloadError(f"'timestamp' must be unix seconds, got {_show(value)}") from None
     if ts < 0:
-        raise PayloadError(f"'timestamp' must be unix seconds, got {value!r}")
+        raise PayloadError(f"'timestamp' must be unix seconds, got {_show(value)}")
     return ts
+
+
+def _check_timestamp(ts: int, item: Mapping[str, Any], where: str) -> None:
+    """Refuse a timestamp outside :data:`TIMESTAMP_RANGE` (at the wire only).
+
+    :func:`parse_message` and :func:`parse_status` do not check the range: they also re-read
+    what the store kept, and an item stored under older rules must still read back.
+    """
+    low, high = TIMESTAMP_RANGE
+    if not low <= ts <= high:
+        raise PayloadError(
+            f"{where}.timestamp must be unix seconds from {low} to {high} (2001-09-09 to "
+            f"2100-01-01 UTC), got {_show(item.get('timestamp'))}"
+        )
+
+
+def _show(value: Any) -> str:
+    """``value`` for an error message: ASCII (an HTTP answer carries it) and at most 40 chars."""
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        return "an integer beyond 64 bits"  # its repr could be slow or refused (4300 digits)
+    text = ascii(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _no_constant(name: str) -> Any:
+    """``json.loads`` hook for ``NaN``, ``Infinity`` and ``-Infinity``: never accepted."""
+    raise PayloadError(f"body is not JSON: {name} is not a JSON number (RFC 8259)")
+
+
+def _int64(digits: str) -> int:
+    """``json.loads`` hook for integers: only what a signed 64-bit store column can hold."""
+    value = int(digits) if len(digits) <= 20 else None  # a longer one cannot fit; skip int()
+    if value is None or not _INT64[0] <= value <= _INT64[1]:
+        shown = digits if len(digits) <= 24 else digits[:21] + "..."
+        raise PayloadError(f"body has an integer beyond signed 64 bits ({shown})")
+    return value
+
+
+def _finite_float(digits: str) -> float:
+    """``json.loads`` hook for numbers with a fraction or exponent: finite ones only."""
+    value = float(digits)
+    if not math.isfinite(value):
+        shown = digits if len(digits) <= 24 else digits[:21] + "..."
+        raise PayloadError(f"body has a number too large for a float ({shown})")
+    return value
+
+
+_DECODER = json.JSONDecoder(
+    parse_constant=_no_constant, parse_int=_int64, parse_float=_finite_float
+)
+"""One decoder with the hooks, built once (``json.loads`` with hooks builds one per call)."""
+
+
+def _check_tree(data: Any, *, strings: bool) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH`; with ``strings``, also text no store keeps.
+
+    That is strings or keys with a lone surrogate (not Unicode: neither UTF-8 nor BSON can
+    encode it) and keys with NUL (a BSON key is NUL-terminated). Iterative, so that depth
+    costs no recursion.
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict | list):
+            if len(path) >= MAX_DEPTH:
+                raise PayloadError(f"body nests deeper than {MAX_DEPTH} levels at {_path(path)}")
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                if strings and isinstance(key, str):
+                    _check_text(key, path, what="key")
+                    if "\x00" in key:
+                        raise PayloadError(f"body has a key with NUL at {_path(path)}")
+                stack.append((child, (*path, key)))
+        elif strings and isinstance(node, str):
+            _check_text(node, path, what="string")
+
+
+def _check_text(text: str, path: tuple[str | int, ...], *, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(
+            f"body has a {what} with a lone surrogate (not Unicode) at {_path(path)}"
+        ) from None
+
+
+def _path(path: tuple[str | int, ...]) -> str:
+    """``entry[0].changes[0]``-style, as the other reasons name places (the first 12 steps)."""
+    out = ""
+    for part in path[:12]:
+        out += f"[{part}]" if isinstance(part, int) else f".{ascii(part)[1:-1][:40]}"
+    if len(path) > 12:
+        out += f"... ({len(path)} levels down)"
+    return out.lstrip(".") or "the top level"
 
 
 def _list(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> list[Any]:

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
+import bson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot import webhook
 from bot.errors import PayloadError, SignatureError
-from bot.webhook import parse_body, sign, verify_challenge, verify_signature
+from bot.store.base import (
+    dumps,
+    inbound_from_json,
+    inbound_to_json,
+    status_from_json,
+    status_to_json,
+)
+from bot.webhook import (
+    parse_body,
+    parse_message,
+    parse_status,
+    sign,
+    verify_challenge,
+    verify_signature,
+)
 
 DATA = Path(__file__).parent / "data" / "webhooks"
 
@@ -266,3 +284,317 @@ class TestMalformed:
             parse_body(
                 json.dumps({"object": "whatsapp_business_account", "entry": [data]}).encode()
             )
+
+
+class Raw(str):
+    """JSON text that :func:`dump` writes as is (what ``json.dumps`` would refuse or fix)."""
+
+
+RAW_JSON = [
+    "1e400",
+    "-1e400",
+    "Infinity",
+    "-Infinity",
+    "NaN",
+    str(2**63),
+    str(-(2**63) - 1),
+    "9" * 30,
+    '"\\ud800"',
+    '"x\\uDFFF"',
+    '"\\ud83d\\ude00"',
+    '{"a\\u0000": 1}',
+    '"a\\u0000"',
+    '"253402300800"',
+    '"1000000000000"',
+    '"999999999"',
+    "4102444801",
+    '"1764000000"',
+]
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, exclude_categories=())
+TEXT = st.text(st.characters(exclude_categories=()) | SURROGATES, max_size=6)
+KEYS = ["object", "entry", "changes", "field", "value", "messages", "statuses", "id", "from"]
+KEYS += ["type", "timestamp", "text", "body", "status", "recipient_id", "errors", "code"]
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()  # NaN and infinities included, written as JSON's non-standard words
+    | TEXT
+    | st.tuples(TEXT, SURROGATES).map("".join)  # a lone surrogate for certain
+    | st.sampled_from(["1764000000", "wamid.X", "text", "messages", "whatsapp_business_account"])
+    | st.sampled_from(RAW_JSON).map(Raw)
+    | st.integers(55, 1100).map(lambda n: Raw("[" * n + "]" * n)),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(KEYS) | TEXT, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+PLACES: list[tuple[str | int, ...]] = [
+    (),
+    ("entry",),
+    ("entry", 0),
+    ("entry", 0, "changes"),
+    ("entry", 0, "changes", 0),
+    ("entry", 0, "changes", 0, "value"),
+    ("entry", 0, "changes", 0, "value", "metadata"),
+    ("entry", 0, "changes", 0, "value", "contacts"),
+    ("entry", 0, "changes", 0, "value", "messages"),
+    ("entry", 0, "changes", 0, "value", "messages", 0),
+    ("entry", 0, "changes", 0, "value", "statuses", 0),
+]
+FIELDS = ["id", "from", "timestamp", "type", "text", "context", "errors", "interactive"]
+PLACES += [("entry", 0, "changes", 0, "value", "messages", 0, key) for key in FIELDS]
+PLACES += [("entry", 0, "changes", 0, "value", "messages", 0, "text", "body")]
+PLACES += [
+    ("entry", 0, "changes", 0, "value", "statuses", 0, key)
+    for key in ("id", "status", "timestamp", "recipient_id", "errors")
+]
+
+
+def valid_envelope(wamid: str) -> dict[str, Any]:
+    """A delivery with one text message ``wamid`` and one status, as Meta sends them."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": "1065"},
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": "5511999990000"}],
+        "messages": [
+            {
+                "from": "5511999990000",
+                "id": wamid,
+                "timestamp": "1764000000",
+                "type": "text",
+                "text": {"body": "hi"},
+            }
+        ],
+        "statuses": [
+            {
+                "id": "wamid.OUT1",
+                "status": "delivered",
+                "timestamp": "1764000001",
+                "recipient_id": "5511999990000",
+            }
+        ],
+    }
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def dump(value: Any, *, ascii_only: bool) -> str:
+    """JSON text by hand: :class:`Raw` verbatim, NaN/Infinity as words, surrogates kept."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, dict):
+        items = (
+            f"{dump(k, ascii_only=ascii_only)}:{dump(v, ascii_only=ascii_only)}"
+            for k, v in value.items()
+        )
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(dump(v, ascii_only=ascii_only) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn, wamid: str = "wamid.P") -> bytes:
+    """A valid envelope with random JSON put at one level (or none), as signed bytes would be.
+
+    Surrogates are written as ``\\u`` escapes or, a quarter of the time, as raw (invalid)
+    UTF-8.
+    """
+    envelope: Any = copy.deepcopy(valid_envelope(wamid))
+    place = draw(st.sampled_from([None, *PLACES]))
+    junk = draw(JSON_VALUES)
+    if place == ():
+        envelope = junk
+    elif place is not None:
+        *parents, last = place
+        node: Any = envelope
+        for step in parents:
+            node = node[step]
+        node[last] = junk
+    ascii_only = draw(st.sampled_from([True, True, True, False]))
+    return dump(envelope, ascii_only=ascii_only).encode("utf-8", "surrogatepass")
+
+
+def envelope(message: str = "", status: str = "") -> bytes:
+    """A one-item envelope around hand-written JSON text for a message and/or a status item."""
+    value = ",".join(
+        part
+        for part in (
+            f'"messages": [{message}]' if message else "",
+            f'"statuses": [{status}]' if status else "",
+        )
+        if part
+    )
+    return (
+        '{"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": '
+        f'[{{"field": "messages", "value": {{{value}}}}}]}}]}}'
+    ).encode("utf-8", "surrogatepass")
+
+
+def text_item(body: str = '"hi"', *, wamid: str = '"wamid.A"', ts: str = '"1764000000"') -> str:
+    """A text message item as JSON text, with its body, id and timestamp as given."""
+    return (
+        f'{{"from": "5511999990000", "id": {wamid}, "timestamp": {ts}, "type": "text", '
+        f'"text": {{"body": {body}}}}}'
+    )
+
+
+def status_item(ts: str) -> str:
+    """A delivered status item as JSON text, with the timestamp as given."""
+    return f'{{"id": "wamid.OUT1", "status": "delivered", "timestamp": {ts}, "recipient_id": "1"}}'
+
+
+def nested(depth: int) -> str:
+    """A text body that brings the whole envelope to ``depth`` levels of nesting."""
+    inner = depth - 9  # object, entry, entry[0], changes, change, value, messages, item, text
+    return "[" * inner + "]" * inner
+
+
+class TestHostileBodies:
+    @pytest.mark.parametrize(
+        ("body", "reason"),
+        [
+            (envelope(text_item(wamid='"wamid.\\ud800"')), "lone surrogate"),
+            (envelope(text_item('"\\uDFFF tail"')), "messages[0].text.body"),
+            (envelope(text_item('{"\\ud83d": 1}')), "key with a lone surrogate"),
+            (envelope(text_item('"\ud800"')), "not UTF-8"),  # raw surrogate bytes ED A0 80
+            (envelope(text_item('{"a\\u0000": 1}')), "key with NUL"),
+            (envelope(text_item(str(2**63))), "beyond signed 64 bits"),
+            (envelope(text_item(str(-(2**63) - 1))), "beyond signed 64 bits"),
+            (envelope(text_item("9" * 5000)), "beyond signed 64 bits"),
+            (envelope(text_item(ts="1" + "0" * 30)), "beyond signed 64 bits"),
+            (envelope(text_item("1e400")), "too large for a float"),
+            (envelope(text_item("-1e400")), "too large for a float"),
+            (envelope(text_item("Infinity")), "Infinity is not a JSON number"),
+            (envelope(text_item("-Infinity")), "-Infinity is not a JSON number"),
+            (envelope(text_item("NaN")), "NaN is not a JSON number"),
+            (envelope(text_item(nested(65))), "deeper than 64 levels at entry[0]"),
+            (envelope(text_item("[" * 1200 + "]" * 1200)), "deeper than 64 levels"),
+            (envelope(text_item("[" * 100_000 + "]" * 100_000)), "deeper than 64 levels"),
+            (
+                envelope(text_item(ts='"253402300800"')),
+                "messages[0].timestamp must be unix seconds from 1000000000 to 4102444800",
+            ),
+            (envelope(text_item(ts='"1000000000000"')), "got '1000000000000'"),
+            (envelope(text_item(ts='"999999999"')), "messages[0].timestamp"),
+            (envelope(text_item(ts="4102444801")), "messages[0].timestamp"),
+            (envelope(status=status_item('"1"')), "statuses[0].timestamp must be unix seconds"),
+        ],
+        ids=[
+            "lone-surrogate-in-id",
+            "lone-low-surrogate",
+            "lone-surrogate-in-key",
+            "surrogate-as-utf8",
+            "nul-in-key",
+            "int-2**63",
+            "int-below-min",
+            "int-5000-digits",
+            "timestamp-10**30",
+            "1e400",
+            "-1e400",
+            "Infinity",
+            "-Infinity",
+            "NaN",
+            "65-levels",
+            "1200-levels",
+            "100000-levels",
+            "year-9999",
+            "milliseconds",
+            "before-2001",
+            "after-2100",
+            "status-timestamp-1",
+        ],
+    )
+    def test_refused_with_a_precise_reason(self, body: bytes, reason: str) -> None:
+        """Valid-looking JSON that no store can keep or that is out of range is a PayloadError."""
+        with pytest.raises(PayloadError) as info:
+            parse_body(body)
+        assert reason in str(info.value)
+        assert str(info.value).isascii()  # the reason is answered over HTTP as is
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            envelope(text_item('"\\ud83d\\ude00 \\u00e9"')),  # an emoji as Meta escapes it
+            envelope(text_item('"a\\u0000b"')),  # NUL in a value is text like any other
+            envelope(text_item(nested(64))),
+            envelope(text_item(str(2**63 - 1))),
+            envelope(text_item(str(-(2**63)))),
+            envelope(text_item("1.5e308")),
+            envelope(text_item(ts='"1000000000"')),
+            envelope(text_item(ts='"4102444800"')),
+            envelope(status=status_item("1764000000")),
+        ],
+        ids=[
+            "emoji-pair",
+            "nul-in-value",
+            "64-levels",
+            "int64-max",
+            "int64-min",
+            "1.5e308",
+            "range-start",
+            "range-end",
+            "status-int-timestamp",
+        ],
+    )
+    def test_the_edges_still_parse(self, body: bytes) -> None:
+        """Emoji pairs, NUL in values, 64 levels, 64-bit ints and the range's ends are kept."""
+        delivery = parse_body(body)
+        assert len(delivery.messages) + len(delivery.statuses) == 1
+
+    def test_stored_items_out_of_range_still_read_back(self) -> None:
+        """parse_message/parse_status re-read stored items, so they do not apply the range."""
+        item = {"id": "wamid.old", "from": "1", "timestamp": "1", "type": "text"}
+        assert parse_message(item).timestamp == 1
+        assert parse_status({"id": "w", "status": "sent", "timestamp": "1"}).timestamp == 1
+
+    def test_a_normal_body_is_not_walked(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The surrogate and depth walk only runs for bodies that could need it."""
+
+        def walked(data: object, *, strings: bool) -> None:
+            raise AssertionError("walked a normal body")
+
+        monkeypatch.setattr(webhook, "_check_tree", walked)
+        for name in ("text.json", "batch.json", "statuses.json", "order.json"):
+            parse_body(load(name))
+        with pytest.raises(AssertionError):
+            parse_body(envelope(text_item('"\\ud83d\\ude00"')))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.data())
+    def test_whatever_is_accepted_is_storable_and_reads_back(self, data: st.DataObject) -> None:
+        """Anything parse_body accepts encodes to UTF-8 and BSON and re-parses to the same."""
+        body = data.draw(hostile_bodies())
+        try:
+            delivery = parse_body(body)
+        except PayloadError:
+            return
+        for message in delivery.messages:
+            stored = dumps(inbound_to_json(message))
+            stored.encode("utf-8")
+            bson.encode({"data": inbound_to_json(message), "ts": message.timestamp})
+            assert inbound_from_json(json.loads(stored)) == message
+        for status in delivery.statuses:
+            stored = dumps(status_to_json(status))
+            bson.encode({"data": status_to_json(status), "ts": status.timestamp})
+            assert status_from_json(json.loads(stored)) == status
+
+
+class TestHostileSignature:
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "sha256=\udcff\udcfe",  # how aiohttp hands over undecodable header bytes
+            "sha256=é" + "0" * 63,
+            "sha256=" + "\u0661" * 64,  # Arabic-Indic digits
+        ],
+    )
+    def test_non_ascii_header_is_refused(self, header: str) -> None:
+        """A header that is not ASCII is a SignatureError that says so, not a crash."""
+        with pytest.raises(SignatureError, match="ASCII"):
+            verify_signature(b"{}", header, "s3cret")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote
 
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
@@ -18,13 +19,41 @@ from bot.errors import StoreError, StoreUnavailable
 
 _AUTH_FAILED = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
 _CHECK = "check that the server is running and that the URL, credentials and network are right"
-_SECRET_OPTION = re.compile(r"(?i)([?&][^=&]*(?:password|secret|token)[^=&]*=)[^&]*")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_SECRET_WORD = re.compile(r"(?i)pass|pwd|secret|token|key|credential|signature")
 
 
-def mask_url(url: str) -> str:
-    """``url`` with the password (and secret-looking options) replaced by ``***``."""
-    masked = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/]*):[^@/]*@", r"\1:***@", url)
-    return _SECRET_OPTION.sub(r"\1***", masked)
+def mask_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``.
+
+    Works on a bare URL and on an error message that quotes one. For each URL (up to the next
+    whitespace) everything between ``://`` and the **last** ``@`` is credentials: an
+    unescaped ``@``, ``/`` or ``?`` in a password never shows part of it (the cost: an ``@``
+    in an option value hides the host too). The user name before the first ``:`` is kept;
+    userinfo without ``:`` may be a password alone, so it is masked whole. Options whose name
+    or value looks secret (password, secret, token, key, ...: ``tlsCertificateKeyFilePassword``,
+    ``authMechanismProperties=AWS_SESSION_TOKEN:...``) have their value masked.
+    """
+    return _URL.sub(_mask_one, text) if "://" in text else text
+
+
+def _mask_one(match: re.Match[str]) -> str:
+    scheme, _, rest = match.group().partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:***@" if colon else "***@") + hosts
+    where, question, query = rest.partition("?")
+    if question:
+        query = re.sub(r"[^&;]+", _mask_option, query)
+    return f"{scheme}://{where}{question}{query}"
+
+
+def _mask_option(match: re.Match[str]) -> str:
+    name, equals, value = match.group().partition("=")
+    if equals and _SECRET_WORD.search(f"{unquote(name)} {unquote(value)}"):
+        return f"{name}=***"
+    return match.group()
 
 
 @contextmanager
