@@ -24,6 +24,7 @@ import pytest
 
 from bot.app import DISPATCHER, Components
 from bot.dispatcher import Dispatcher
+from bot.engine import Reminder
 from bot.models import InboundMessage, Outgoing, UserRecord, parse_callback_data
 from bot.retry import RetryPolicy
 from bot.sender import Sender
@@ -47,7 +48,7 @@ def text(body: str) -> Outgoing:
 class Turn:
     record: UserRecord
     outgoing: tuple[Outgoing, ...] = ()
-    reminders: tuple[object, ...] = ()
+    reminders: tuple[Reminder, ...] = ()
 
 
 @dataclass

@@ -104,7 +104,7 @@ async def test_kill_9_after_acks_then_restart_processes_each_message_once(
     url, store = shared_store
     users = [f"1555000{u:04d}" for u in range(20)]
     held = users[:10]  # a lease the test holds keeps these users' messages pending
-    now = time.time()
+    now = time.time() - 60  # messages written in the last minute (never in the future)
     leases = []
     for user in held:
         work = await store.claim(user, "test-holds", now + 3600, now)

@@ -51,6 +51,7 @@ class TestLoad:
             "appointment_confirmation",
             "appointment_update",
             "appointment_reminder",
+            "message_not_processed",
             "spring_sale",
         }
         for template in registry.templates.values():
