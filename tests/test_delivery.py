@@ -36,7 +36,8 @@ def bot_env(tmp_path: Path, store_url: str, fake: FakeCloudAPI, **workers: float
     """``bot run`` on ``store_url``, answering through ``fake``, with these [workers] settings."""
     config = tmp_path / "windowbot.toml"
     lines = "".join(f"{key} = {value}\n" for key, value in workers.items())
-    config.write_text(f"[workers]\nsweep_seconds = 0.2\n{lines}")
+    # a generous request timeout: on a loaded 2-core machine the fake can be slow to answer
+    config.write_text(f"[whatsapp]\ntimeout = 30.0\n[workers]\nsweep_seconds = 0.2\n{lines}")
     return {
         "BOT_CONFIG": str(config),
         "BOT_STORE_URL": store_url,
