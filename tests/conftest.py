@@ -78,3 +78,16 @@ def mongo_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database's URL on each Mongo server: nx-27017, and BOT_TEST_MONGODB_URI's."""
     with mongo_database(request.param, tmp_path / "nx") as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _loggers_stay_reconfigurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bot run`` caches its loggers for the life of the process; a test that runs it
+    in-process must not, or every later test's ``capture_logs`` would see nothing."""
+    import bot.cli
+    from bot.log import configure_logging
+
+    def uncached(*args: Any, cache: bool = False, **kwargs: Any) -> None:
+        configure_logging(*args, **kwargs)
+
+    monkeypatch.setattr(bot.cli, "configure_logging", uncached)

@@ -378,6 +378,13 @@ def outbox_to_json(entry: OutboxEntry) -> dict[str, Any]:
         "outgoing": outgoing_to_json(entry.outgoing),
         "created_at": entry.created_at,
         "status": entry.status,
+        **delivery_fields(entry),
+    }
+
+
+def delivery_fields(entry: OutboxEntry) -> dict[str, Any]:
+    """What the sender changes on an entry besides its status (its reply never changes)."""
+    return {
         "attempts": entry.attempts,
         "next_attempt_at": entry.next_attempt_at,
         "wamid": entry.wamid,

@@ -83,6 +83,7 @@ from bot.store.base import (
     Committed,
     Lease,
     Work,
+    delivery_fields,
     inbound_from_json,
     inbound_to_json,
     merge_saved,
@@ -665,17 +666,7 @@ class MongoStore:
 
     async def save_outbox(self, lease: Lease, entry: OutboxEntry) -> None:
         # An entry's reply never changes once queued: only its delivery fields are written.
-        fields = {
-            "attempts": entry.attempts,
-            "next_attempt_at": entry.next_attempt_at,
-            "wamid": entry.wamid,
-            "sent_as": entry.sent_as,
-            "reason": entry.reason,
-            "error_code": entry.error_code,
-            "fallback_sent": entry.fallback_sent,
-            "inflight_at": entry.inflight_at,
-            "inflight_token": entry.inflight_token,
-        }
+        fields = delivery_fields(entry)
         # Over another wamid the entry's own status is stored whatever the stored one is
         # (merge_saved); over the same wamid the stored status is read and merged.
         match: Doc = {"wamid": {"$ne": entry.wamid}} if entry.wamid else {}
