@@ -248,8 +248,9 @@ class Dispatcher:
         await self._leases.flush()
 
     async def idle(self) -> None:
-        """Wait until no user is being worked on (for tests and graceful shutdown)."""
+        """Wait until no user is being worked on and their leases are released."""
         await self._idle.wait()
+        await self._leases.flush()
 
     # --- entry points -------------------------------------------------------------------
 
@@ -522,6 +523,7 @@ class _Leases:
         self._lost: set[str] = set()
         self._releasing: list[Lease] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
 
     def hold(self, lease: Lease) -> None:
         """Start renewing ``lease`` (just claimed)."""
@@ -555,14 +557,15 @@ class _Leases:
         await self.flush()
 
     async def flush(self) -> None:
-        """Release every lease waiting for the batch."""
-        batch, self._releasing = self._releasing, []
-        if not batch:
-            return
-        try:
-            await self.store.release(batch)
-        except Exception as exc:  # the leases then run out on their own
-            log.warning("lease_release_failed", users=len(batch), error=str(exc))
+        """Release every lease waiting for the batch (after any release under way)."""
+        async with self._flush_lock:
+            batch, self._releasing = self._releasing, []
+            if not batch:
+                return
+            try:
+                await self.store.release(batch)
+            except Exception as exc:  # the leases then run out on their own
+                log.warning("lease_release_failed", users=len(batch), error=str(exc))
 
     async def keep(self) -> None:
         """Renew every held lease, a third of the lease time apart, until cancelled."""
