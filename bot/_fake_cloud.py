@@ -294,8 +294,8 @@ class FakeCloudAPI:
                 if not self.retry_statuses:
                     raise
             self.webhook_answers.append(answer)
-            if answer == 200 or loop.time() + pause > deadline:
-                return answer
+            if answer == 200 or loop.time() + pause > deadline or self._closing.is_set():
+                return answer  # closing: nobody is left to wait for the bot
             await asyncio.sleep(pause)
             pause = min(2.0, pause * 2)
 

@@ -196,7 +196,6 @@ async def test_kill_9_at_random_points_under_load_loses_nothing_and_sends_nothin
                 await settled(store, users, len(bodies))
             finally:
                 bot.stop()
-        await fake.settle()
         counts = await store.inbox_counts()
         assert counts == {"pending": 0, "done": len(bodies), "failed": 0}
         await assert_each_reply_sent_once(store, fake, users)
