@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
-from bot.app import Components, create_app
 from bot.config import Config, resolve
 from bot.engine import Engine, FallbackSpec
 from bot.errors import FlowError
@@ -19,6 +18,9 @@ from bot.store import store_from_url
 from bot.templates import RegistryFileError, TemplateRegistry, check_file
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
+
+if TYPE_CHECKING:  # ``import bot`` (Outbound) must not load the web server
+    from aiohttp import web
 
 log = structlog.get_logger("windowbot")
 
@@ -111,6 +113,8 @@ def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]
 
 def build_app(config: Config) -> web.Application:
     """The application ``bot run`` serves, with everything the config names."""
+    from bot.app import Components, create_app
+
     store = store_from_url(
         config.store.url, base_dir=config.base_dir, timeout=config.server.store_timeout_seconds
     )
