@@ -132,6 +132,7 @@ def image(
 
 def template(
     name: str,
+    /,
     *params: Any,
     language: str = "",
     header: Iterable[Any] = (),
@@ -143,7 +144,8 @@ def template(
     Every value is sent as one line of text (newlines and runs of spaces are collapsed, as
     WhatsApp requires). ``language`` empty picks the variant by the user's language chain;
     ``buttons`` are the payloads of the template's quick-reply buttons, in order.
-    Use it as the ``fallback`` of a session reply, or schedule it alone.
+    Use it as the ``fallback`` of a session reply, or schedule it alone. (``language``,
+    ``header`` and ``buttons`` cannot be the names of named parameters.)
     """
     if params and named:
         raise ValueError(f"template {name!r}: give positional or named parameters, not both")
