@@ -49,7 +49,7 @@ class TestFlowTester:
         """Loading a folder whose flow has an error raises FlowError naming file and line."""
         folder = tmp_path
         (folder / "welcome.yaml").write_text("flow: welcome\ninitial: nowhere\nstates: {a: {}}\n")
-        with pytest.raises(FlowError, match="welcome.yaml:2"):
+        with pytest.raises(FlowError, match=r"welcome\.yaml:2"):
             FlowTester.load(folder)
 
 
