@@ -126,10 +126,10 @@ class FlowTester:
         """
         folder = Path(flows_dir)
         registry, findings = load_registry(folder)
-        errors = [f for f in findings if f.severity == "error"]
+        errors: list[object] = [f for f in findings if f.severity == "error"]
         if errors:
             listing = "\n".join(str(f) for f in errors)
-            raise FlowError(f"{len(errors)} error(s) in the template registry:\n{listing}", errors)
+            raise FlowError(f"{len(errors)} error(s) in templates.yaml:\n{listing}", list(errors))
         return cls(Engine.load(folder, fallback_checker=fallback_checker(registry)), **kwargs)
 
     @property
