@@ -83,3 +83,17 @@ async def send(
     for decision in decisions:
         print(f"{decision.kind}: {decision.reason}")
     return 0
+
+
+def init(directory: Path) -> int:
+    """Create a new bot project (``bot init DIR``) and say what to do next."""
+    from bot._init_project import init_project
+
+    written = init_project(directory)
+    for path in written:
+        print(f"created {path}")
+    print(
+        f"\nnext: cd {directory} && bot check && python -m pytest tests"
+        " && bot chat  (then bot run --reload to serve while you edit)"
+    )
+    return 0
