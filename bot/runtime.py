@@ -111,9 +111,13 @@ def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]
     return engine, registry
 
 
-def build_app(config: Config) -> web.Application:
-    """The application ``bot run`` serves, with everything the config names."""
-    from bot.app import Components, create_app
+def build_app(config: Config, *, reload: bool = False) -> web.Application:
+    """The application ``bot run`` serves, with everything the config names.
+
+    ``reload`` (``bot run --reload``) answers through a :class:`~bot.reload.EngineRef` that a
+    watcher of the flows folder swaps on every edit that passes the checks.
+    """
+    from bot.app import SENDER, Components, create_app
 
     store = store_from_url(
         config.store.url, base_dir=config.base_dir, timeout=config.server.store_timeout_seconds
@@ -132,15 +136,29 @@ def build_app(config: Config) -> web.Application:
             reason="sandbox mode and no WHATSAPP_APP_SECRET",
             effect="ANY caller can post webhooks: set WHATSAPP_APP_SECRET before going live",
         )
+    if reload:
+        from bot import reload as reloading
+
+        reloading.require_watcher()
     engine, registry = load_engine(config)
-    return create_app(
-        config,
-        Components(
-            store=store,
-            handler=engine.handle if engine is not None else None,
-            error_replies=engine.error_replies if engine is not None else None,
-            transport=lambda: make_transport(config),
-            registry=registry,
-            policy=window_policy(config),
-        ),
+    components = Components(
+        store=store,
+        handler=engine.handle if engine is not None else None,
+        error_replies=engine.error_replies if engine is not None else None,
+        transport=lambda: make_transport(config),
+        registry=registry,
+        policy=window_policy(config),
     )
+    if not reload or engine is None:
+        return create_app(config, components)
+    ref = reloading.EngineRef(engine, registry)
+    components.handler, components.error_replies = ref.handle, ref.error_replies
+    app = create_app(config, components)
+
+    def tell_sender(new: TemplateRegistry | None) -> None:
+        if SENDER in app:
+            app[SENDER].registry = new
+
+    ref.on_swap.append(tell_sender)
+    app.cleanup_ctx.append(reloading.reloader(ref, config, load_engine))
+    return app
