@@ -47,7 +47,7 @@ async def log_count(log: Path, event: str, at_least: int, within: float = 30.0) 
     """Wait until ``event`` appears ``at_least`` times in the process log; the log."""
     deadline = time.monotonic() + within
     while True:
-        text = log.read_text()
+        text = await asyncio.to_thread(log.read_text)
         if text.count(f'"event": "{event}"') >= at_least:
             return text
         assert time.monotonic() < deadline, f"no {event} x{at_least}:\n{text[-3000:]}"
