@@ -20,6 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
+from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.metrics import Metrics
 from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
@@ -276,7 +277,7 @@ HEALTH = web.AppKey("health", WriteHealth)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition (prometheus-client's)."""
     return web.Response(
-        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
+        body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
     )
