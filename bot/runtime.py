@@ -22,7 +22,7 @@ from bot.window import WindowPolicy
 if TYPE_CHECKING:  # ``import bot`` (Outbound) must not load the web server
     from aiohttp import web
 
-log = structlog.get_logger("windowbot")
+log = structlog.get_logger("windowbot.runtime")
 
 TEMPLATES_FILE = "templates.yaml"
 

@@ -35,7 +35,7 @@ from bot.errors import FlowError
 from bot.findings import Finding, format_findings
 from bot.models import InboundMessage, Outgoing, UserRecord
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("windowbot.engine")
 
 
 @dataclass(frozen=True, slots=True)
