@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bot.config import Config, resolve
 from bot.engine import Engine, check_folder, mermaid
+from bot.engine.loader import flow_files
 from bot.errors import ConfigError
 from bot.findings import format_findings
 from bot.models import Outgoing, TemplateCall
@@ -30,7 +31,7 @@ def check(config: Config) -> int:
     warnings = len(findings) - errors
     if findings:
         print(format_findings(findings))
-    flows = len([p for p in flows_dir.glob("*.yaml") if not p.name.startswith(("_", "templates"))])
+    flows = len(flow_files(flows_dir))
     print(f"{flows_dir}: {flows} flow file(s), {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0
 

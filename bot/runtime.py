@@ -15,7 +15,7 @@ from bot.errors import FlowError
 from bot.findings import Finding
 from bot.sender import LogTransport, Transport
 from bot.store import store_from_url
-from bot.templates import RegistryFileError, TemplateRegistry, check_file
+from bot.templates import TEMPLATES_FILE, RegistryFileError, TemplateRegistry, check_file
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:  # ``import bot`` (Outbound) must not load the web server
     from aiohttp import web
 
 log = structlog.get_logger("windowbot.runtime")
-
-TEMPLATES_FILE = "templates.yaml"
 
 
 def load_registry(flows_dir: Path) -> tuple[TemplateRegistry | None, list[Finding]]:
