@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bot import CloudAPI, TemplateRegistry, buttons, image, list_, template, text
 from bot.templates import build_template_message
-from bot.testing import FakeCloudAPI
+from bot.testing import FakeCloudAPI, FlowTester
 from tests.server import ROOT
 
 USER = "5511999990000"
@@ -58,3 +60,24 @@ class TestBuilders:
         """Too many choices, too long or empty parts, bad links raise ValueError saying what."""
         with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
             build()  # type: ignore[operator]
+
+
+class TestHooksReturningBuilders:
+    async def test_a_hook_returns_buttons_and_a_template(self, tmp_path: Path) -> None:
+        """What a do: hook returns from the builders becomes the turn's replies, in order."""
+        (tmp_path / "welcome.yaml").write_text(
+            "flow: welcome\nstates:\n  start:\n    say: hi\n    on:\n"
+            "      - text: bye\n        to: done\n      - else:\n        do: [offer]\n"
+            "  done:\n    final: true\n"
+        )
+        (tmp_path / "hooks.py").write_text(
+            "from bot import buttons, template\n\n"
+            "def offer(ctx):\n"
+            "    return [buttons('Pick', {'a': 'Alpha'}), template('follow_up', 'Ana')]\n"
+        )
+        bot = FlowTester.load(tmp_path)
+        await bot.send("x")
+        answer = await bot.send("y")
+        assert answer.choices == ["Alpha"]
+        assert [r.message is None for r in answer.replies] == [False, True]
+        assert answer.replies[1].fallback == template("follow_up", "Ana")
