@@ -189,9 +189,9 @@ class FlowTester:
         self.pending.sort(key=lambda r: r.at)
         return Answer(turn)
 
-    def advance(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0) -> list[
-        Reminder
-    ]:
+    def advance(
+        self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0
+    ) -> list[Reminder]:
         """Move the clock forward; the reminders that came due meanwhile, in time order."""
         self.now += seconds + 60 * minutes + 3600 * hours
         due = [r for r in self.pending if r.at <= self.now]
