@@ -10,6 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.config import load_config
+from bot.reload import EngineRef, reload_once
+from bot.runtime import load_engine
+from bot.templates import TemplateRegistry
 from bot.testing import FakeCloudAPI, signed_request, text_message
 from tests.conftest import SECRET
 from tests.server import BotProcess
@@ -113,3 +117,40 @@ class TestReload:
                 assert "welcome.yaml:11" in text and "nowhere" in text
                 assert await say("e", 2) == ["flow two e", "hook two"]
         assert "Traceback" not in log.read_text()
+
+
+TEMPLATES = """\
+templates:
+  follow_up:
+    category: ACCOUNT_UPDATE
+    status: APPROVED
+    languages:
+      en_US: {body: "Hi {{1}}, we have news."}
+"""
+
+
+class TestReloadOnce:
+    async def test_a_clean_edit_swaps_engine_and_registry_a_bad_one_swaps_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        """reload_once swaps both and tells the listeners; with errors it keeps both."""
+        flows = tmp_path / "flows"
+        flows.mkdir()
+        (flows / "welcome.yaml").write_text(FLOW)
+        (flows / "hooks.py").write_text(HOOKS)
+        (flows / "templates.yaml").write_text(TEMPLATES)
+        config = load_config(environ={"BOT_FLOWS_DIR": str(flows)})
+        engine, registry = load_engine(config)
+        assert engine is not None and registry is not None
+        ref = EngineRef(engine, registry)
+        told: list[TemplateRegistry | None] = []
+        ref.on_swap.append(told.append)
+        (flows / "templates.yaml").write_text(TEMPLATES.replace("follow_up", "follow_up_two"))
+        assert await reload_once(ref, config, load_engine)
+        assert ref.engine is not engine and ref.registry is not None
+        assert sorted(ref.registry.templates) == ["follow_up_two"] and told == [ref.registry]
+        current = ref.engine
+        (flows / "templates.yaml").write_text(TEMPLATES.replace("ACCOUNT_UPDATE", "NOPE"))
+        assert not await reload_once(ref, config, load_engine)
+        assert ref.engine is current and sorted(ref.registry.templates) == ["follow_up_two"]
+        assert len(told) == 1
