@@ -40,6 +40,7 @@ ENVIRONMENT: Mapping[str, tuple[str, str]] = {
     "WHATSAPP_API_VERSION": ("whatsapp", "api_version"),
     "BOT_STORE_URL": ("store", "url"),
     "BOT_FLOWS_DIR": ("flows", "dir"),
+    "BOT_RECORD_ONLY": ("flows", "record_only"),
     "BOT_LOG_LEVEL": ("log", "level"),
     "BOT_LOG_FORMAT": ("log", "format"),
     "BOT_SANDBOX": ("server", "sandbox"),
@@ -89,6 +90,7 @@ class FlowsConfig:
 
     dir: Path = Path("flows")
     default_flow: str = ""  # "": _project.yaml's default_flow, else "welcome"
+    record_only: bool = False  # store every message, answer none (no flows are loaded)
 
 
 @dataclass(frozen=True, slots=True)

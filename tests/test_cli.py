@@ -32,12 +32,13 @@ def config_for(tmp_path: Path, flows: Path = ROOT / "flows", **env: str) -> Conf
 
 
 class TestCheck:
-    def test_example_flows_pass(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """bot check on the shipped flows exits 0 and reports no error."""
+    def test_example_flows_are_clean(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot check on the shipped flows exits 0 with no error and no warning."""
         code = main(["--config", str(ROOT / "config.example.toml"), "check"])
         out = capsys.readouterr().out
         assert code == 0, out
-        assert "0 error(s)" in out and "PENDING" in out  # spring_sale is awaiting approval
+        assert out.splitlines()[-1].endswith("2 flow file(s), 0 error(s), 0 warning(s)"), out
+        assert len(out.splitlines()) == 1, out
 
     def test_broken_flow_fails_with_file_and_line(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -146,7 +147,7 @@ class TestSend:
     async def test_text_outside_window_is_not_sent(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """bot send --text to a user whose window is closed is recorded as not sent, with why."""
+        """bot send --text to a closed window exits 1 (nothing went out), saying why once."""
         async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
             cfg = config_for(
                 tmp_path,
@@ -154,9 +155,28 @@ class TestSend:
                 WHATSAPP_PHONE_NUMBER_ID="PN",
                 WHATSAPP_API_URL=fake.url,
             )
-            assert await send(cfg, "15550001234", "hello", None, [], "") == 0
+            assert await send(cfg, "15550001234", "hello", None, [], "") == 1
             assert fake.messages == []
-        assert "not sent" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert out.startswith("not sent: window closed") and out.count("not sent") == 1, out
+
+    def test_recipient_that_is_not_a_number_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """bot send not-a-number is one line, exit 1, and nothing is queued for it."""
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+        assert main(["send", "not-a-number", "--text", "hi"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "'not-a-number' is not a WhatsApp number" in err
+        assert not (tmp_path / "bot.db").exists()
+
+    async def test_wrong_parameter_count_is_worded_once(self, tmp_path: Path) -> None:
+        """The parameter error names the template once, not 'template X: template X ...'."""
+        from bot.errors import BotError
+
+        with pytest.raises(BotError) as info:
+            await send(config_for(tmp_path), "15550001234", None, "appointment_update", ["A"], "")
+        assert str(info.value) == "template appointment_update takes 2 parameter(s), 1 given"
 
     async def test_unknown_template_is_refused_before_queuing(self, tmp_path: Path) -> None:
         """A template not in the registry is refused with a clear error; nothing is queued."""

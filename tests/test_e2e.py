@@ -54,6 +54,7 @@ async def bot(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[B
         {
             "WHATSAPP_APP_SECRET": SECRET,
             "WHATSAPP_TOKEN": TOKEN,
+            "WHATSAPP_VERIFY_TOKEN": "verify-me",
             "WHATSAPP_PHONE_NUMBER_ID": PNID,
             "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
             "BOT_FLOWS_DIR": str(ROOT / "flows"),
