@@ -140,6 +140,20 @@ def load_engine(config: Config) -> tuple[Engine, TemplateRegistry | None]:
 
 def build_app(config: Config) -> web.Application:
     """The application ``bot run`` serves, with everything the config names."""
+    engine: Engine | None = None
+    registry: TemplateRegistry | None = None
+    if config.flows.record_only:
+        log.warning(
+            "record_only",
+            effect="messages are stored, not answered (no flows are loaded)",
+            flows=str(resolve(config, config.flows.dir)),
+        )
+        registry, _ = load_registry(resolve(config, config.flows.dir))
+    else:
+        try:
+            engine, registry = load_engine(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {RECORD_ONLY_HINT}") from None
     store = store_from_url(
         config.store.url, base_dir=config.base_dir, timeout=config.server.store_timeout_seconds
     )
@@ -157,20 +171,6 @@ def build_app(config: Config) -> web.Application:
             reason="sandbox mode and no WHATSAPP_APP_SECRET",
             effect="ANY caller can post webhooks: set WHATSAPP_APP_SECRET before going live",
         )
-    engine: Engine | None = None
-    registry: TemplateRegistry | None = None
-    if config.flows.record_only:
-        log.warning(
-            "record_only",
-            effect="messages are stored, not answered (no flows are loaded)",
-            flows=str(resolve(config, config.flows.dir)),
-        )
-        registry, _ = load_registry(resolve(config, config.flows.dir))
-    else:
-        try:
-            engine, registry = load_engine(config)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}; {RECORD_ONLY_HINT}") from None
     return create_app(
         config,
         Components(

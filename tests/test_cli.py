@@ -6,6 +6,7 @@ import io
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +282,58 @@ class TestSendText:
         """bot send without --text or --template is a usage error."""
         assert main(["send", "15550001"]) == 2
         assert "--text" in capsys.readouterr().err
+
+
+class TestRunNeedsFlows:
+    @pytest.mark.parametrize("folder", ["flowz", "empty"])
+    def test_missing_or_empty_flows_folder_refuses_to_start(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+        folder: str,
+    ) -> None:
+        """bot run with a missing or empty flows folder exits 1 in one line (it used to answer
+        every webhook 200 and never reply)."""
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("BOT_FLOWS_DIR", str(tmp_path / folder))
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+        assert main(["run", "--host", "127.0.0.1", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / folder) in err, err
+        assert "--record-only" in err and "cannot listen" not in err
+        assert not (tmp_path / "bot.db").exists()
+
+    async def test_record_only_stores_without_flows(
+        self, tmp_path: Path, aiohttp_client: Any
+    ) -> None:
+        """Record-only, asked for explicitly, starts without flows and keeps every message."""
+        from bot.runtime import build_app
+        from tests.conftest import make_config, recorded, signed
+
+        cfg = make_config(tmp_path, BOT_RECORD_ONLY="1")
+        client = await aiohttp_client(build_app(cfg))
+        raw, headers = signed(recorded("text.json"))
+        assert (await client.post("/webhook", data=raw, headers=headers)).status == 200
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        assert (await store.inbox_counts())["pending"] == 1
+        await store.close()
+
+
+class TestHelp:
+    def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot --version prints the distribution's version and exits 0."""
+        with pytest.raises(SystemExit) as info:
+            main(["--version"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out.startswith("windowbot ")
+
+    def test_help_lists_every_command_in_one_line(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot --help names each command with a one-line description."""
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        out = capsys.readouterr().out.splitlines()
+        for command in ("run", "check", "graph", "chat", "send"):
+            [line] = [x for x in out if x.split()[:1] == [command]]
+            assert len(line.split()) > 2, line
