@@ -451,19 +451,35 @@ class TestRecords:
         assert turn.record == dataclasses.replace(record, flow="welcome", state="menu")
 
     async def test_render_errors_name_the_file_and_line(self, tmp_path: Path) -> None:
-        """The sandbox refuses unsafe attribute access at render time with a RenderError."""
+        """A value that breaks a reply at run time (here a division by zero, which is not a
+        Jinja error) is a RenderError naming the flow file and line, not a bare traceback."""
         engine = one_flow(
             tmp_path,
             """
             states:
               start:
-                say: "{{ user.key.__class__.__mro__ }}"
+                say: "{{ 10 // (message.text | length - 1) }}"
                 on: [{else: true, to: end}]
               end: {final: true}
             """,
         )
-        with pytest.raises(RenderError, match=r"welcome\.yaml:3"):
+        with pytest.raises(RenderError, match=r"welcome\.yaml:3: ZeroDivisionError"):
             await engine.handle(user(), text("x"), NOW)
+
+    async def test_rendered_output_is_bounded(self, tmp_path: Path) -> None:
+        """A template cannot build a huge string ('x' * 20000000 used to render)."""
+        engine = one_flow(
+            tmp_path,
+            """
+            states:
+              start:
+                say: "{{ 'x' * (message.text | int) }}"
+                on: [{else: true, to: end}]
+              end: {final: true}
+            """,
+        )
+        with pytest.raises(RenderError, match=r"welcome\.yaml:3: .*at most"):
+            await engine.handle(user(), text("20000000"), NOW)
 
 
 class TestSharedMachines:
