@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from bot.chat import ChatSession
 from bot.config import Config, load_config
@@ -55,6 +58,19 @@ def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> bytes:
         assert chunk, f"chat ended before {marker!r}: {seen!r}"
         seen += chunk
     return seen
+
+
+def wait_reading_stdin(proc: subprocess.Popen[bytes]) -> None:
+    """Until the chat's main thread is blocked in read(0, ...): a Ctrl-C sent between the
+    prompt and the read would be a race no human at a terminal can hit."""
+    deadline = time.monotonic() + 60
+    syscall = Path(f"/proc/{proc.pid}/syscall")
+    read = {"x86_64": "0", "aarch64": "63"}.get(platform.machine())
+    if read is None:
+        pytest.skip(f"no read(2) syscall number known for {platform.machine()}")
+    while not syscall.read_text().startswith(f"{read} 0x0 "):  # read(), on fd 0
+        assert time.monotonic() < deadline, syscall.read_text()
+        time.sleep(0.01)
 
 
 class TestThrowawayStore:
@@ -123,6 +139,7 @@ class TestTerminal:
         proc = chat_process(tmp_path)
         try:
             read_until(proc, b"you: ")
+            wait_reading_stdin(proc)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=60)  # a guard against the old hang, not a speed bar
         finally:

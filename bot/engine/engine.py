@@ -219,8 +219,7 @@ class _Turn:
         flow = flows.get(record.flow)
         state = flow.states.get(record.state) if flow is not None else None
         if not record.flow or not record.state:
-            trigger = "start"
-            await self.enter_default()
+            trigger = await self.start("start")
         elif state is None:
             log.warning("state_unknown", flow=record.flow, state=record.state, user=record.key)
             trigger = "reset"
@@ -242,8 +241,7 @@ class _Turn:
             if trigger is not None:
                 return trigger
         if state.final:
-            await self.enter_default()
-            return "restart"
+            return await self.start("restart")
         self.say(state.say, self.engine.flows[state.flow].constants)
         return "reprompt"
 
@@ -276,6 +274,22 @@ class _Turn:
         if rule.target is not None:
             await self.enter(*rule.target)
         return rule.label
+
+    async def start(self, trigger: str) -> str:
+        """Greet with the default flow's initial state, then (``first_message: match``) try
+        the message against that state's specific rules, so a first message that already
+        answers the greeting is taken as the answer."""
+        await self.enter_default()
+        state = self.engine.flows[self.flow].states[self.state]
+        view = View.of(self.message)
+        for rule in state.first:
+            groups = rule.match(view)
+            if groups is None:
+                continue
+            fired = await self.fire(rule, state, groups)
+            if fired is not None:
+                return f"{trigger}, {fired}"
+        return trigger
 
     async def enter_default(self) -> None:
         default = self.engine.flows[self.engine.default_flow]
