@@ -119,3 +119,17 @@ class TestErrors:
         """A config path that does not exist is named."""
         with pytest.raises(ConfigError, match="no such config file"):
             load_config(tmp_path / "nope.toml", environ={})
+
+    @pytest.mark.parametrize(
+        "url", ["mongodb://db.internal", "mongodb://u:p@h1,h2:27018/?replicaSet=rs0"]
+    )
+    def test_mongo_url_without_database_is_an_error(self, url: str) -> None:
+        """A Mongo URL naming no database used to use 'windowbot' silently; now it says so."""
+        with pytest.raises(ConfigError, match="names no database") as info:
+            load_config(None, environ={"BOT_STORE_URL": url})
+        assert "environment BOT_STORE_URL" in str(info.value) and ":p@" not in str(info.value)
+
+    def test_mongo_url_with_database_is_accepted(self) -> None:
+        """The database is the URL's path, before any options."""
+        url = "mongodb://u:p@h1,h2:27018/bot?replicaSet=rs0"
+        assert load_config(None, environ={"BOT_STORE_URL": url}).store.url == url
