@@ -43,8 +43,9 @@ def fallback_checker(
 ) -> Callable[[FallbackSpec], list[str]]:
     """How ``bot check`` validates a reply's template fallback against the registry.
 
-    Problems prefixed ``warning: `` are warnings. ``broken``: the folder has a template file
-    that did not load; fallbacks are then not checked (its own findings say why).
+    Only errors are returned: a template's status warnings are findings of the template
+    file. ``broken``: the folder has a template file that did not load; fallbacks are then
+    not checked (its own findings say why).
     """
 
     def check(spec: FallbackSpec) -> list[str]:
@@ -56,7 +57,9 @@ def fallback_checker(
                 "to declare it (add one; flows/README.md shows its format)"
             ]
         params: int | tuple[str, ...] = spec.names if spec.named else len(spec.params)
-        return registry.check_call(spec.template, spec.language or "user", params)
+        problems = registry.check_call(spec.template, spec.language or "user", params)
+        # A status warning (PENDING) is the template file's own finding: said there, once.
+        return [p for p in problems if not p.startswith("warning: ")]
 
     return check
 

@@ -71,6 +71,44 @@ class TestCheck:
         out = capsys.readouterr().out
         assert "business_hours" in out and "2 parameter" in out
 
+    def test_broken_template_file_is_one_root_cause_first(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One MARKETING template used to give 8 errors, the cause 5th: now it is the only
+        error, printed first, and no line says 'error: warning:'."""
+        from tests.example_templates import with_pending
+
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        with_pending(flows)
+        path = flows / "templates.yaml"
+        text = path.read_text().replace(
+            "category: ALERT\n    status: PENDING", "category: MARKETING\n    status: PENDING"
+        )
+        path.write_text(text)
+        assert main(["check", str(flows)]) == 1
+        out = capsys.readouterr().out
+        assert out.splitlines()[0].startswith(f"{path}:") and "MARKETING" in out.splitlines()[0]
+        assert "1 error(s)" in out and "error: warning:" not in out
+
+    def test_pending_fallback_is_one_warning(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A fallback naming a PENDING template is warned about once (by the template file),
+        never as 'error: warning: ...' at every fallback."""
+        from tests.example_templates import with_pending
+
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        with_pending(flows)
+        welcome = flows / "welcome.yaml"
+        welcome.write_text(
+            welcome.read_text().replace("template: business_hours", "template: spring_sale")
+        )
+        assert main(["check", str(flows)]) == 0
+        out = capsys.readouterr().out
+        assert "error" not in out.replace("0 error(s)", "") and "3 warning(s)" in out, out
+
     def test_bot_run_refuses_broken_flows(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -36,6 +36,16 @@ class TestLoad:
                 above = [x for x in lines[:i] if x.strip()]
                 assert above[-1].startswith("#") or "=" in above[-1], line
 
+    def test_example_names_every_environment_variable(self) -> None:
+        """config.example.toml names each variable load_config reads (it once omitted
+        BOT_LOG_FORMAT and BOT_CONFIG) and the record_only key."""
+        from bot.config import ENVIRONMENT
+
+        text = (ROOT / "config.example.toml").read_text()
+        for var in (*ENVIRONMENT, "BOT_CONFIG"):
+            assert var in text, var
+        assert "record_only = false" in text
+
     def test_environment_overrides_file(self, tmp_path: Path) -> None:
         """Environment variables win over the file, and secrets come only from them."""
         path = write(

@@ -179,3 +179,53 @@ def test_shell_snippet_runs(snippet: Snippet, project: Path) -> None:
         assert done.returncode == 0, f"{snippet}: {command}\n{done.stdout}\n{done.stderr}"
     if not ran:
         pytest.skip(f"{snippet}: deliberately not run: {not_run(commands(snippet.code)[0])}")
+
+
+ORDER_STATUS = """\
+flow: welcome
+states:
+  ask_order:
+    say:
+      - text: "Send me your order number (like AB-12345)."
+        fallback: {template: order_update, params: [user.profile_name or "there", "'-'"]}
+    on:
+      - regex: '^(?P<order>[A-Z]{2}-\\d{5})$'
+        save: {var: order, from: match.order}
+        to: shipped
+      - else:
+        say: "That is not an order number."
+  shipped:
+    final: true
+    say:
+      - text: "Order {{ vars.order }} has shipped."
+        fallback: {template: order_update, params: [user.profile_name or "there", vars.order]}
+"""
+
+
+def test_an_order_status_bot_from_flows_readme_alone(tmp_path: Path) -> None:
+    """flows/README.md's templates.yaml example and a flow written from that page alone check
+    clean, and the bot answers an opening 'AB-12345' with the order's status."""
+    import asyncio
+
+    from bot.config import load_config
+    from bot.runtime import load_engine
+    from tests.engine.helpers import bodies, text, user
+
+    readme = (ROOT / "flows" / "README.md").read_text(encoding="utf-8")
+    registry = next(b for b in readme.split("```yaml\n")[1:] if b.startswith("templates:"))
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "templates.yaml").write_text(registry.split("```", 1)[0], encoding="utf-8")
+    (folder / "welcome.yaml").write_text(ORDER_STATUS, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "check", str(folder)],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "0 error(s), 1 warning(s)" in done.stdout, done.stdout
+    assert "PENDING" in done.stdout  # the example's pt_BR variant
+    engine, _ = load_engine(load_config(None, environ={"BOT_FLOWS_DIR": str(folder)}))
+    turn = asyncio.run(engine.handle(user(), text("AB-12345"), 0.0))
+    assert bodies(turn)[-1] == "Order AB-12345 has shipped."
