@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bot.config import Config, resolve
+from bot.config import Config
 from bot.engine import Engine, check_folder, mermaid
 from bot.engine.loader import flow_files
-from bot.errors import ConfigError
+from bot.errors import ConfigError, FlowError
 from bot.findings import sort_findings
 from bot.models import Outgoing, TemplateCall
 from bot.outbound import Outbound
@@ -47,8 +47,12 @@ def check(config: Config) -> int:
 
 def graph(config: Config, flow: str, output: Path | None) -> int:
     """Print (or write as Markdown) a flow's Mermaid state diagram."""
-    flows_dir = resolve(config, config.flows.dir)
-    registry, _ = load_registry(flows_dir)
+    flows_dir = flows_folder(config)
+    registry, template_findings = load_registry(flows_dir)
+    if registry is None and template_findings:
+        raise FlowError(
+            f"{TEMPLATES_FILE} has errors; run `bot check` for the report", list(template_findings)
+        )
     engine = Engine.load(flows_dir, fallback_checker=fallback_checker(registry))
     if flow not in engine.flows:
         known = ", ".join(sorted(engine.flows))

@@ -71,6 +71,16 @@ class TestCheck:
         out = capsys.readouterr().out
         assert "business_hours" in out and "2 parameter" in out
 
+    @pytest.mark.parametrize("folder", ["flowz", "empty"])
+    def test_missing_or_empty_folder_is_an_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], folder: str
+    ) -> None:
+        """bot check on a folder that is missing or holds no flow exits 1 saying so."""
+        (tmp_path / "empty").mkdir()
+        assert main(["check", str(tmp_path / folder)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and str(tmp_path / folder) in out
+
     def test_broken_template_file_is_one_root_cause_first(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

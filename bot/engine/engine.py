@@ -49,7 +49,8 @@ class Turn:
         outgoing: the replies, in order.
         reminders: messages hooks asked to send later.
         trigger: what fired, for logs: a rule's label (``reply book``, ``text hi``...),
-            ``start`` (new user), ``restart`` (message in a final state), ``reprompt`` (no
+            ``start`` (new user), ``restart`` (message in a final state), either followed
+            by ``, <rule>`` when the first message was also matched, ``reprompt`` (no
             rule matched), ``invalid <rule>`` (a ``save:`` refused the input) or ``reset``
             (the record named a flow or state that no longer exists).
         source_state: ``flow.state`` the user was in (``""`` for a new user).
@@ -146,11 +147,13 @@ class Engine:
         """Run one message: at most one transition, its actions, and the replies.
 
         A record with an empty ``flow`` or ``state`` is a new user: the message enters the
-        default flow's initial state and gets that state's replies (it is not matched
-        against rules). Otherwise commands, then the state's rules, are tried in order; the
-        first whose trigger matches and whose ``if:`` hooks agree fires. When none does, a
-        final state starts the user over in the default flow and any other state repeats
-        its ``say:`` replies.
+        default flow's initial state and gets that state's replies; then, unless that flow
+        says ``first_message: greet``, it is tried against the state's specific rules (not
+        commands, not ``else:`` or ``"*"``), so a first message that already answers the
+        greeting is taken as the answer. Otherwise commands, then the state's rules, are
+        tried in order; the first whose trigger matches and whose ``if:`` hooks agree fires.
+        When none does, a final state starts the user over in the default flow (as for a
+        new user) and any other state repeats its ``say:`` replies.
 
         Raises:
             RenderError: a reply could not be rendered (the checker prevents most causes).
