@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--record-only",
         action="store_true",
-        help="store every message but answer none, without flows "
+        help="record every message, answer none (no flows are loaded) "
         "(also BOT_RECORD_ONLY=1 or [flows] record_only = true)",
     )
     check = sub.add_parser("check", help="check every flow and template; exit 1 on errors")

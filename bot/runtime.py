@@ -92,7 +92,7 @@ async def make_transport(config: Config) -> AsyncIterator[Transport]:
 
 
 RECORD_ONLY_HINT = (
-    "to store messages without answering them, say so: `bot run --record-only` "
+    "to record messages without ever answering them, say so: `bot run --record-only` "
     "(or BOT_RECORD_ONLY=1, [flows] record_only = true)"
 )
 
@@ -148,7 +148,7 @@ def build_app(config: Config) -> web.Application:
     if config.flows.record_only:
         log.warning(
             "record_only",
-            effect="messages are stored, not answered (no flows are loaded)",
+            effect="messages are recorded and never answered (no flows are loaded)",
             flows=str(resolve(config, config.flows.dir)),
         )
         registry, _ = load_registry(resolve(config, config.flows.dir))

@@ -355,7 +355,9 @@ class TestRunNeedsFlows:
     async def test_record_only_stores_without_flows(
         self, tmp_path: Path, aiohttp_client: Any
     ) -> None:
-        """Record-only, asked for explicitly, starts without flows and keeps every message."""
+        """Record-only, asked for explicitly, starts without flows, records every message
+        and answers none."""
+        from bot.app import DISPATCHER
         from bot.runtime import build_app
         from tests.conftest import make_config, recorded, signed
 
@@ -363,9 +365,11 @@ class TestRunNeedsFlows:
         client = await aiohttp_client(build_app(cfg))
         raw, headers = signed(recorded("text.json"))
         assert (await client.post("/webhook", data=raw, headers=headers)).status == 200
+        await client.app[DISPATCHER].idle()
         store = SQLiteStore(tmp_path / "bot.db")
         await store.open()
-        assert (await store.inbox_counts())["pending"] == 1
+        assert await store.inbox_counts() == {"pending": 0, "done": 1, "failed": 0}
+        assert await store.outbox_of("5511999990000") == []  # recorded, never answered
         await store.close()
 
 
