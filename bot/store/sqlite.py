@@ -2,17 +2,19 @@
 
 Every operation is a small function run on a dedicated thread that owns the connection.
 The thread takes whatever operations are queued, runs each inside its own SAVEPOINT (so one
-failing operation rolls back alone), commits them all with a single ``COMMIT`` and only then
-resolves their futures. So a coroutine that returns has its data on disk (``synchronous=FULL``
-fsyncs the WAL at every commit), and under load one fsync serves many webhooks: that is what
-makes durable-before-ack cheap. Several processes may share the file: each batch runs in a
-``BEGIN IMMEDIATE`` transaction and waits for the others through ``busy_timeout``.
+failing operation rolls back alone; one alone in its batch needs none), commits them all
+with a single ``COMMIT`` and only then resolves their futures. So a coroutine that returns
+has its data on disk (``synchronous=FULL`` fsyncs the WAL at every commit), and under load
+one fsync serves many webhooks: that is what makes durable-before-ack cheap. Several
+processes may share the file: each batch runs in a ``BEGIN IMMEDIATE`` transaction and
+waits for the others through ``busy_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import queue
 import sqlite3
@@ -116,6 +118,11 @@ class SQLiteStore:
         self._max_batch = max_batch
         self._busy_ms = max(0, int(busy_timeout * 1000))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._decoded = _Decoded()
+        # Lease tokens only need to differ from every other token: a random prefix per
+        # store object and a counter (os.urandom per claim cost a system call each).
+        prefix, counter = uuid.uuid4().hex[:16], itertools.count()
+        self._token: Callable[[], str] = lambda: f"{prefix}{next(counter):x}"
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -201,16 +208,27 @@ class SQLiteStore:
         results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
-                conn.execute("SAVEPOINT op")
+            if len(batch) == 1:  # alone in its transaction: no savepoint needed
                 try:
-                    results.append((True, op(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # the caller gets it; the batch goes on
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    results.append((True, batch[0][0](conn)))
+                except sqlite3.OperationalError:
+                    raise  # the file failed (full, locked, I/O), not the operation: see below
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
                     results.append((False, exc))
-            conn.execute("COMMIT")
+                else:
+                    conn.execute("COMMIT")
+            else:
+                for op, _, _ in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((True, op(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:  # the caller gets it; the batch goes on
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((False, exc))
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -226,7 +244,14 @@ class SQLiteStore:
     # --- inbox and statuses -------------------------------------------------------------
 
     async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
+        return await self._call(self._insert(messages, now))
+
+    def _insert(
+        self, messages: Sequence[InboundMessage], now: float
+    ) -> Callable[[sqlite3.Connection], list[bool]]:
+        """The operation that inserts ``messages``; remembers them decoded for :meth:`_work`."""
         rows = [(m.id, m.user, m.timestamp, now, dumps(inbound_to_json(m))) for m in messages]
+        self._decoded.remember_inbound(messages, rows)
 
         def op(c: sqlite3.Connection) -> list[bool]:
             out = []
@@ -239,7 +264,35 @@ class SQLiteStore:
                 out.append(cur.rowcount == 1)
             return out
 
-        return await self._call(op)
+        return op
+
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[list[bool], list[Work]]:
+        insert = self._insert(messages, now)
+        tokens = {user: self._token() for user in users}
+
+        def op(c: sqlite3.Connection) -> tuple[list[bool], list[tuple[str, str | None, _Rows]]]:
+            fresh = insert(c)
+            claimed = []
+            for user, token in tokens.items():
+                got = _claim(c, user, owner, token, until, now, limit)
+                if got is not None:
+                    claimed.append((user, *got))
+            return fresh, claimed
+
+        fresh, claimed = await self._call(op)
+        return fresh, [
+            self._work(Lease(user, owner, tokens[user], until), data, rows)
+            for user, data, rows in claimed
+        ]
 
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
         items = [
@@ -271,35 +324,23 @@ class SQLiteStore:
     async def claim(
         self, user: str, owner: str, until: float, now: float, *, limit: int = 64
     ) -> Work | None:
-        token = uuid.uuid4().hex
-
-        def op(c: sqlite3.Connection) -> tuple[str | None, _Rows] | None:
-            row = c.execute(
-                "SELECT version, data, lease_owner, lease_token, lease_until FROM users "
-                "WHERE key = ?",
-                (user,),
-            ).fetchone()
-            if row is None:
-                c.execute(
-                    "INSERT INTO users (key, version, next_seq, data, lease_owner, lease_token,"
-                    " lease_until) VALUES (?, 0, 0, '', ?, ?, ?)",
-                    (user, owner, token, until),
-                )
-                return None, _read_pending(c, user, limit)
-            _, data, held_by, held_token, held_until = row
-            if held_token and held_by != owner and held_until >= now:
-                return None
-            c.execute(
-                "UPDATE users SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE key = ?",
-                (owner, token, until, user),
-            )
-            return data or None, _read_pending(c, user, limit)
-
-        got = await self._call(op)
+        token = self._token()
+        got = await self._call(lambda c: _claim(c, user, owner, token, until, now, limit))
         if got is None:
             return None
         data, rows = got
-        return _work(Lease(user, owner, token, until), data, rows)
+        return self._work(Lease(user, owner, token, until), data, rows)
+
+    def _work(self, lease: Lease, data: str | None, rows: _Rows) -> Work:
+        """Decode what :func:`_read_pending` read (on the event loop, not the writer thread)."""
+        inbox, statuses, outbox = rows
+        return Work(
+            lease=lease,
+            record=self._decoded.record(lease.user, data),
+            inbound=tuple(self._decoded.inbound(wamid, d) for wamid, d in inbox),
+            statuses=tuple(status_from_json(json.loads(d)) for d in statuses),
+            outbox=tuple(outbox_from_json(json.loads(d)) for d in outbox),
+        )
 
     async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
         def op(c: sqlite3.Connection) -> tuple[str | None, _Rows]:
@@ -307,7 +348,7 @@ class SQLiteStore:
             return (row[0] or None) if row else None, _read_pending(c, lease.user, limit)
 
         data, rows = await self._call(op)
-        return _work(lease, data, rows)
+        return self._work(lease, data, rows)
 
     async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
         rows = [(until, lease.user, lease.token) for lease in leases]
@@ -416,7 +457,9 @@ class SQLiteStore:
                 )
             return Committed(stored, tuple(entries), backlog)
 
-        return await self._call(op)
+        committed = await self._call(op)
+        self._decoded.remember_record(data, stored)
+        return committed
 
     async def enqueue(
         self, user: str, outgoing: Sequence[Outgoing], now: float
@@ -584,14 +627,39 @@ class SQLiteStore:
         return await self._call(op)
 
 
-#: What :func:`_read_pending` reads: inbox, statuses and outbox rows as stored JSON.
-_Rows = tuple[list[str], list[str], list[str]]
+#: What :func:`_read_pending` reads: inbox (wamid, JSON), statuses and outbox rows (JSON).
+_Rows = tuple[list[tuple[str, str]], list[str], list[str]]
+
+
+def _claim(
+    c: sqlite3.Connection, user: str, owner: str, token: str, until: float, now: float, limit: int
+) -> tuple[str | None, _Rows] | None:
+    """Take ``user``'s lease unless another owner holds it; their record and pending work."""
+    row = c.execute(
+        "SELECT data, lease_owner, lease_token, lease_until FROM users WHERE key = ?", (user,)
+    ).fetchone()
+    if row is None:
+        c.execute(
+            "INSERT INTO users (key, version, next_seq, data, lease_owner, lease_token,"
+            " lease_until) VALUES (?, 0, 0, '', ?, ?, ?)",
+            (user, owner, token, until),
+        )
+        return None, _read_pending(c, user, limit)
+    data, held_by, held_token, held_until = row
+    if held_token and held_by != owner and held_until >= now:
+        return None
+    c.execute(
+        "UPDATE users SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE key = ?",
+        (owner, token, until, user),
+    )
+    return data or None, _read_pending(c, user, limit)
 
 
 def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
     """A user's pending inbox (arrival order), statuses and outbox (``seq`` order)."""
     inbox = c.execute(
-        "SELECT data FROM inbox WHERE user = ? AND status = 'pending' ORDER BY ts, rowid LIMIT ?",
+        "SELECT wamid, data FROM inbox WHERE user = ? AND status = 'pending' "
+        "ORDER BY ts, rowid LIMIT ?",
         (user, limit),
     ).fetchall()
     statuses = c.execute(
@@ -604,20 +672,60 @@ def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
         "SELECT data FROM outbox WHERE user = ? AND status = 'pending' ORDER BY seq LIMIT ?",
         (user, limit),
     ).fetchall()
-    return [r[0] for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
+    return [(r[0], r[1]) for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
 
 
-def _work(lease: Lease, data: str | None, rows: _Rows) -> Work:
-    """Decode what :func:`_read_pending` read (on the caller's thread, not the writer's)."""
-    inbox, statuses, outbox = rows
-    record = _blank_user(lease.user) if data is None else user_from_json(json.loads(data))
-    return Work(
-        lease=lease,
-        record=record,
-        inbound=tuple(inbound_from_json(json.loads(d)) for d in inbox),
-        statuses=tuple(status_from_json(json.loads(d)) for d in statuses),
-        outbox=tuple(outbox_from_json(json.loads(d)) for d in outbox),
-    )
+class _Decoded:
+    """Objects this process encoded or decoded lately, by the exact JSON stored for them.
+
+    A worker mostly reads back what this process has just written: the message its webhook
+    stored, the record its last turn committed. When the stored text is the remembered
+    text, the (immutable) object is reused instead of being decoded again; any other text
+    is decoded. Bounded: the older half is forgotten when it is full.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._inbound: dict[str, tuple[str, InboundMessage]] = {}
+        self._records: dict[str, tuple[str, UserRecord]] = {}
+
+    def remember_inbound(
+        self, messages: Sequence[InboundMessage], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """``messages`` as encoded in their inbox ``rows`` (the JSON is the row's last item)."""
+        for message, row in zip(messages, rows, strict=True):
+            self._inbound[message.id] = (row[-1], message)
+        _bound(self._inbound, self._size)
+
+    def inbound(self, wamid: str, data: str) -> InboundMessage:
+        """The message stored as ``data``."""
+        known = self._inbound.pop(wamid, None)
+        if known is not None and known[0] == data:
+            return known[1]
+        return inbound_from_json(json.loads(data))
+
+    def remember_record(self, data: str, record: UserRecord) -> None:
+        """``record``, stored as ``data``."""
+        self._records[record.key] = (data, record)
+        _bound(self._records, self._size)
+
+    def record(self, user: str, data: str | None) -> UserRecord:
+        """The record stored as ``data`` (``None``: never committed)."""
+        if data is None:
+            return _blank_user(user)
+        known = self._records.get(user)
+        if known is not None and known[0] == data:
+            return known[1]
+        record = user_from_json(json.loads(data))
+        self.remember_record(data, record)
+        return record
+
+
+def _bound(cache: dict[str, Any], size: int) -> None:
+    """Forget the older half of ``cache`` once it holds more than ``size`` items."""
+    if len(cache) > size:
+        for key in list(cache)[: size // 2]:
+            del cache[key]
 
 
 def _blank_user(user: str, version: int = 0) -> UserRecord:
