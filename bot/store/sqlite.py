@@ -1,24 +1,29 @@
-"""The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+"""The embedded store: one SQLite file in WAL mode, with group commit.
 
-Every operation is a small function run on a dedicated thread that owns the connection.
-The thread takes whatever operations are queued, runs each inside its own SAVEPOINT (so one
-failing operation rolls back alone; one alone in its batch needs none), commits them all
-with a single ``COMMIT`` and only then resolves their futures. So a coroutine that returns
-has its data on disk (``synchronous=FULL`` fsyncs the WAL at every commit), and under load
-one fsync serves many webhooks: that is what makes durable-before-ack cheap. Several
-processes may share the file: each batch runs in a ``BEGIN IMMEDIATE`` transaction and
-waits for the others through ``busy_timeout``.
+Every operation is a small function over the connection. Operations are queued; one task
+takes whatever is queued, opens a ``BEGIN IMMEDIATE`` transaction, runs each operation
+inside its own SAVEPOINT (so one failing operation rolls back alone; one alone in its batch
+needs none), and commits them all with a single ``COMMIT`` before resolving their futures.
+So a coroutine that returns has its data on disk (``synchronous=FULL`` fsyncs the WAL at
+every commit), and under load one fsync serves many webhooks: that is what makes
+durable-before-ack cheap.
+
+The operations themselves run on the event loop: they only touch pages of a file whose write
+lock the transaction holds, so they never wait. What can wait runs on a helper thread: the
+``COMMIT`` (the fsync), and a ``BEGIN`` that finds another process holding the lock (it waits
+there up to ``busy_timeout``). While it does, new operations queue for the next batch. (An
+earlier design ran every operation on a writer thread: each one then crossed threads twice
+and the two threads fought over the GIL, which cost more than the SQL.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
-import queue
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -89,8 +94,6 @@ _LEASE_COLUMNS = (
     ("lease_until", "REAL NOT NULL DEFAULT 0"),
 )
 
-_STOP = object()
-
 
 class SQLiteStore:
     """The :class:`~bot.store.base.Store` on a local SQLite file.
@@ -117,18 +120,20 @@ class SQLiteStore:
         self._synchronous = synchronous
         self._max_batch = max_batch
         self._busy_ms = max(0, int(busy_timeout * 1000))
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "windowbot-sqlite")
         self._decoded = _Decoded()
         # Lease tokens only need to differ from every other token: a random prefix per
         # store object and a counter (os.urandom per claim cost a system call each).
         prefix, counter = uuid.uuid4().hex[:16], itertools.count()
         self._token: Callable[[], str] = lambda: f"{prefix}{next(counter):x}"
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._thread is not None:
+        if self._conn is not None:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,22 +151,24 @@ class SQLiteStore:
             for name, decl in _LEASE_COLUMNS:
                 if name not in have:
                     conn.execute(f"ALTER TABLE users ADD COLUMN {name} {decl}")
+            conn.execute("PRAGMA busy_timeout=0")  # the event loop never waits for a lock
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(
                 f"cannot open the SQLite store {self.path}: {exc} "
                 "(check that the folder exists and is writable)"
             ) from None
-        self._thread = threading.Thread(
-            target=self._serve, args=(conn,), name="windowbot-sqlite", daemon=True
-        )
-        self._thread.start()
+        self._conn = conn
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "windowbot-sqlite")
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        self._queue.put(_STOP)
-        await asyncio.to_thread(thread.join)
+        if self._pump is not None:
+            await asyncio.shield(self._pump)
+        waiter = self._waiter
+        await asyncio.get_running_loop().run_in_executor(waiter, conn.close)
+        waiter.shutdown(wait=False)
 
     async def ping(self, *, write: bool = False) -> None:
         if write:  # through a real commit: a full disk or a lock held elsewhere fails here
@@ -171,75 +178,82 @@ class SQLiteStore:
         else:
             await self._call(lambda c: c.execute("SELECT 1").fetchone())
 
-    # --- the writer thread --------------------------------------------------------------
+    # --- group commit -------------------------------------------------------------------
 
     async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
+        if self._conn is None:
             raise StoreUnavailable(f"the SQLite store {self.path} is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((op, fut, loop))
+        self._pending.append((op, fut))
+        if self._pump is None:
+            self._pump = loop.create_task(self._run_batches(), name="windowbot-sqlite-commit")
         return await fut
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
+    async def _run_batches(self) -> None:
+        """Run what is queued, a transaction at a time, until nothing is; then stop."""
         try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                batch = [item]
-                stop = False
-                while len(batch) < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                self._run_batch(conn, batch)
-                if stop:
-                    return
+            while self._pending and self._conn is not None:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._run_batch(self._conn, batch)
         finally:
-            conn.close()
+            self._pump = None
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        results: list[tuple[bool, Any]] = []
+    async def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Op, asyncio.Future[Any]]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            if len(batch) == 1:  # alone in its transaction: no savepoint needed
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                await loop.run_in_executor(self._waiter, self._begin_waiting, conn)
+            live = [(op, fut) for op, fut in batch if not fut.done()]  # callers gave up
+            if len(live) == 1:  # alone in its transaction: no savepoint needed
+                op, fut = live[0]
                 try:
-                    results.append((True, batch[0][0](conn)))
+                    results.append((fut, True, op(conn)))
                 except sqlite3.OperationalError:
-                    raise  # the file failed (full, locked, I/O), not the operation: see below
+                    raise  # the file failed (full, I/O), not the operation: see below
                 except Exception as exc:
                     conn.execute("ROLLBACK")
-                    results.append((False, exc))
-                else:
-                    conn.execute("COMMIT")
+                    results.append((fut, False, exc))
             else:
-                for op, _, _ in batch:
+                for op, fut in live:
                     conn.execute("SAVEPOINT op")
                     try:
-                        results.append((True, op(conn)))
+                        results.append((fut, True, op(conn)))
                         conn.execute("RELEASE op")
                     except Exception as exc:  # the caller gets it; the batch goes on
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
-                        results.append((False, exc))
-                conn.execute("COMMIT")
+                        results.append((fut, False, exc))
+            if conn.in_transaction:  # the fsync happens off the event loop
+                await loop.run_in_executor(self._waiter, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = StoreUnavailable(f"SQLite store {self.path} failed: {exc}")
-            results = [(False, error)] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, fut, loop), (ok, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((fut, ok, value))
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, items)
+            results = [(fut, False, error) for _, fut in batch]
+        for fut, ok, value in results:
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to the busy timeout for another process's lock."""
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
 
     # --- inbox and statuses -------------------------------------------------------------
 
@@ -528,11 +542,16 @@ class SQLiteStore:
         # An entry's reply never changes once queued: only its delivery fields are written,
         # so the (large) message body is not encoded again for every send.
         def op(c: sqlite3.Connection) -> None:
-            _check_lease(c, lease)
-            row = c.execute("SELECT status, wamid FROM outbox WHERE id = ?", (entry.id,)).fetchone()
-            if row is None:
+            row = c.execute(  # the fence and the stored entry in one statement
+                "SELECT u.lease_token, o.status, o.wamid FROM users u "
+                "LEFT JOIN outbox o ON o.id = ? WHERE u.key = ?",
+                (entry.id, lease.user),
+            ).fetchone()
+            if row is None or row[0] != lease.token:
+                raise LeaseLost(f"user {lease.user}: the lease was taken over; write refused")
+            if row[1] is None:
                 return
-            status = merge_saved(row[0], row[1], entry)
+            status = merge_saved(row[1], row[2], entry)
             c.execute(
                 "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
                 "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "
@@ -787,22 +806,15 @@ def _apply_status(c: sqlite3.Connection, status: StatusUpdate) -> bool:
 
 
 def _run(c: sqlite3.Connection, sql: str) -> None:
-    """Run a statement; the cursor stays on the writer thread (handing it to the event loop
-    lets that thread reset a statement the writer is running: 'bad parameter or other API
-    misuse')."""
+    """Run a statement and return nothing (an operation's result is data, never a cursor)."""
     c.execute(sql)
 
 
 def _run_many(c: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Run a statement for each row, keeping the cursor on the writer thread (see ``_run``)."""
+    """Run a statement for each row (see ``_run``)."""
     c.executemany(sql, rows)
 
 
-def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is SQLITE_BUSY: another connection holds the write lock."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
