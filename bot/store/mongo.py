@@ -269,6 +269,20 @@ class MongoStore:
         with self._translate("add_inbound"):
             return await self._insert_new(self._inbox, docs)
 
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[list[bool], list[Work]]:
+        # A claim here takes several round trips of its own: the webhook's answer would wait
+        # for them. The worker claims instead, after the acknowledgement.
+        return await self.add_inbound(messages, now), []
+
     def _arrival(self, now: float) -> float:
         """``now``, made strictly greater than the last arrival this process stored."""
         self._last_arrival = max(now, self._last_arrival + 1e-6)
@@ -771,12 +785,16 @@ class MongoStore:
         return deleted
 
     async def inbox_counts(self) -> dict[str, int]:
-        names = ("pending", "done", "failed")
+        # One pass over the inbox: separate counts per status would count a message twice
+        # that moved from pending to done between them.
+        counts = {"pending": 0, "done": 0, "failed": 0}
         with self._translate("inbox_counts"):
-            counts = await asyncio.gather(
-                *(self._inbox.count_documents({"status": name}) for name in names)
-            )
-        return dict(zip(names, counts, strict=True))
+            cursor: Any = self._inbox.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            if inspect.isawaitable(cursor):  # PyMongo's aggregate is a coroutine, motor's not
+                cursor = await cursor
+            async for row in cursor:
+                counts[str(row["_id"])] = int(row["n"])
+        return counts
 
 
 def _token(doc: Mapping[str, Any] | None) -> str:
