@@ -169,6 +169,7 @@ class ChatSession:
         self.config, self.user, self.name, self.out = config, user, name, out
         self.clock = clock or FakeClock()
         self.count = 0
+        engine, registry = load_engine(config)  # first: a refusal leaves nothing behind
         self.real_store = store_url is not None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         if store_url is None:
@@ -176,7 +177,6 @@ class ChatSession:
             store_url = f"sqlite:///{Path(self._scratch.name) / 'chat.db'}"
         self.store = store_from_url(store_url, base_dir=config.base_dir)
         self.where = "a throwaway store" if not self.real_store else self.store.description
-        engine, registry = load_engine(config)
         self.transport = ChatTransport(out, registry)
         pipeline = build_pipeline(
             config,

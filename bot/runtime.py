@@ -48,13 +48,18 @@ def fallback_checker(
     not checked (its own findings say why).
     """
 
+    missing = not broken  # said once, at the first fallback: one cause, one finding
+
     def check(spec: FallbackSpec) -> list[str]:
+        nonlocal missing
         if registry is None:
-            if broken:
-                return []  # the template file's own errors are the cause: not repeated here
+            if not missing:
+                return []  # the template file's own errors, or the first fallback, say it
+            missing = False
             return [
                 f"template fallback {spec.template!r}: the flows folder has no {TEMPLATES_FILE} "
-                "to declare it (add one; flows/README.md shows its format)"
+                "to declare it (add one; flows/README.md shows its format); no other "
+                "fallback is checked until it exists"
             ]
         params: int | tuple[str, ...] = spec.names if spec.named else len(spec.params)
         problems = registry.check_call(spec.template, spec.language or "user", params)

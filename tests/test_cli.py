@@ -101,6 +101,17 @@ class TestCheck:
         assert out.splitlines()[0].startswith(f"{path}:") and "MARKETING" in out.splitlines()[0]
         assert "1 error(s)" in out and "error: warning:" not in out
 
+    def test_missing_template_file_is_one_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without templates.yaml the seven fallbacks of the example give one error, not seven."""
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        (flows / "templates.yaml").unlink()
+        assert main(["check", str(flows)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("error:") == 1 and "has no templates.yaml" in out, out
+
     def test_pending_fallback_is_one_warning(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
