@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser("graph", help="print a flow as a Mermaid state diagram")
     graph.add_argument("flow", help="the flow's name")
     graph.add_argument("--output", type=Path, default=None, help="write Markdown to this file")
-    chat = sub.add_parser("chat", help="talk to your flows in the terminal")
+    chat = sub.add_parser("chat", help="talk to your flows in the terminal (a throwaway store)")
     chat.add_argument("--user", default="15550000001", help="the wa_id to chat as")
     chat.add_argument("--name", default="You", help="the profile name to chat as")
     chat.add_argument(
