@@ -100,9 +100,7 @@ class Access:
             max_age=_SESSION_SECONDS,
         )
 
-    def middleware(
-        self, login_page: Callable[[str, int], web.Response]
-    ) -> Middleware:
+    def middleware(self, login_page: Callable[[str, int], web.Response]) -> Middleware:
         """The console sub-application's middleware: everything the module docstring says."""
 
         @web.middleware

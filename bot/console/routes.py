@@ -139,7 +139,7 @@ async def login(request: web.Request) -> web.Response:
         return _login_page("That is not the console token.", 401)
     key, session = access.login(operator)
     log.info("console_login", operator=session.operator, remote=request.remote)
-    response = web.HTTPSeeOther("/console/")
+    response = web.Response(status=303, headers={"Location": "/console/"})
     access.set_cookie(request, response, key)
     return response
 
