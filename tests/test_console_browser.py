@@ -89,19 +89,27 @@ async def test_sandbox_play_and_human_takeover(page: Page, tmp_path: Path) -> No
     await expect(page.locator(".bubble.user", has_text="Book")).to_be_visible()
     await page.screenshot(path=shots / "2-button.png")
 
+    await send(page, "Ana Souza")
+    slots = page.locator(".bubble.bot", has_text="Thanks, Ana Souza! Which time suits you?")
+    await slots.locator(".list-open").click(timeout=WAIT)
+    await slots.locator(".row-choice", has_text="Tomorrow 11:00").click()
+    confirm = page.locator(".bubble.bot", has_text="Book Tomorrow 11:00 for Ana Souza?")
+    await expect(confirm.locator(".badge.session")).to_be_visible(timeout=WAIT)
+
     await page.fill("#advance-hours", "25")
     await page.click("#advance")
     await expect(page.locator("#window")).to_contain_text("window closed", timeout=WAIT)
-    await send(page, "Ana Souza", ago=25)  # written before the window closed, arrives now
+    await send(page, "yes", ago=25)  # written before the window closed, arrives now
     fallback = page.locator(".bubble.bot[data-sent-as=template]")
     await expect(fallback.locator(".tpl-name")).to_have_text(
-        "template appointment_update", timeout=WAIT
+        "template appointment_confirmation", timeout=WAIT
     )
     await expect(fallback.locator(".badge.template")).to_contain_text(
-        "appointment_update · APPOINTMENT_UPDATE · pt_BR"
+        "appointment_confirmation · APPOINTMENT_UPDATE · pt_BR"
     )
     await expect(fallback.locator(".badge.template")).to_contain_text("window closed")
     await expect(fallback.locator(".text")).to_contain_text("Olá Ana Souza")
+    await expect(page.locator("#jobs li")).to_contain_text("appointment_reminder")
     await page.screenshot(path=shots / "3-template.png")
 
     await page.fill("#pause-reason", "asked for a human")

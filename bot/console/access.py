@@ -142,7 +142,7 @@ class Access:
             request[SESSION] = session
             request[OPERATOR] = session.operator
             response = await handler(request)
-            if fresh:
+            if fresh and not response.prepared:  # a live stream has sent its headers
                 self.set_cookie(request, response, fresh)
             return response
 

@@ -117,11 +117,12 @@ def _login_page(error: str, status: int) -> web.Response:
     return web.Response(text=page, status=status, content_type="text/html")
 
 
-async def index(request: web.Request) -> web.Response:
+async def index(request: web.Request) -> web.StreamResponse:
     """The console page."""
-    if console_of(request).sandbox is not None:
-        console_of(request).sandbox.bind(_own_url(request))  # type: ignore[union-attr]
-    return web.FileResponse(STATIC / "index.html")  # type: ignore[return-value]
+    sandbox = console_of(request).sandbox
+    if sandbox is not None:
+        sandbox.bind(_own_url(request))
+    return web.FileResponse(STATIC / "index.html")
 
 
 async def login_form(request: web.Request) -> web.Response:

@@ -118,6 +118,7 @@ def outbound_view(
         "due_at": out.send_at,
         "message": None,
         "template": None,
+        "fallback": out.fallback.name if out.fallback is not None else "",
     }
     if out.message is not None and not as_template:
         view["message"] = message_view(out.message)

@@ -17,6 +17,17 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// WhatsApp's own formatting: *bold*, _italic_, ~strikethrough~, `monospace`.
+const FORMATS = { "*": "strong", "_": "em", "~": "s", "`": "code" };
+function formatted(text) {
+  const node = el("div", { class: "text" });
+  for (const part of String(text).split(/(\*[^*\n]+\*|_[^_\n]+_|~[^~\n]+~|`[^`\n]+`)/)) {
+    const tag = part.length > 2 && FORMATS[part[0]] && part[0] === part[part.length - 1] ? FORMATS[part[0]] : null;
+    node.append(tag ? el(tag, { text: part.slice(1, -1) }) : document.createTextNode(part));
+  }
+  return node;
+}
+
 async function api(path, body) {
   const options = { headers: {}, credentials: "same-origin" };
   if (body !== undefined) {
@@ -120,7 +131,7 @@ function botBubble(item) {
   const m = item.message, t = item.template;
   if (t && (item.sent_as === "template" || !m)) {
     bubble.append(el("div", { class: "tpl-name", text: "template " + t.name }));
-    bubble.append(el("div", { class: "text", text: t.text || "(template " + t.name + ")" }));
+    bubble.append(formatted(t.text || "(template " + t.name + ")"));
     if (t.buttons.length) {
       const box = el("div", { class: "choices" });
       for (const b of t.buttons) box.append(choiceButton(b.title, { type: "button", payload: b.payload || b.title, title: b.title }));
@@ -128,7 +139,7 @@ function botBubble(item) {
     }
   } else if (m) {
     if (m.header) bubble.append(el("div", { class: "tpl-name", text: m.header }));
-    bubble.append(el("div", { class: "text", text: m.text }));
+    bubble.append(formatted(m.text));
     if (m.buttons && m.buttons.length) {
       const box = el("div", { class: "choices" });
       for (const b of m.buttons) box.append(choiceButton(b.title, { type: "button_reply", id: b.id, title: b.title }));
@@ -173,7 +184,10 @@ function renderPage(page) {
   $("state").textContent = page.known ? (u.flow + "." + u.state + " · " + windowText(u.window) + (u.opted_out ? " · opted out" : "")) : "new user: nothing stored yet";
   $("variables").textContent = JSON.stringify(u.variables, null, 1);
   $("clock").textContent = page.clock_offset ? "clock moved " + span(page.clock_offset) + " ahead: " + when(u.window.now) : "";
-  $("jobs").replaceChildren(...page.jobs.map((j) => el("li", { text: (j.template ? "template " + j.template.name : (j.message ? j.message.text : "")) + " · due " + when(j.due_at) + " · " + j.status })));
+  $("jobs").replaceChildren(...page.jobs.map((j) => el("li", { text:
+    (j.template ? "template " + j.template.name : (j.message ? j.message.text : ""))
+    + (j.fallback && !j.template ? " (else template " + j.fallback + ")" : "")
+    + " · due " + when(j.due_at) + " · " + (j.sent_as ? "sent as " + j.sent_as : j.status) })));
   renderTakeover(page);
 }
 
