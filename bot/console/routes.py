@@ -522,6 +522,8 @@ async def _change(
             continue
         finally:
             await store.release([work.lease])
+            # a message that came in while the console held the user is handled now
+            request.config_dict[DISPATCHER].notify(user)
     raise web.HTTPConflict(
         text=json.dumps({"error": f"user {user} stayed busy; try again"}),
         content_type="application/json",

@@ -164,12 +164,13 @@ function botBubble(item) {
   return bubble;
 }
 
-function userBubble(item) {
+function userBubble(item, user) {
   const late = item.at - item.written_at > 120 ? " · written " + span(item.at - item.written_at) + " earlier" : "";
   const bubble = el("div", { class: "bubble user", "data-id": item.id },
     el("div", { class: "text", text: item.text }),
     el("div", { class: "time", text: when(item.at) + late + (item.status === "pending" ? " · waiting" : "") }));
   if (item.status === "failed") bubble.append(el("div", { class: "badge failed", text: "not handled: " + item.reason }));
+  else if (user.paused && item.at >= user.paused_at) bubble.append(el("div", { class: "badge pending", text: "stored; the bot is paused: " + user.paused_reason }));
   return bubble;
 }
 
@@ -179,7 +180,7 @@ function renderPage(page) {
   $("window").textContent = windowText(u.window) + (u.window.closes_at ? " (closes " + when(u.window.closes_at) + ")" : "")
     + (page.clock_offset ? " · clock +" + span(page.clock_offset) : "");
   const chat = $("chat");
-  chat.replaceChildren(...page.timeline.filter((i) => !(i.job && i.status === "pending")).map((i) => i.kind === "in" ? userBubble(i) : botBubble(i)));
+  chat.replaceChildren(...page.timeline.filter((i) => !(i.job && i.status === "pending")).map((i) => i.kind === "in" ? userBubble(i, u) : botBubble(i)));
   chat.scrollTop = chat.scrollHeight;
   $("state").textContent = page.known ? (u.flow + "." + u.state + " · " + windowText(u.window) + (u.opted_out ? " · opted out" : "")) : "new user: nothing stored yet";
   $("variables").textContent = JSON.stringify(u.variables, null, 1);
