@@ -121,8 +121,8 @@ async def test_sandbox_play_and_human_takeover(page: Page, tmp_path: Path) -> No
     replies = await page.locator(".bubble.bot").count()
     await send(page, "is anyone there?", ago=25)
     stored = page.locator(".bubble.user", has_text="is anyone there?")
+    await expect(stored.locator(".badge")).to_contain_text("the bot is paused", timeout=WAIT)
     await expect(stored.locator(".time")).not_to_contain_text("waiting", timeout=WAIT)
-    await expect(stored.locator(".badge")).to_contain_text("the bot is paused")
     assert await page.locator(".bubble.bot").count() == replies  # the flow said nothing
 
     await page.fill("#operator-text", "Hi Ana, Carla here.")

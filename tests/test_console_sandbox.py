@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 from bot.app import DISPATCHER, Components
+from bot.console import sandbox as sandbox_module
 from bot.runtime import load_engine, make_transport, window_policy
 from bot.store.sqlite import SQLiteStore
+from bot.testing import FakeCloudAPI
+from bot.whatsapp import CloudAPI
 from tests.conftest import AppClient, MakeClient, make_config
 from tests.server import ROOT
 
@@ -155,3 +158,18 @@ async def test_a_bad_message_is_a_clear_400(sandbox: Sandbox) -> None:
         f"/console/api/sandbox/{ANA}/clock", json={"hours": -1}, headers=headers
     )
     assert resp.status == 400
+
+
+async def test_the_sandbox_fake_keeps_only_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-running sandbox does not keep every reply in memory: the newest are kept."""
+    monkeypatch.setattr(sandbox_module, "_KEEP", 2)
+    async with (
+        FakeCloudAPI(token="t", phone_number_id="*", enforce_window=False) as fake,
+        CloudAPI(phone_number_id="1", token="t", base_url=fake.url, rate_limit=0) as api,
+    ):
+        transport = sandbox_module._LoggedTransport(api, fake)
+        wamids = [
+            await transport.send(ANA, {"type": "text", "text": {"body": f"n{n}"}}) for n in range(7)
+        ]
+        assert len(fake.messages) <= 4 and len(fake.requests) <= 4
+        assert [m.wamid for m in fake.messages][-2:] == wamids[-2:]

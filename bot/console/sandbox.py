@@ -79,16 +79,24 @@ class UserClock:
         self._history.pop(user, None)
 
 
+#: The fake keeps what it received in memory; a long-running sandbox keeps the newest only.
+_KEEP = 10_000
+
+
 class _LoggedTransport:
     """Sends through the Cloud API client and logs each reply as sandbox mode always has."""
 
-    def __init__(self, api: CloudAPI) -> None:
-        self._api = api
+    def __init__(self, api: CloudAPI, fake: FakeCloudAPI) -> None:
+        self._api, self._fake = api, fake
 
     async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
         """Log ``message`` (``reply_logged``), then send it to the fake Cloud API."""
         log.info("reply_logged", to=to, type=message.get("type"), message=message)
-        return await self._api.send(to, message, callback=callback)
+        wamid = await self._api.send(to, message, callback=callback)
+        for kept in (self._fake.messages, self._fake.requests, self._fake.webhook_answers):
+            if len(kept) > 2 * _KEEP:
+                del kept[:-_KEEP]
+        return wamid
 
 
 class Sandbox:
@@ -125,7 +133,7 @@ class Sandbox:
                 async with CloudAPI(
                     phone_number_id="sandbox", token=token, base_url=fake.url, rate_limit=0
                 ) as api:
-                    yield _LoggedTransport(api)
+                    yield _LoggedTransport(api, fake)
             finally:
                 self.fake = None
 
