@@ -82,6 +82,8 @@ class TestToken:
         assert session["operator"] == "Carla" and session["csrf"] and not session["sandbox"]
         page = await live.get("/console/")
         assert page.status == 200 and "console.js" in await page.text()
+        assert page.headers["X-Frame-Options"] == "DENY"  # no clickjacking of operator buttons
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
 
     async def test_post_without_csrf_is_refused(self, live: AppClient) -> None:
         """A logged-in browser's change needs the session's X-CSRF-Token header."""

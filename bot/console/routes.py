@@ -84,6 +84,7 @@ def build(console: Console) -> web.Application:
     sub = web.Application(middlewares=[console.access.middleware(_login_page)])
     sub[CONSOLE] = console
     sub.on_shutdown.append(_closing)
+    sub.on_response_prepare.append(_harden)
     r = sub.router
     r.add_get("/", index)
     r.add_get("/login", login_form)
@@ -102,6 +103,17 @@ def build(console: Console) -> web.Application:
     r.add_post("/api/sandbox/{user}/fire", sandbox_fire)
     r.add_get("/api/events", events)
     return sub
+
+
+async def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    """No framing (clickjacking), no foreign scripts, no caching of what the console shows."""
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.setdefault("Cache-Control", "no-store")
 
 
 async def _closing(sub: web.Application) -> None:
