@@ -69,6 +69,17 @@ class TestToken:
         assert resp.status == 401 and "Set-Cookie" not in resp.headers
         assert (await live.get("/console/api/users")).status == 401
 
+    async def test_guessing_is_throttled(self, live: AppClient) -> None:
+        """After ten wrong tokens in a minute a client is refused, even with the right one."""
+        for _ in range(10):
+            resp = await live.post("/console/login", data={"token": "guess"})
+            assert resp.status in (401, 429)
+        assert resp.status == 429 and "wait a minute" in await resp.text()
+        resp = await live.post("/console/login", data={"token": TOKEN}, allow_redirects=False)
+        assert resp.status == 429
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await live.get("/console/api/users", headers=bearer)).status == 401
+
     async def test_login_sets_an_httponly_samesite_cookie(self, live: AppClient) -> None:
         """The right token starts a session held in an HttpOnly, SameSite=Strict cookie."""
         resp = await live.post(

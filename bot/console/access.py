@@ -28,6 +28,7 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 _PUBLIC = frozenset({"/login", "/static/console.css"})
 _SESSION_SECONDS = 12 * 3600
 _MAX_SESSIONS = 1000
+_MAX_FAILURES = 10
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,10 +59,30 @@ class Access:
         self.open = sandbox and not token
         self.enabled = bool(token) or sandbox
         self._sessions: dict[str, Session] = {}
+        self._failures: dict[str, list[float]] = {}  # client -> times of wrong tokens
 
-    def token_ok(self, given: str) -> bool:
-        """Whether ``given`` is the console token (constant time)."""
-        return bool(self._token) and hmac.compare_digest(self._token, given.encode())
+    def token_ok(self, given: str, remote: str = "") -> bool:
+        """Whether ``given`` is the console token (constant time).
+
+        A client that gave a wrong token ``_MAX_FAILURES`` times within a minute is refused
+        (even the right token) until that minute has passed: guessing is slow.
+        """
+        now = time.monotonic()
+        failures = [t for t in self._failures.get(remote, []) if now - t < 60.0]
+        if len(failures) >= _MAX_FAILURES:
+            self._failures[remote] = failures
+            return False
+        if self._token and hmac.compare_digest(self._token, given.encode()):
+            return True
+        if len(self._failures) > _MAX_SESSIONS:
+            self._failures.clear()
+        self._failures[remote] = [*failures, now]
+        return False
+
+    def throttled(self, remote: str) -> bool:
+        """Whether ``remote`` gave too many wrong tokens in the last minute."""
+        now = time.monotonic()
+        return sum(now - t < 60.0 for t in self._failures.get(remote, [])) >= _MAX_FAILURES
 
     def login(self, operator: str) -> tuple[str, Session]:
         """A new session for ``operator``: the cookie value and the session."""
@@ -122,7 +143,7 @@ class Access:
                 return await handler(request)
             changing = request.method not in ("GET", "HEAD", "OPTIONS")
             bearer = request.headers.get("Authorization", "")
-            if bearer.startswith("Bearer ") and self.token_ok(bearer[7:]):
+            if bearer.startswith("Bearer ") and self.token_ok(bearer[7:], request.remote or ""):
                 request[OPERATOR] = "api"  # no cookie, so no cross-site request can carry it
                 return await handler(request)
             session = self.session(request)

@@ -147,8 +147,10 @@ async def login(request: web.Request) -> web.Response:
     access = console_of(request).access
     form = await request.post()
     token, operator = str(form.get("token", "")), str(form.get("operator", ""))
-    if not access.token_ok(token):
+    if not access.token_ok(token, request.remote or ""):
         log.warning("console_login_refused", remote=request.remote)
+        if access.throttled(request.remote or ""):
+            return _login_page("Too many wrong tokens: wait a minute and try again.", 429)
         return _login_page("That is not the console token.", 401)
     key, session = access.login(operator)
     log.info("console_login", operator=session.operator, remote=request.remote)
