@@ -3,6 +3,7 @@ operator path through the outbox, the window decision and a fake Cloud API."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sqlite3
 import time
@@ -17,11 +18,14 @@ from bot.app import DISPATCHER, Components
 from bot.chat import ChatSession
 from bot.engine import Engine
 from bot.runtime import load_engine, window_policy
+from bot.store.base import Store
+from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.testing import FakeCloudAPI, signed_request, text_message
 from bot.whatsapp import CloudAPI
 from tests.conftest import SECRET, AppClient, MakeClient, make_config
 from tests.engine.helpers import FLOWS, NOW, Chat, bodies, text, user, write
+from tests.mongo_server import MONGO_SERVER_NAMES, mongo_database
 from tests.server import ROOT
 
 TOKEN = "takeover-console-token"
@@ -126,11 +130,32 @@ class Live:
         await self.client.app[DISPATCHER].idle()
 
 
-@pytest.fixture
+@pytest.fixture(
+    params=[
+        "sqlite",
+        *(pytest.param(name, marks=pytest.mark.mongo, id=name) for name in MONGO_SERVER_NAMES),
+    ]
+)
 async def live(
-    make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_client: MakeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Live]:
+    """The bot on SQLite, on nx-27017, and on BOT_TEST_MONGODB_URI's server when it is set."""
     monkeypatch.setenv("BOT_CONSOLE_TOKEN", TOKEN)
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            store: Store = SQLiteStore(tmp_path / "bot.db")
+        else:
+            url = stack.enter_context(mongo_database(request.param, tmp_path / "nx"))
+            store = MongoStore.from_url(url)
+        async with _live(make_client, tmp_path, store) as live:
+            yield live
+
+
+@contextlib.asynccontextmanager
+async def _live(make_client: MakeClient, tmp_path: Path, store: Store) -> AsyncIterator[Live]:
     config = make_config(
         tmp_path,
         WHATSAPP_TOKEN=META,
@@ -141,7 +166,7 @@ async def live(
     assert engine is not None
     async with FakeCloudAPI(token=META, phone_number_id=PNID, registry=registry) as fake:
         components = Components(
-            store=SQLiteStore(tmp_path / "bot.db"),
+            store=store,
             handler=engine.handle,
             error_replies=engine.error_replies,
             transport=lambda: CloudAPI(
@@ -153,6 +178,7 @@ async def live(
         client = await make_client(config, components)
         fake.webhook_url, fake.app_secret = str(client.make_url("/webhook")), SECRET
         yield Live(client, fake)
+        await client.close()
 
 
 async def test_operator_takes_over_and_hands_back(live: Live) -> None:
