@@ -12,15 +12,19 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
+from bot.testing import FakeCloudAPI, signed_request, text_message
 from tests.server import ROOT, BotProcess
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 USER = "5511999990000"  # a Brazilian number: templates go out in pt_BR
+ANOTHER = "15551230001"
+PNID = "123456789012345"
 WAIT = 30_000  # ms: an upper bound for a condition the page is waiting for, never a pause
 
 
@@ -160,3 +164,71 @@ async def test_sandbox_play_and_human_takeover(page: Page, tmp_path: Path) -> No
         "5-template-sent.png",
         "6-handed-back.png",
     ]
+
+
+async def test_live_console_behind_the_token(tmp_path: Path) -> None:
+    """Outside sandbox mode the browser logs in with the token, sees the conversation live,
+    pauses the bot and answers as the business inside the window."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    secret, meta, token, user = "live-secret", "live-meta-token", "live-console-token", ANOTHER
+    process = BotProcess(
+        {
+            "WHATSAPP_TOKEN": meta,
+            "WHATSAPP_PHONE_NUMBER_ID": PNID,
+            "WHATSAPP_APP_SECRET": secret,
+            "BOT_CONSOLE_TOKEN": token,
+            "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+            "BOT_FLOWS_DIR": str(ROOT / "flows"),
+        },
+        tmp_path / "bot.log",
+    )
+    async with FakeCloudAPI(
+        token=meta,
+        phone_number_id=PNID,
+        webhook_url=f"{process.url}/webhook",
+        app_secret=secret,
+    ) as fake:
+        process.env["WHATSAPP_API_URL"] = fake.url
+        async with process, async_playwright() as playwright:
+            fake.user_wrote(user)
+            raw, headers = signed_request(text_message(user, "hi", name="Bob"), secret)
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"{process.url}/webhook", data=raw, headers=headers) as resp,
+            ):
+                assert resp.status == 200
+            await fake.wait_for(user, 1)
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 860})
+                answer = await page.goto(f"{process.url}/console/")
+                assert answer is not None and answer.status == 401
+                await page.fill("input[name=operator]", "Carla")
+                await page.fill("input[name=token]", token)
+                await page.click("button[type=submit]")
+                await expect(page.locator("#mode")).to_have_text("live", timeout=WAIT)
+                await expect(page.locator("#operator")).to_have_text("Carla")
+                await expect(page.locator("#who")).to_be_hidden()
+                listed = page.locator(f"#user-list li[data-user='{user}']")
+                await expect(listed).to_contain_text("welcome.menu", timeout=WAIT)
+                await listed.click()
+                greeting = page.locator(".bubble.bot", has_text="Welcome to Lumen Dental")
+                await expect(greeting.locator(".status")).to_contain_text("delivered", timeout=WAIT)
+                await page.click("#pause")
+                await expect(page.locator("#pause-status")).to_have_text(
+                    "Paused: taken over by Carla", timeout=WAIT
+                )
+                await page.fill("#operator-text", "Hi Bob, Carla here.")
+                await page.click("#operator-send")
+                await expect(
+                    page.locator(".bubble.bot", has_text="Hi Bob, Carla here.").locator(".badge")
+                ).to_contain_text("session", timeout=WAIT)
+                await page.screenshot(path=tmp_path / "live.png")
+            finally:
+                await browser.close()
+        [_, sent] = fake.messages_to(user)
+        assert sent.body["text"]["body"] == "Hi Bob, Carla here."
+    log = (tmp_path / "bot.log").read_text()
+    assert "Traceback" not in log and token not in log and secret not in log
+    assert '"operator": "Carla"' in log and '"action": "reply"' in log

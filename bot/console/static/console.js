@@ -103,8 +103,10 @@ function sendAsUser(body) {
 
 function choiceButton(title, body) {
   const sandbox = state.session && state.session.sandbox;
-  return el("button", { type: "button", class: "choice", text: title,
-                        onclick: () => sandbox && sendAsUser(body) });
+  const button = el("button", { type: "button", class: "choice", text: title,
+                                onclick: () => sandbox && sendAsUser(body) });
+  button.disabled = !sandbox;  // only the sandbox's user can press the user's buttons
+  return button;
 }
 
 function badge(item) {
@@ -203,7 +205,11 @@ function renderTakeover(page) {
   if (!select.options.length) {
     for (const s of state.session.states) select.append(el("option", { value: s, text: s }));
   }
-  if (!u.paused) { $("refusal").hidden = true; $("templates").replaceChildren(); }
+  if (!u.paused) {
+    $("refusal").hidden = true;
+    $("templates").replaceChildren();
+    if (state.session.states.includes(u.flow + "." + u.state)) select.value = u.flow + "." + u.state;
+  }
 }
 
 function showTemplates(templates) {
