@@ -290,9 +290,12 @@ def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> st
 # --- serialisation shared by the backends ----------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON for storage."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON for storage (one encoder for all: ``json.dumps`` builds one per call)."""
+    return _ENCODER.encode(value)
 
 
 def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
