@@ -13,7 +13,8 @@ API under ``/console/api`` and a server-sent event stream for live updates.
   their messages and answers nothing), reply as the business through the outbox (free text
   only while the window is open, else an approved template), hand them back at a state.
 
-Access rules are in :mod:`bot.console.access`.
+Modules: ``routes`` (pages, reading, live stream), ``takeover``, ``phone`` (the sandbox's
+API), ``sandbox`` (fake Cloud API, user clocks), ``views`` (what is shown), ``access``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from aiohttp import web
 
 from bot.app import Components
 from bot.config import Config
-from bot.console.routes import Console, build
+from bot.console.core import Console
+from bot.console.routes import build
 from bot.console.sandbox import Sandbox
 
 __all__ = ["mount_console"]
