@@ -786,12 +786,16 @@ class MongoStore:
         return deleted
 
     async def inbox_counts(self) -> dict[str, int]:
-        names = ("pending", "done", "failed")
+        # One pass over the inbox: separate counts per status would count a message twice
+        # that moved from pending to done between them.
+        counts = {"pending": 0, "done": 0, "failed": 0}
         with self._translate("inbox_counts"):
-            counts = await asyncio.gather(
-                *(self._inbox.count_documents({"status": name}) for name in names)
-            )
-        return dict(zip(names, counts, strict=True))
+            cursor: Any = self._inbox.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            if inspect.isawaitable(cursor):  # PyMongo's aggregate is a coroutine, motor's not
+                cursor = await cursor
+            async for row in cursor:
+                counts[str(row["_id"])] = int(row["n"])
+        return counts
 
     # --- read-only views for the console ----------------------------------------------------
 
