@@ -81,6 +81,7 @@ from bot.models import (
 from bot.store._mongo_errors import mask_url, translate
 from bot.store.base import (
     Committed,
+    InboxItem,
     Lease,
     Work,
     delivery_fields,
@@ -795,6 +796,30 @@ class MongoStore:
             async for row in cursor:
                 counts[str(row["_id"])] = int(row["n"])
         return counts
+
+    # --- read-only views for the console ----------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        with self._translate("list_users"):
+            cursor = self._users.find({"key": {"$exists": True}}).sort(
+                [("last_inbound_at", DESCENDING), ("_id", ASCENDING)]
+            )
+            docs = await cursor.limit(limit).to_list(None)
+        return [user_from_json(doc) for doc in docs]
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        with self._translate("inbox_of"):
+            cursor = self._inbox.find({"user": user}).sort("arrival", DESCENDING).limit(limit)
+            docs = await cursor.to_list(None)
+        return [
+            InboxItem(
+                inbound_from_json(doc["data"]),
+                str(doc.get("status", "pending")),
+                str(doc.get("reason") or ""),
+                float(doc.get("received_at", 0.0)),
+            )
+            for doc in reversed(docs)
+        ]
 
 
 def _token(doc: Mapping[str, Any] | None) -> str:
