@@ -12,17 +12,17 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bot._pipeline import build_pipeline
 from bot.config import Config
-from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.metrics import Metrics
-from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Store
 from bot.templates import TemplateRegistry
@@ -74,6 +74,12 @@ def create_app(config: Config, components: Components) -> web.Application:
             "dashboard → App settings → Basic → App secret); only sandbox mode (no "
             "WHATSAPP_TOKEN) accepts unsigned webhooks"
         )
+    if not config.whatsapp.verify_token and not config.sandbox:
+        raise ConfigError(
+            "WHATSAPP_VERIFY_TOKEN is not set: Meta's webhook handshake cannot succeed. Set "
+            "it to a string of your choice and give Meta the same one (WhatsApp → "
+            "Configuration → Webhook → Verify token)"
+        )
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = components.store
@@ -120,31 +126,23 @@ def _dispatcher_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         async with contextlib.AsyncExitStack() as stack:
-            drainer = None
+            transport: Transport | None = None
             if components.transport is not None:
                 transport = await stack.enter_async_context(components.transport())
-                drainer = app[SENDER] = Sender(
-                    app[STORE],
-                    transport,
-                    registry=components.registry,
-                    policy=components.policy,
-                    metrics=app[METRICS],
-                    retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
-                    grace=config.workers.send_grace_seconds,
-                )
-            dispatcher = app[DISPATCHER] = Dispatcher(
+            pipeline = build_pipeline(
+                config,
                 app[STORE],
+                transport,
                 handler=components.handler,
-                drainer=drainer,
                 error_replies=components.error_replies,
+                registry=components.registry,
+                policy=components.policy,
                 metrics=app[METRICS],
-                concurrency=config.workers.concurrency,
-                lease_seconds=config.workers.lease_seconds,
-                sweep_seconds=config.workers.sweep_seconds,
-                retention=config.store.retention_days * 86400,
-                handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
                 clock=components.clock,
             )
+            if pipeline.sender is not None:
+                app[SENDER] = pipeline.sender
+            dispatcher = app[DISPATCHER] = pipeline.dispatcher
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
             yield
@@ -157,7 +155,15 @@ async def verify(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     challenge = verify_challenge(request.query, config.whatsapp.verify_token)
     if challenge is None:
-        log.warning("webhook_verification_refused", mode=request.query.get("hub.mode", ""))
+        if not config.whatsapp.verify_token:
+            reason = "WHATSAPP_VERIFY_TOKEN is not set: no handshake can succeed; set it"
+        elif request.query.get("hub.mode") != "subscribe":
+            reason = "hub.mode is not 'subscribe'"
+        else:
+            reason = "hub.verify_token does not match WHATSAPP_VERIFY_TOKEN (or no challenge)"
+        log.warning(
+            "webhook_verification_refused", mode=request.query.get("hub.mode", ""), reason=reason
+        )
         return web.Response(status=403, text="verification failed")
     log.info("webhook_verified")
     return web.Response(text=challenge)
