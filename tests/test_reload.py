@@ -73,6 +73,7 @@ class TestReload:
                 "WHATSAPP_APP_SECRET": SECRET,
                 "WHATSAPP_TOKEN": TOKEN,
                 "WHATSAPP_PHONE_NUMBER_ID": PNID,
+                "WHATSAPP_VERIFY_TOKEN": "reload-verify",
                 "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
                 "BOT_FLOWS_DIR": str(flows),
             },

@@ -119,6 +119,10 @@ class Chat:
         """The user's record after the last turn."""
         return self.tester.record
 
+    @record.setter
+    def record(self, record: UserRecord) -> None:
+        self.tester.record = record
+
     @property
     def turns(self) -> list[Turn]:
         """Every turn so far."""
