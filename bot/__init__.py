@@ -1,7 +1,9 @@
 """windowbot: WhatsApp Business bots as flow files.
 
 The public API is re-exported here; modules whose names start with ``_`` are private.
-The test kit (fake Cloud API, webhook builders) is :mod:`bot.testing`.
+Hooks need :class:`HookContext` and the reply builders (:func:`text`, :func:`buttons`,
+:func:`list_`, :func:`image`, :func:`template`); the test kit (flow tester, fake Cloud API,
+webhook builders) is :mod:`bot.testing`. Importing ``bot`` does not load the web server.
 """
 
 from bot.config import Config, load_config
@@ -18,6 +20,7 @@ from bot.errors import (
 )
 from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
 from bot.outbound import Outbound
+from bot.replies import buttons, image, list_, template, text
 from bot.store import Store, store_from_url
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI
@@ -48,7 +51,12 @@ __all__ = [
     "UserRecord",
     "WebhookError",
     "WindowPolicy",
+    "buttons",
     "decide",
+    "image",
+    "list_",
     "load_config",
     "store_from_url",
+    "template",
+    "text",
 ]

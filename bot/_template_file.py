@@ -1,10 +1,11 @@
 """Reading and checking a template registry file (``flows/templates.yaml``).
 
-The YAML is read with a loader that remembers the line of every mapping and key and keeps
-scalars as text, then each entry is checked: every problem becomes a :class:`~bot.findings.Finding`
-with file and line, so one run reports them all. :meth:`bot.templates.TemplateRegistry.load` and
-:func:`bot.templates.check_file` are the public ways in; this module imports the model from
-:mod:`bot.templates`, which imports this one lazily.
+The YAML is read by the flow files' reader (:mod:`bot._yaml`: node trees that keep the
+line of every mapping and key, scalars as text), then each entry is checked: every problem
+becomes a :class:`~bot.findings.Finding` with file and line, so one run reports them all.
+:meth:`bot.templates.TemplateRegistry.load` and :func:`bot.templates.check_file` are the
+public ways in; this module imports the model from :mod:`bot.templates`, which imports
+this one lazily.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bot._yaml import Marked, error_line, parse, plain
 from bot.findings import Finding
 from bot.templates import (
     _PLACEHOLDER,
@@ -23,6 +25,7 @@ from bot.templates import (
     CATEGORIES,
     CATEGORY_ALIASES,
     HEADER_LIMIT,
+    LANGUAGE,
     STATUSES,
     Button,
     ParameterFormat,
@@ -35,51 +38,10 @@ from bot.templates import (
     status_note,
 )
 
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")  # "en", "pt_BR"; Meta also has "fil"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _TEMPLATE_KEYS = ("name", "category", "status", "parameter_format", "languages", "description")
 _VARIANT_KEYS = ("body", "header", "buttons", "status")
 _BUTTON_KEYS = ("type", "text", "url")
-
-
-class _Marked(dict[str, Any]):
-    """A YAML mapping that remembers its own line and the line of each key."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-
-    def line_of(self, key: str) -> int:
-        return self.key_lines.get(key, self.line)
-
-
-class _LineLoader(yaml.SafeLoader):
-    """Safe YAML with line marks; keys and scalars stay text (``no`` is Norwegian, not False)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, str]] = []
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Marked:
-    loader.flatten_mapping(node)
-    out = _Marked()
-    out.line, out.key_lines = node.start_mark.line + 1, {}
-    for key_node, value_node in node.value:
-        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-        if key in out:
-            loader.duplicates.append((key_node.start_mark.line + 1, key))
-        out[key] = loader.construct_object(value_node, deep=True)
-        out.key_lines[key] = key_node.start_mark.line + 1
-    return out
-
-
-def _construct_text(loader: _LineLoader, node: yaml.ScalarNode) -> str:
-    return str(node.value)
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-for _tag in ("bool", "int", "float", "timestamp"):
-    _LineLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _construct_text)
 
 
 class _Collector:
@@ -115,19 +77,17 @@ def _load(path: Path) -> tuple[TemplateRegistry, list[Finding]]:
     out = _Collector(path)
     templates: dict[str, Template] = {}
     try:
-        loader = _LineLoader(path.read_text(encoding="utf-8"))
+        node = parse(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         out.error(0, "file", f"cannot read the template registry ({exc}); check the path")
         return TemplateRegistry({}, str(path)), out.findings
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        out.error(mark.line + 1 if mark else 0, "file", f"not valid YAML: {exc.problem}")
+    except yaml.YAMLError as exc:
+        problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else str(exc)
+        out.error(error_line(exc), "file", f"not valid YAML: {problem}")
         return TemplateRegistry({}, str(path)), out.findings
-    finally:
-        loader.dispose()
-    for line, key in loader.duplicates:
+    duplicates: list[tuple[int, str]] = []
+    data = plain(node, duplicates) if node is not None else None
+    for line, key in duplicates:
         out.error(line, key, "duplicate key; the second one would silently win, remove one")
     for name, line, entry in _entries(data, out):
         template = _template(name, line, entry, out)
@@ -141,7 +101,7 @@ def _entries(data: Any, out: _Collector) -> Iterable[tuple[str, int, Any]]:
     """(name, line, entry) for each template, from a list or a mapping, under ``templates:``."""
     if data is None:
         return []
-    if isinstance(data, _Marked) and "templates" in data:
+    if isinstance(data, Marked) and "templates" in data:
         for key in set(data) - {"templates"}:
             out.error(data.line_of(key), key, "unknown top-level key; list templates under it")
         line, data = data.line_of("templates"), data["templates"]
@@ -151,13 +111,13 @@ def _entries(data: Any, out: _Collector) -> Iterable[tuple[str, int, Any]]:
         line = getattr(data, "line", 1)
     entries: list[tuple[str, int, Any]] = []
     seen: set[str] = set()
-    if isinstance(data, _Marked):
+    if isinstance(data, Marked):
         items = [(name, data.line_of(name), entry) for name, entry in data.items()]
     elif isinstance(data, list):
         items = []
         for i, entry in enumerate(data):
-            where = entry.line if isinstance(entry, _Marked) else line
-            name = entry.get("name") if isinstance(entry, _Marked) else None
+            where = entry.line if isinstance(entry, Marked) else line
+            name = entry.get("name") if isinstance(entry, Marked) else None
             if not isinstance(name, str) or not name:
                 out.error(where, f"templates[{i}]", "each template needs a 'name'")
                 continue
@@ -174,7 +134,7 @@ def _entries(data: Any, out: _Collector) -> Iterable[tuple[str, int, Any]]:
 
 
 def _template(name: str, line: int, entry: Any, out: _Collector) -> Template | None:
-    if not isinstance(entry, _Marked):
+    if not isinstance(entry, Marked):
         out.error(line, name, "must be a mapping with category, status and languages")
         return None
     before = len(out.findings)
@@ -205,7 +165,7 @@ def _template(name: str, line: int, entry: Any, out: _Collector) -> Template | N
             "must be 'positional' ({{1}}) or 'named' ({{first_name}})",
         )
     languages = entry.get("languages")
-    if not isinstance(languages, _Marked) or not languages:
+    if not isinstance(languages, Marked) or not languages:
         out.error(
             entry.line_of("languages"),
             f"{name}.languages",
@@ -267,7 +227,7 @@ def _template(name: str, line: int, entry: Any, out: _Collector) -> Template | N
     return Template(name, category, parameter_format, body_params, variants, header_params, line)
 
 
-def _category(name: str, entry: _Marked, out: _Collector) -> str | None:
+def _category(name: str, entry: Marked, out: _Collector) -> str | None:
     raw = entry.get("category")
     line, key = entry.line_of("category"), f"{name}.category"
     if not isinstance(raw, str) or not raw:
@@ -298,7 +258,7 @@ def _category(name: str, entry: _Marked, out: _Collector) -> str | None:
 def _variant(
     code: str, raw: Any, key: str, line: int, status: Any, out: _Collector
 ) -> Variant | None:
-    if not _LANGUAGE.match(code):
+    if not LANGUAGE.match(code):
         out.error(
             line,
             key,
@@ -307,9 +267,9 @@ def _variant(
         )
         return None
     if isinstance(raw, str):
-        raw = _Marked(body=raw)
+        raw = Marked(body=raw)
         raw.line, raw.key_lines = line, {}
-    if not isinstance(raw, _Marked):
+    if not isinstance(raw, Marked):
         out.error(line, key, "must be the body text or a mapping with body/header/buttons")
         return None
     for k in raw:
@@ -358,7 +318,7 @@ def _buttons(raw: Any, key: str, line: int, out: _Collector) -> tuple[Button, ..
     buttons: list[Button] = []
     for i, item in enumerate(raw):
         bkey = f"{key}[{i}]"
-        if not isinstance(item, _Marked):
+        if not isinstance(item, Marked):
             out.error(line, bkey, "must be a mapping with type and text")
             continue
         bline = item.line

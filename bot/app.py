@@ -22,6 +22,7 @@ from bot._pipeline import build_pipeline
 from bot.config import Config
 from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
+from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.metrics import Metrics
 from bot.sender import Sender, Transport
 from bot.store.base import Store
@@ -297,7 +298,7 @@ HEALTH = web.AppKey("health", WriteHealth)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition (prometheus-client's)."""
     return web.Response(
-        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
+        body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
     )

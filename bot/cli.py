@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="record every message, answer none (no flows are loaded) "
         "(also BOT_RECORD_ONLY=1 or [flows] record_only = true)",
     )
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="pick up edits to flows, templates and hooks while serving (development)",
+    )
+    init = sub.add_parser("init", help="create a new bot project in a new or empty folder")
+    init.add_argument("directory", type=Path, help="the folder to create")
     check = sub.add_parser("check", help="check every flow and template; exit 1 on errors")
     check.add_argument(
         "flows_dir",
@@ -97,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a template parameter (repeat; NAME=VALUE for named templates)",
     )
     send.add_argument("--language", default="", help="template language (default: the chain)")
-    for sp in (run, check, graph, chat, send):  # --config is accepted after the command too
+    for sp in (run, init, check, graph, chat, send):  # --config is accepted after the command too
         sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -115,9 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             if args.record_only:
                 config = replace(config, flows=replace(config.flows, record_only=True))
-            return _run(config, args.host, args.port)
+            return _run(config, args.host, args.port, reload=args.reload)
         from bot import commands
 
+        if args.command == "init":
+            return commands.init(args.directory)
         if args.command == "check":
             if args.flows_dir is not None:
                 config = replace(config, flows=replace(config.flows, dir=args.flows_dir.resolve()))
@@ -155,10 +164,10 @@ def version() -> str:
     return f"windowbot {number} (Python {platform.python_version()})"
 
 
-def _run(config: Config, host: str | None, port: int | None) -> int:
+def _run(config: Config, host: str | None, port: int | None, *, reload: bool = False) -> int:
     from bot.runtime import build_app
 
-    app = build_app(config)
+    app = build_app(config, reload=reload)
     try:
         asyncio.run(
             _serve(app, host or config.server.host, port or config.server.port, config.server.path)

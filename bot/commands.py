@@ -14,7 +14,8 @@ from bot.errors import ConfigError, FlowError
 from bot.findings import sort_findings
 from bot.models import Outgoing, TemplateCall
 from bot.outbound import Outbound
-from bot.runtime import TEMPLATES_FILE, fallback_checker, flows_folder, load_registry
+from bot.runtime import fallback_checker, flows_folder, load_registry
+from bot.templates import TEMPLATES_FILE
 
 
 def check(config: Config) -> int:
@@ -117,3 +118,17 @@ async def send(
     for decision in decisions:
         print(decision.reason if decision.kind == "skip" else f"{decision.kind}: {decision.reason}")
     return 1 if decisions[-1].kind == "skip" else 0
+
+
+def init(directory: Path) -> int:
+    """Create a new bot project (``bot init DIR``) and say what to do next."""
+    from bot._init_project import init_project
+
+    written = init_project(directory)
+    for path in written:
+        print(f"created {path}")
+    print(
+        f"\nnext: cd {directory} && bot check && python -m pytest tests"
+        " && bot chat  (then bot run --reload to serve while you edit)"
+    )
+    return 0

@@ -101,6 +101,13 @@ def configure_logging(
     )
 
 
-def get_logger(**context: Any) -> Any:
-    """A structlog logger with ``context`` bound."""
-    return structlog.get_logger("windowbot", **context)
+def logger_name(module: str) -> str:
+    """The logger name of a ``bot`` module: ``windowbot.<module>``, a subpackage's modules
+    sharing its name (``bot.engine._on_error`` logs as ``windowbot.engine``)."""
+    parts = module.split(".")
+    return "windowbot" if len(parts) < 2 else f"windowbot.{parts[1].lstrip('_')}"
+
+
+def get_logger(module: str, **context: Any) -> Any:
+    """The structlog logger of ``module`` (pass ``__name__``), with ``context`` bound."""
+    return structlog.get_logger(logger_name(module), **context)

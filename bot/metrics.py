@@ -1,82 +1,89 @@
-"""Process counters and a latency histogram, exposed as Prometheus text on ``/metrics``."""
+"""What one process has done, exposed on ``/metrics`` through ``prometheus-client``.
+
+Each :class:`Metrics` has its own ``CollectorRegistry`` (two apps in one process, as in
+tests, never mix their numbers) holding the process and platform collectors, the latency
+histogram and a collector that reads the counters. The counters are plain integers that
+the hot path increments (``metrics.received += 1``): prometheus-client reads them only when
+``/metrics`` is scraped, so a message costs an addition, not a lock.
+"""
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+#: The ``Content-Type`` of :meth:`Metrics.render`'s bytes (prometheus-client's text format).
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-
-@dataclass(slots=True)
-class Histogram:
-    """A cumulative Prometheus histogram with fixed buckets (seconds)."""
-
-    buckets: tuple[float, ...] = _BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(_BUCKETS) + 1))
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        """Record one observation."""
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def render(self, name: str) -> list[str]:
-        """The exposition lines for this histogram."""
-        lines, running = [], 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += n
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            lines.append(f'{name}_bucket{{le="{le}"}} {running}')
-        lines.append(f"{name}_sum {self.total}")
-        lines.append(f"{name}_count {self.count}")
-        return lines
+#: attribute → (metric name without ``windowbot_`` and ``_total``, help text)
+COUNTERS = {
+    "received": ("messages_received", "Inbound messages accepted into the inbox."),
+    "duplicates": ("messages_duplicate", "Inbound messages already in the inbox."),
+    "statuses": ("statuses_received", "Status items accepted."),
+    "processed": ("messages_processed", "Inbound messages handled by a flow."),
+    "failed": ("messages_failed", "Inbound messages whose handling failed."),
+    "replies_sent": ("replies_sent", "Replies accepted by the Cloud API."),
+    "replies_as_template": ("replies_template", "Replies sent as template fallbacks."),
+    "replies_not_sent": ("replies_not_sent", "Replies not sent (window, template)."),
+    "send_failures": ("send_failures", "Replies the Cloud API refused."),
+    "rejected_requests": ("webhook_rejected", "Webhook requests answered 4xx."),
+}
 
 
-@dataclass(slots=True)
 class Metrics:
-    """What one process has done since it started."""
+    """Counters and the processing latency of one app, with their registry."""
 
-    received: int = 0
-    duplicates: int = 0
-    statuses: int = 0
-    processed: int = 0
-    failed: int = 0
-    replies_sent: int = 0
-    replies_as_template: int = 0
-    replies_not_sent: int = 0
-    send_failures: int = 0
-    rejected_requests: int = 0
-    latency: Histogram = field(default_factory=Histogram)
+    __slots__ = (*COUNTERS, "latency", "registry")
 
-    def render(self) -> str:
-        """Prometheus text exposition format (version 0.0.4)."""
-        counters = {
-            "received": ("messages_received", "Inbound messages accepted into the inbox"),
-            "duplicates": ("messages_duplicate", "Inbound messages already in the inbox"),
-            "statuses": ("statuses_received", "Status items accepted"),
-            "processed": ("messages_processed", "Inbound messages handled by a flow"),
-            "failed": ("messages_failed", "Inbound messages whose handling failed"),
-            "replies_sent": ("replies_sent", "Replies accepted by the Cloud API"),
-            "replies_as_template": ("replies_template", "Replies sent as template fallbacks"),
-            "replies_not_sent": ("replies_not_sent", "Replies not sent (window, template)"),
-            "send_failures": ("send_failures", "Replies the Cloud API refused"),
-            "rejected_requests": ("webhook_rejected", "Webhook requests answered 4xx"),
-        }
-        lines: list[str] = []
-        for attr, (name, help_text) in counters.items():
-            metric = f"windowbot_{name}_total"
-            lines += [
-                f"# HELP {metric} {help_text}.",
-                f"# TYPE {metric} counter",
-                f"{metric} {getattr(self, attr)}",
-            ]
-        name = "windowbot_processing_latency_seconds"
-        lines += [
-            f"# HELP {name} Time from webhook receipt to the message's turn being stored.",
-            f"# TYPE {name} histogram",
-            *self.latency.render(name),
-        ]
-        return "\n".join(lines) + "\n"
+    def __init__(self) -> None:
+        self.received = 0
+        self.duplicates = 0
+        self.statuses = 0
+        self.processed = 0
+        self.failed = 0
+        self.replies_sent = 0
+        self.replies_as_template = 0
+        self.replies_not_sent = 0
+        self.send_failures = 0
+        self.rejected_requests = 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_Counters(self))
+        self.latency = Histogram(
+            "windowbot_processing_latency_seconds",
+            "Time from webhook receipt to the message's turn being stored.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything in the registry."""
+        return generate_latest(self.registry)
+
+
+class _Counters(Collector):
+    """The :class:`Metrics` integers as Prometheus counters, read at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for attr, (name, help_text) in COUNTERS.items():
+            yield CounterMetricFamily(
+                f"windowbot_{name}", help_text, value=getattr(self.metrics, attr)
+            )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
-from bot.app import Components, create_app
 from bot.config import Config, resolve
 from bot.engine import Engine, FallbackSpec
 from bot.engine.loader import flow_files
@@ -17,13 +16,14 @@ from bot.errors import ConfigError, FlowError
 from bot.findings import Finding
 from bot.sender import LogTransport, Transport
 from bot.store import store_from_url
-from bot.templates import RegistryFileError, TemplateRegistry, check_file
+from bot.templates import TEMPLATES_FILE, RegistryFileError, TemplateRegistry, check_file
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
 
-log = structlog.get_logger("windowbot")
+if TYPE_CHECKING:  # ``import bot`` (Outbound) must not load the web server
+    from aiohttp import web
 
-TEMPLATES_FILE = "templates.yaml"
+log = structlog.get_logger("windowbot.runtime")
 
 
 def load_registry(flows_dir: Path) -> tuple[TemplateRegistry | None, list[Finding]]:
@@ -146,8 +146,18 @@ def load_engine(config: Config) -> tuple[Engine, TemplateRegistry | None]:
     return engine, registry
 
 
-def build_app(config: Config) -> web.Application:
-    """The application ``bot run`` serves, with everything the config names."""
+def build_app(config: Config, *, reload: bool = False) -> web.Application:
+    """The application ``bot run`` serves, with everything the config names.
+
+    ``reload`` (``bot run --reload``) answers through a :class:`~bot.reload.EngineRef` that a
+    watcher of the flows folder swaps on every edit that passes the checks.
+    """
+    from bot.app import SENDER, Components, create_app
+
+    if reload:
+        from bot import reload as reloading
+
+        reloading.require_watcher()
     engine: Engine | None = None
     registry: TemplateRegistry | None = None
     if config.flows.record_only:
@@ -179,15 +189,25 @@ def build_app(config: Config) -> web.Application:
             reason="sandbox mode and no WHATSAPP_APP_SECRET",
             effect="ANY caller can post webhooks: set WHATSAPP_APP_SECRET before going live",
         )
-    return create_app(
-        config,
-        Components(
-            store=store,
-            handler=engine.handle if engine is not None else None,
-            error_replies=engine.error_replies if engine is not None else None,
-            transport=lambda: make_transport(config),
-            registry=registry,
-            policy=window_policy(config),
-            sandbox_cloud=config.sandbox,
-        ),
+    components = Components(
+        store=store,
+        handler=engine.handle if engine is not None else None,
+        error_replies=engine.error_replies if engine is not None else None,
+        transport=lambda: make_transport(config),
+        registry=registry,
+        policy=window_policy(config),
+        sandbox_cloud=config.sandbox,
     )
+    if not reload or engine is None:
+        return create_app(config, components)
+    ref = reloading.EngineRef(engine, registry)
+    components.handler, components.error_replies = ref.handle, ref.error_replies
+    app = create_app(config, components)
+
+    def tell_sender(new: TemplateRegistry | None) -> None:
+        if SENDER in app:
+            app[SENDER].registry = new
+
+    ref.on_swap.append(tell_sender)
+    app.cleanup_ctx.append(reloading.reloader(ref, config, load_engine))
+    return app

@@ -59,6 +59,11 @@ _CHAIN_POLICIES = frozenset({"", "auto", "user", "chain"})  # "pick per user", f
 BODY_LIMIT = 1024  # characters of the rendered body
 HEADER_LIMIT = 60  # characters of the rendered text header
 
+#: A language code as WhatsApp Manager writes it: "en", "pt_BR" (Meta also has "fil").
+LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
+#: The template registry's file in the flows folder.
+TEMPLATES_FILE = "templates.yaml"
+
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 _WHITESPACE = re.compile(r"\s+")
 

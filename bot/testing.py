@@ -1,4 +1,12 @@
-"""A test kit for bots built on windowbot: a fake Cloud API and webhook builders.
+"""A test kit for bots built on windowbot: a flow tester, a fake Cloud API, webhook builders.
+
+``FlowTester`` runs a flows folder in-process, turn by turn, on a fake clock (no HTTP, no
+store), for the unit tests of a bot::
+
+    async def test_booking_starts_with_the_menu() -> None:
+        bot = FlowTester.load("flows")
+        answer = await bot.send("hi")
+        assert answer.choices == ["Book", "Hours", "Help"]
 
 ``FakeCloudAPI`` is a real HTTP server on a loopback port that answers like Meta's
 ``/messages`` endpoint, enforces the 24-hour window and posts signed status webhooks back.
@@ -22,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bot._fake_cloud import FakeCloudAPI, SentMessage
+from bot._flow_tester import Answer, FlowTester, visible_text
 from bot.models import JSON
 from bot.webhook import SIGNATURE_HEADER, sign
 
@@ -29,7 +38,9 @@ __all__ = [
     "DISPLAY_PHONE_NUMBER",
     "PHONE_NUMBER_ID",
     "WABA_ID",
+    "Answer",
     "FakeCloudAPI",
+    "FlowTester",
     "SentMessage",
     "button_reply",
     "contact",
@@ -44,6 +55,7 @@ __all__ = [
     "signed_request",
     "status_item",
     "text_message",
+    "visible_text",
 ]
 
 PHONE_NUMBER_ID = "123456789012345"

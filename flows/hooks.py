@@ -6,8 +6,7 @@ runs anywhere. Times are relative to the day the message arrives (UTC).
 
 from __future__ import annotations
 
-from bot.engine import HookContext
-from bot.models import Outgoing, TemplateCall
+from bot import HookContext, template, text
 
 DAY = 86_400
 _taken: set[str] = {"d2_0900"}  # pretend someone already booked this one
@@ -35,15 +34,10 @@ async def schedule_reminder(ctx: HookContext) -> None:
     has closed by then, which it usually has)."""
     name, slot = str(ctx.vars["name"]), str(ctx.vars["slot"])
     ctx.schedule(
-        Outgoing(
-            message={
-                "type": "text",
-                "text": {"body": f"Reminder: your appointment is at {slot}.", "preview_url": False},
-            },
+        text(
+            f"Reminder: your appointment is at {slot}.",
             # named parameters; its quick-reply button comes back as payload CONFIRM
-            fallback=TemplateCall(
-                "appointment_reminder", {"name": name, "slot": slot}, buttons=("CONFIRM",)
-            ),
+            fallback=template("appointment_reminder", name=name, slot=slot, buttons=["CONFIRM"]),
             note="booking.reminder",
         ),
         at=slot_time(str(ctx.vars["slot_id"]), ctx.now) - 3600,

@@ -27,7 +27,14 @@ def free_port() -> int:
 class BotProcess:
     """``bot run`` on a free loopback port with the given environment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.args = args
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "BOT_LOG_LEVEL": "info", "BOT_LOG_FORMAT": "json", **env}
@@ -47,6 +54,7 @@ class BotProcess:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *self.args,
                 ],
                 env=self.env,
                 cwd=ROOT,

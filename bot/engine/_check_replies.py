@@ -7,9 +7,9 @@ from pathlib import Path
 
 from bot.engine._replies import is_template
 from bot.engine.render import Renderer
-from bot.engine.reply import LIMITS, MAX_BUTTONS, MAX_ROWS
 from bot.engine.spec import ANY, FallbackSpec, ReplySpec, RuleSpec
 from bot.findings import Finding
+from bot.replies import LIMITS, MAX_BUTTONS, MAX_ROWS
 
 FallbackChecker = Callable[[FallbackSpec], list[str]]
 """Checks a fallback; each string is an error, or a warning when it starts with ``WARNING``."""

@@ -21,7 +21,7 @@ from bot.engine.reply import CompiledReply, compile_reply
 from bot.engine.spec import ProjectSpec, ReplySpec
 from bot.models import InboundMessage, Outgoing, UserRecord
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("windowbot.engine")
 
 #: The ``note`` of every error reply, so logs and ``bot chat`` show why it was sent.
 ERROR_NOTE = "on_error"

@@ -6,8 +6,9 @@ import re
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from bot.engine._yaml import Reader, line_of
-from bot.engine.spec import Button, FallbackSpec, ReplyKind, ReplySpec, Row, Section
+from bot._yaml import Reader, line_of
+from bot.engine.spec import FallbackSpec, ReplyButton, ReplyKind, ReplySpec, Row, Section
+from bot.templates import LANGUAGE
 
 MEDIA_KINDS: tuple[ReplyKind, ...] = ("image", "video", "audio", "document", "sticker")
 REPLY_KEYS = frozenset(
@@ -31,7 +32,6 @@ ROW_KEYS = frozenset({"id", "title", "description"})
 BUTTON_KEYS = frozenset({"id", "title"})
 LOCATION_KEYS = frozenset({"latitude", "longitude", "name", "address"})
 FALLBACK_KEYS = frozenset({"template", "language", "params", "header", "buttons"})
-_LOCALE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
 
 
 def is_template(text: str) -> bool:
@@ -103,12 +103,12 @@ class ReplyReader:
             fields["fallback"] = self.fallback(m["fallback"][1], state, line_of(m["fallback"][0]))
         return ReplySpec(kind, line, **fields)  # type: ignore[arg-type]
 
-    def _buttons(self, node: Node) -> tuple[Button, ...]:
+    def _buttons(self, node: Node) -> tuple[ReplyButton, ...]:
         out = []
         for item in self.r.items(node):
             ident, title = self._id_title(item, "a button", BUTTON_KEYS)
             if title is not None:
-                out.append(Button(ident, title, line_of(item)))
+                out.append(ReplyButton(ident, title, line_of(item)))
         if not out:
             self.r.report(node, "buttons: needs at least one button")
         return tuple(out)
@@ -202,7 +202,7 @@ class ReplyReader:
         language = "user"
         if "language" in m:
             language = r.text(m["language"][1], "language") or "user"
-            if language != "user" and not _LOCALE.match(language):
+            if language != "user" and not LANGUAGE.match(language):
                 r.report(
                     m["language"][1],
                     f"language must be 'user' or a locale like en_US, not '{language}'",

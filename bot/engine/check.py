@@ -21,10 +21,10 @@ from bot.engine.loader import load_project
 from bot.engine.render import Renderer
 from bot.engine.spec import (
     ANY,
-    Button,
     FlowSpec,
     HookRef,
     ProjectSpec,
+    ReplyButton,
     RuleSpec,
     Section,
     StateSpec,
@@ -347,7 +347,7 @@ class _Checker:
         self,
         flow: FlowSpec,
         state: StateSpec,
-        buttons: tuple[Button, ...],
+        buttons: tuple[ReplyButton, ...],
         sections: tuple[Section, ...],
     ) -> None:
         if state.final:

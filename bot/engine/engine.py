@@ -33,9 +33,9 @@ from bot.engine.render import message_context, user_context
 from bot.engine.reply import CompiledReply
 from bot.errors import FlowError
 from bot.findings import Finding, format_findings
-from bot.models import InboundMessage, Outgoing, UserRecord
+from bot.models import InboundMessage, Outgoing, TemplateCall, UserRecord
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("windowbot.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,9 +361,11 @@ def _replies(result: Any, note: str) -> list[Outgoing]:
         return [text(result, note=note)]
     if isinstance(result, Outgoing):
         return [result]
+    if isinstance(result, TemplateCall):  # a template only, whatever the window
+        return [Outgoing(message=None, fallback=result, note=note)]
     if isinstance(result, list | tuple):
         return [r for item in result for r in _replies(item, note)]
     raise TypeError(
-        f"a do: hook returned {type(result).__name__}; return None, a string, an "
-        "Outgoing, or a list of them"
+        f"a do: hook returned {type(result).__name__}; return None, a string, a reply "
+        "(bot.text(), bot.buttons()...), a bot.template() call, or a list of them"
     )

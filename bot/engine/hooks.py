@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from bot.models import InboundMessage, Outgoing, TemplateCall, UserRecord
+from bot.replies import text as text  # the engine turns returned strings into texts
 
 Hook = Callable[["HookContext"], Any]
 
@@ -111,15 +112,6 @@ class HookContext:
             reminder = Reminder(at=when, outgoing=what, note=note)
         self.reminders.append(reminder)
         return reminder
-
-
-def text(body: str, *, fallback: TemplateCall | None = None, note: str = "") -> Outgoing:
-    """A plain text reply (for hooks that return or schedule messages)."""
-    return Outgoing(
-        message={"type": "text", "text": {"body": body, "preview_url": False}},
-        fallback=fallback,
-        note=note,
-    )
 
 
 async def call(hook: Hook, ctx: HookContext) -> Any:

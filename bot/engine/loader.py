@@ -11,8 +11,8 @@ from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode
 
+from bot._yaml import Reader, compose, line_of
 from bot.engine._replies import MEDIA_KINDS, ReplyReader
-from bot.engine._yaml import Reader, compose, line_of
 from bot.engine.spec import (
     ANY,
     FlowSpec,
@@ -27,10 +27,11 @@ from bot.engine.spec import (
     TriggerSpec,
 )
 from bot.findings import Finding, did_you_mean
+from bot.templates import TEMPLATES_FILE
 
 PROJECT_FILE = "_project.yaml"
 #: Files in the flows folder that are not flows (the template registry owns ``templates.yaml``).
-NOT_FLOWS = frozenset({"templates.yaml", "templates.yml"})
+NOT_FLOWS = frozenset({TEMPLATES_FILE, "templates.yml"})
 
 FLOW_KEYS = frozenset(
     {

@@ -13,24 +13,7 @@ from bot.engine.render import Renderable, Renderer
 from bot.engine.spec import FallbackSpec, ReplySpec
 from bot.errors import RenderError
 from bot.models import Outgoing, TemplateCall
-
-#: WhatsApp's limits (characters) for the parts of an interactive message.
-LIMITS = {
-    "text": 4096,
-    "body": 1024,
-    "caption": 1024,
-    "header": 60,
-    "footer": 60,
-    "button_title": 20,
-    "button_id": 256,
-    "list_button": 20,
-    "row_title": 24,
-    "row_description": 72,
-    "row_id": 200,
-    "section_title": 24,
-}
-MAX_BUTTONS = 3
-MAX_ROWS = 10
+from bot.replies import LIMITS, one_line
 
 
 class CompiledFallback:
@@ -49,7 +32,7 @@ class CompiledFallback:
 
     def render(self, ctx: Mapping[str, Any]) -> TemplateCall:
         """The template call, every parameter rendered to one line of text."""
-        values = tuple(_param(p(ctx)) for p in self.params)
+        values = tuple(one_line(p(ctx)) for p in self.params)
         parameters: tuple[str, ...] | Mapping[str, str] = (
             dict(zip(self.named, values, strict=True)) if self.named else values
         )
@@ -57,7 +40,7 @@ class CompiledFallback:
             name=self.name,
             parameters=parameters,
             language=self.language,
-            header=tuple(_param(h(ctx)) for h in self.header),
+            header=tuple(one_line(h(ctx)) for h in self.header),
             buttons=tuple(str(b(ctx)) for b in self.buttons),
         )
 
@@ -164,11 +147,6 @@ def _float(render: Renderable, where: str) -> Renderable:
             raise RenderError(f"{where}: location coordinate {value!r} is not a number") from None
 
     return number
-
-
-def _param(value: Any) -> str:
-    """Template parameters may not hold newlines, tabs or runs of spaces: collapse them."""
-    return " ".join(str(value).split())
 
 
 def _builder(tree: Any) -> Renderable:

@@ -52,8 +52,9 @@ class FallbackSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Button:
-    """One reply button."""
+class ReplyButton:
+    """One reply button of an interactive message (a template's buttons are
+    :class:`bot.templates.Button`)."""
 
     id: str
     title: str
@@ -90,7 +91,7 @@ class ReplySpec:
     preview_url: bool = False
     header: str = ""
     footer: str = ""
-    buttons: tuple[Button, ...] = ()
+    buttons: tuple[ReplyButton, ...] = ()
     list_button: str = ""
     list_button_line: int = 0
     sections: tuple[Section, ...] = ()

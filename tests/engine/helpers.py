@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.engine import Engine, Finding, Turn
 from bot.models import InboundMessage, UserRecord
+from bot.testing import FlowTester, visible_text
 from bot.webhook import parse_message
 
 FLOWS = Path(__file__).resolve().parents[2] / "flows"
@@ -19,9 +20,10 @@ _ids = itertools.count(1)
 
 
 def message(
-    kind: str, body: dict[str, Any], *, user: str = WA_ID, name: str = "Ana"
+    kind: str, body: dict[str, Any], *, user: str = WA_ID, name: str = ""
 ) -> InboundMessage:
-    """An inbound message of ``kind`` parsed from a Meta-shaped item."""
+    """An inbound message of ``kind`` parsed from a Meta-shaped item (no ``name``: the
+    record's profile name stays)."""
     item = {
         "from": user,
         "id": f"wamid.{next(_ids)}",
@@ -102,36 +104,39 @@ def only(findings: list[Finding], needle: str) -> Finding:
 
 def bodies(turn: Turn) -> list[str]:
     """The visible text of each reply: a text body, an interactive body or a caption."""
-    out = []
-    for reply in turn.outgoing:
-        msg = reply.message or {}
-        kind = msg.get("type", "")
-        if kind == "text":
-            out.append(msg["text"]["body"])
-        elif kind == "interactive":
-            out.append(msg["interactive"]["body"]["text"])
-        else:
-            out.append(str(msg.get(kind, {}).get("caption", kind)))
-    return out
+    return [visible_text(reply) for reply in turn.outgoing]
 
 
 class Chat:
-    """One user talking to an engine; each turn's record is the next turn's input."""
+    """One user talking to an engine through :class:`bot.testing.FlowTester`; each turn's
+    record is the next turn's input."""
 
     def __init__(self, engine: Engine, record: UserRecord | None = None) -> None:
-        self.engine = engine
-        self.record = record or user()
-        self.turns: list[Turn] = []
+        self.tester = FlowTester(engine, record=record or user(), now=NOW)
+
+    @property
+    def record(self) -> UserRecord:
+        """The user's record after the last turn."""
+        return self.tester.record
+
+    @record.setter
+    def record(self, record: UserRecord) -> None:
+        self.tester.record = record
+
+    @property
+    def turns(self) -> list[Turn]:
+        """Every turn so far."""
+        return self.tester.turns
 
     async def send(self, msg: InboundMessage, now: float = NOW) -> Turn:
-        """Handle one message and keep the new record."""
-        turn = await self.engine.handle(self.record, msg, now)
-        assert turn.record.version == self.record.version
-        self.record = turn.record
-        self.turns.append(turn)
+        """Handle one message at ``now`` and keep the new record."""
+        version = self.record.version
+        self.tester.now = now
+        turn = (await self.tester.handle(msg)).turn
+        assert turn.record.version == version
         return turn
 
     @property
     def at(self) -> str:
         """``flow.state`` the user is in now."""
-        return f"{self.record.flow}.{self.record.state}"
+        return self.tester.state

@@ -1,4 +1,4 @@
-"""Reading YAML nodes (which keep their line numbers) into plain values, noting problems.
+"""The one YAML reader of flow files and the template file: nodes that keep their lines.
 
 ``yaml.compose`` gives a node tree where every node carries ``start_mark``; working on
 nodes rather than on ``yaml.safe_load``'s plain objects is what lets every finding name a
@@ -32,10 +32,9 @@ def compose(file: Path, findings: list[Finding]) -> Node | None:
         findings.append(Finding(file, 0, f"cannot read file: {exc}"))
         return None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = parse(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
+        line = error_line(exc)
         problem = exc.problem or "invalid YAML"
         context = f" ({exc.context})" if exc.context else ""
         findings.append(Finding(file, line, f"YAML syntax error: {problem}{context}"))
@@ -46,6 +45,53 @@ def compose(file: Path, findings: list[Finding]) -> Node | None:
     if node is None:
         findings.append(Finding(file, 1, "the file is empty"))
     return node
+
+
+def parse(text: str) -> Node | None:
+    """The node tree of a YAML document (safe tags only); raises ``yaml.YAMLError``."""
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+def error_line(exc: yaml.YAMLError) -> int:
+    """The 1-based line a YAML error points at, 0 if it points nowhere."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        return mark.line + 1 if mark else 0
+    return 0
+
+
+class Marked(dict[str, Any]):
+    """A mapping read by :func:`plain` that remembers its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        """The line of ``key``, else of the mapping."""
+        return self.key_lines.get(key, self.line)
+
+
+def plain(node: Node, duplicates: list[tuple[int, str]]) -> Any:
+    """A node as plain data that keeps lines: mappings become :class:`Marked`, scalars their
+    source text (``no`` stays ``"no"``, ``1`` stays ``"1"``), null ``None``.
+
+    A repeated key is appended to ``duplicates`` as (line, key); the later value wins.
+    """
+    if isinstance(node, ScalarNode):
+        return None if node.tag == _NULL else str(node.value)
+    if isinstance(node, SequenceNode):
+        return [plain(item, duplicates) for item in node.value]
+    assert isinstance(node, MappingNode)
+    SafeConstructor().flatten_mapping(node)
+    out = Marked()
+    out.line, out.key_lines = node.start_mark.line + 1, {}
+    for key_node, value_node in node.value:
+        key = str(key_node.value) if isinstance(key_node, ScalarNode) else str(key_node)
+        if key in out:
+            duplicates.append((key_node.start_mark.line + 1, key))
+        out[key] = plain(value_node, duplicates)
+        out.key_lines[key] = key_node.start_mark.line + 1
+    return out
 
 
 def line_of(node: Node) -> int:
