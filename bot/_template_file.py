@@ -306,7 +306,8 @@ def _category(name: str, entry: _Marked, out: _Collector) -> tuple[str | None, s
         ukey, uline = f"{name}.use", entry.line_of("use")
         declared = CATEGORY_ALIASES.get(str(raw_use).upper(), str(raw_use).upper())
         if declared not in USES:
-            out.error(uline, ukey, f"{raw_use!r} is not a use; use one of {', '.join(sorted(USES))}")
+            uses = ", ".join(sorted(USES))
+            out.error(uline, ukey, f"{raw_use!r} is not a use; use one of {uses}")
             return None, ""
         if category != "UTILITY":
             out.error(uline, ukey, f"only a UTILITY template has a use; this one is {category}")

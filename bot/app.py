@@ -20,7 +20,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
-from bot.metrics import Metrics
+from bot.live_templates import LiveTemplates, record_ledgers
+from bot.metrics import Metrics, render_pricing
 from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Store
@@ -120,6 +121,7 @@ def _dispatcher_ctx(
                     metrics=app[METRICS],
                     retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
                     grace=config.workers.send_grace_seconds,
+                    live=LiveTemplates(app[STORE], components.registry, app[METRICS]),
                 )
             dispatcher = app[DISPATCHER] = Dispatcher(
                 app[STORE],
@@ -205,6 +207,7 @@ async def receive(request: web.Request) -> web.Response:
         async with asyncio.timeout(config.server.store_timeout_seconds):
             fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
             seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
+            await record_ledgers(store, delivery, now)
     except (StoreError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {config.server.store_timeout_seconds:g}s"
         app[HEALTH].failed(error)
@@ -276,7 +279,9 @@ HEALTH = web.AppKey("health", WriteHealth)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
-    return web.Response(
-        text=request.app[METRICS].render(), content_type="text/plain", charset="utf-8"
-    )
+    """Prometheus text exposition (the pricing ledger's counts are the whole store's)."""
+    text = request.app[METRICS].render()
+    with contextlib.suppress(StoreError, TimeoutError):
+        async with asyncio.timeout(request.app[CONFIG].server.store_timeout_seconds):
+            text += render_pricing(await request.app[STORE].pricing_counts())
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from bot.store.base import PricingCount
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -49,6 +52,7 @@ class Metrics:
     replies_not_sent: int = 0
     send_failures: int = 0
     rejected_requests: int = 0
+    templates_skipped_live: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
     def render(self) -> str:
@@ -64,6 +68,10 @@ class Metrics:
             "replies_not_sent": ("replies_not_sent", "Replies not sent (window, template)"),
             "send_failures": ("send_failures", "Replies the Cloud API refused"),
             "rejected_requests": ("webhook_rejected", "Webhook requests answered 4xx"),
+            "templates_skipped_live": (
+                "template_variants_skipped",
+                "Template sends where Meta's live view skipped a variant (paused, re-categorized)",
+            ),
         }
         lines: list[str] = []
         for attr, (name, help_text) in counters.items():
@@ -80,3 +88,26 @@ class Metrics:
             *self.latency.render(name),
         ]
         return "\n".join(lines) + "\n"
+
+
+def render_pricing(counts: Sequence[PricingCount]) -> str:
+    """The pricing ledger as Prometheus gauges: messages by pricing category and type, and
+    billable messages per UTC day (what Meta's status webhooks said, never a price)."""
+    by_kind: dict[tuple[str, str, bool], int] = {}
+    by_day: dict[str, int] = {}
+    for c in counts:
+        key = (c.category, c.type, c.billable)
+        by_kind[key] = by_kind.get(key, 0) + c.count
+        if c.billable:
+            by_day[c.day] = by_day.get(c.day, 0) + c.count
+    name, day = "windowbot_priced_messages", "windowbot_billable_messages"
+    lines = [
+        f"# HELP {name} Messages Meta priced, by pricing category and type (status webhooks).",
+        f"# TYPE {name} gauge",
+    ]
+    for (category, kind, billable), n in sorted(by_kind.items()):
+        labels = f'category="{category}",type="{kind}",billable="{str(billable).lower()}"'
+        lines.append(f"{name}{{{labels}}} {n}")
+    lines += [f"# HELP {day} Billable messages per UTC day.", f"# TYPE {day} gauge"]
+    lines += [f'{day}{{day="{d}"}} {n}' for d, n in sorted(by_day.items())]
+    return "\n".join(lines) + "\n"

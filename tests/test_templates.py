@@ -13,7 +13,6 @@ from bot.errors import TemplateError
 from bot.findings import Finding
 from bot.models import TemplateCall, UserRecord
 from bot.templates import (
-    RegistryFileError,
     Template,
     TemplateRegistry,
     build_template_message,
