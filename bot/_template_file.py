@@ -48,6 +48,7 @@ _TEMPLATE_KEYS = (
     "parameter_format",
     "languages",
     "description",
+    "examples",
 )
 _VARIANT_KEYS = ("body", "header", "buttons", "status")
 _BUTTON_KEYS = ("type", "text", "url")

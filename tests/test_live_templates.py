@@ -85,9 +85,7 @@ async def two_apps(
     b: AppClient = await aiohttp_client(  # type: ignore[operator]
         create_app(
             config,
-            Components(
-                store=new_store(), transport=transport, registry=registry, policy=POLICY
-            ),
+            Components(store=new_store(), transport=transport, registry=registry, policy=POLICY),
         )
     )
     fake.webhook_url = str(a.make_url("/webhook"))
@@ -150,9 +148,7 @@ async def test_pause_reinstate_recategorize_reach_the_other_app_at_once(
 
         await fake.settle()
         priced = await store.pricing_counts()
-        assert [(p.category, p.type, p.billable) for p in priced] == [
-            ("utility", "regular", True)
-        ]
+        assert [(p.category, p.type, p.billable) for p in priced] == [("utility", "regular", True)]
         assert sum(p.count for p in priced) == 5  # one per template sent, sent+delivered once
         metrics = await (await a.get("/metrics")).text()
         assert 'windowbot_priced_messages{category="utility",type="regular",billable="true"} 5' in (

@@ -1,0 +1,393 @@
+"""``bot templates pull | push | status``: keep ``templates.yaml`` in step with Meta.
+
+``pull`` reads the account's templates and updates the file in place with ruamel.yaml's
+round-trip mode, so comments, key order and quoting survive; it adds what Meta has and the
+file lacks (never a MARKETING template windowbot would not send), updates statuses and
+categories, and lists what only the file has. ``push`` submits the variants Meta lacks, with
+the ``example`` values review needs, after the policy checks of ``bot check``. ``status`` shows
+the live view the webhooks built next to the file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from bot._template_policy import wording_problems
+from bot.config import Config, resolve
+from bot.graph_api import TemplatesAPI
+from bot.live_templates import blocked_reason
+from bot.models import JSON
+from bot.runtime import TEMPLATES_FILE
+from bot.store import store_from_url
+from bot.store.base import TemplateView
+from bot.templates import USES, Template, TemplateRegistry, placeholders
+
+
+@dataclass(slots=True)
+class PullReport:
+    """What a pull found; ``lines`` read like a diff (``+`` new, ``~`` changed, ``!`` local)."""
+
+    lines: list[str] = field(default_factory=list)
+    changed: bool = False  # the file and Meta disagree (so ``--check`` fails)
+
+
+def _yaml() -> YAML:
+    yaml = YAML()  # round-trip: comments, order and quotes are kept
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never re-wrap a long body
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def variant_of(item: Mapping[str, Any]) -> CommentedMap:
+    """A file variant (body, header, buttons) from one of Meta's template items."""
+    out = CommentedMap()
+    buttons = []
+    for component in item.get("components") or []:
+        kind = str(component.get("type", "")).upper()
+        if kind == "BODY":
+            out["body"] = str(component.get("text", ""))
+        elif kind == "HEADER" and str(component.get("format", "TEXT")).upper() == "TEXT":
+            out["header"] = str(component.get("text", ""))
+        elif kind == "BUTTONS":
+            for button in component.get("buttons") or []:
+                btype = str(button.get("type", "")).lower()
+                entry = {"type": btype, "text": str(button.get("text", ""))}
+                if btype == "url":
+                    entry["url"] = str(button.get("url", ""))
+                buttons.append(entry)
+    if buttons:
+        out["buttons"] = buttons
+    return out
+
+
+def pull(path: Path, remote: Sequence[JSON], *, write: bool = True) -> PullReport:
+    """Bring ``path`` in step with ``remote`` (Meta's items); write it unless ``write`` is off."""
+    yaml = _yaml()
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    data = yaml.load(text) if text.strip() else None
+    if data is None:
+        data = CommentedMap(templates=CommentedMap())
+    if data.get("templates") is None:
+        data["templates"] = CommentedMap()
+    entries = data["templates"]
+    report = PullReport()
+    by_name: dict[str, list[JSON]] = {}
+    for item in remote:
+        by_name.setdefault(str(item.get("name", "")), []).append(item)
+    for name, items in by_name.items():
+        entry = _find(entries, name)
+        category = str(items[0].get("category", "")).upper()
+        if entry is None:
+            if category == "MARKETING":
+                report.lines.append(f"  {name}: MARKETING at Meta, not added (never sent)")
+                continue
+            entry = _new_entry(name, items)
+            if isinstance(entries, list):
+                entries.append(entry)
+            else:
+                entries[name] = entry
+            langs = ", ".join(str(i.get("language")) for i in items)
+            report.lines.append(f"+ {name} ({langs}): new, {category}")
+            report.changed = True
+            continue
+        _update(entry, name, items, report)
+    for name, entry in _entries(entries):
+        remote_codes = {str(i.get("language")) for i in by_name.get(name, [])}
+        for code in entry.get("languages") or {}:
+            if code not in remote_codes:
+                report.lines.append(
+                    f"! {name} ({code}): only in the file; submit it with `bot templates push`"
+                )
+                report.changed = True
+    if write and report.changed:
+        buffer = io.StringIO()
+        yaml.dump(data, buffer)
+        path.write_text(buffer.getvalue(), encoding="utf-8")
+    return report
+
+
+def _entries(entries: Any) -> list[tuple[str, Any]]:
+    if isinstance(entries, list):
+        return [(str(e.get("name")), e) for e in entries if isinstance(e, dict)]
+    return [(str(k), v) for k, v in entries.items() if isinstance(v, dict)]
+
+
+def _find(entries: Any, name: str) -> Any:
+    return next((e for n, e in _entries(entries) if n == name), None)
+
+
+def _new_entry(name: str, items: Sequence[JSON]) -> CommentedMap:
+    entry = CommentedMap()
+    entry["category"] = str(items[0].get("category", "UTILITY")).upper()
+    statuses = {str(i.get("status", "")).upper() for i in items}
+    if len(statuses) == 1:
+        entry["status"] = statuses.pop()
+    entry["parameter_format"] = str(items[0].get("parameter_format") or "positional").lower()
+    languages = CommentedMap()
+    for item in items:
+        variant = variant_of(item)
+        if "status" not in entry:
+            variant["status"] = str(item.get("status", "")).upper()
+        languages[str(item.get("language"))] = variant
+    entry["languages"] = languages
+    return entry
+
+
+def _update(entry: Any, name: str, items: Sequence[JSON], report: PullReport) -> None:
+    meta_category = str(items[0].get("category", "")).upper()
+    file_category = str(entry.get("category", "")).upper()
+    if file_category in USES or file_category == "ALERT_UPDATE":  # a legacy file: keep the use
+        if meta_category != "UTILITY":
+            entry.insert(list(entry).index("category") + 1, "use", file_category)
+            entry["category"] = meta_category
+            report.lines.append(f"~ {name}: category UTILITY → {meta_category}")
+            report.changed = True
+    elif meta_category and file_category != meta_category:
+        entry["category"] = meta_category
+        report.lines.append(f"~ {name}: category {file_category} → {meta_category}")
+        report.changed = True
+    languages = entry.get("languages")
+    if languages is None:
+        languages = entry["languages"] = CommentedMap()
+    for item in items:
+        code, status = str(item.get("language")), str(item.get("status", "")).upper()
+        variant = languages.get(code)
+        if variant is None:
+            new = variant_of(item)
+            new["status"] = status
+            languages[code] = new
+            report.lines.append(f"+ {name} ({code}): new variant, {status}")
+            report.changed = True
+            continue
+        own = variant.get("status") if isinstance(variant, dict) else None
+        current = str(own or entry.get("status", "")).upper()
+        if current == status:
+            continue
+        if own is not None or entry.get("status") is None:
+            variant["status"] = status
+        elif isinstance(variant, str):
+            languages[code] = CommentedMap(body=variant, status=status)
+        else:
+            variant["status"] = status
+        reason = str(item.get("rejected_reason") or "")
+        why = f" ({reason})" if reason and reason != "NONE" else ""
+        report.lines.append(f"~ {name} ({code}): status {current} → {status}{why}")
+        report.changed = True
+
+
+# --- push -----------------------------------------------------------------------------------
+
+
+def submission(template: Template, language: str, examples: Mapping[str, str]) -> JSON:
+    """The ``POST /{waba_id}/message_templates`` body for one variant, with examples."""
+    variant = template.variants[language]
+    named = template.parameter_format == "named"
+
+    def sample(name: str) -> str:
+        return examples.get(name) or (name.replace("_", " ") if named else f"sample {name}")
+
+    components: list[JSON] = []
+    if variant.header:
+        header: JSON = {"type": "HEADER", "format": "TEXT", "text": variant.header}
+        params = placeholders(variant.header)
+        if params and named:
+            header["example"] = {
+                "header_text_named_params": [
+                    {"param_name": p, "example": sample(p)} for p in params
+                ]
+            }
+        elif params:
+            header["example"] = {"header_text": [sample(p) for p in params]}
+        components.append(header)
+    body: JSON = {"type": "BODY", "text": variant.body}
+    params = placeholders(variant.body)
+    if params and named:
+        body["example"] = {
+            "body_text_named_params": [{"param_name": p, "example": sample(p)} for p in params]
+        }
+    elif params:
+        ordered = sorted(params, key=int)
+        body["example"] = {"body_text": [[sample(p) for p in ordered]]}
+    components.append(body)
+    if variant.buttons:
+        buttons: list[JSON] = []
+        for button in variant.buttons:
+            if button.kind == "url":
+                item: JSON = {"type": "URL", "text": button.text, "url": button.url}
+                if button.dynamic:
+                    item["example"] = [button.url.replace("{{1}}", "example")]
+                buttons.append(item)
+            else:
+                buttons.append({"type": "QUICK_REPLY", "text": button.text})
+        components.append({"type": "BUTTONS", "buttons": buttons})
+    return {
+        "name": template.name,
+        "language": language,
+        "category": template.category,
+        "parameter_format": template.parameter_format.upper(),
+        "components": components,
+    }
+
+
+def to_push(
+    registry: TemplateRegistry, remote: Sequence[JSON], names: Sequence[str]
+) -> tuple[list[tuple[Template, str]], list[str]]:
+    """The variants to submit, and why others are not (unknown name, MARKETING, wording)."""
+    have = {(str(i.get("name")), str(i.get("language"))) for i in remote}
+    refused: list[str] = []
+    for name in names:
+        if name not in registry:
+            refused.append(f"{name}: not in {registry.path or 'the registry'}")
+    chosen = [registry.templates[n] for n in (names or registry.templates) if n in registry]
+    out: list[tuple[Template, str]] = []
+    for template in chosen:
+        missing = [code for code in template.variants if (template.name, code) not in have]
+        if not missing:
+            continue
+        if template.category == "MARKETING":
+            refused.append(f"{template.name}: MARKETING, never pushed (windowbot never sends it)")
+            continue
+        problems = {code: msg for code, _, msg in wording_problems(template)}
+        for code in missing:
+            if code in problems:
+                refused.append(f"{template.name} ({code}): not pushed: {problems[code]}")
+            else:
+                out.append((template, code))
+    return out, refused
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def status_lines(registry: TemplateRegistry | None, view: TemplateView) -> list[str]:
+    """One line per variant: the file's status and category next to Meta's live word."""
+    lines = []
+    seen: set[tuple[str, str]] = set()
+    for name, template in sorted((registry.templates if registry else {}).items()):
+        for code, variant in template.variants.items():
+            seen.add((name, code))
+            live = view.variants.get((name, code))
+            lines.append(
+                f"{name} ({code}): file {variant.status} {template.category}"
+                f"{'/' + template.use if template.use else ''}; {_live(live)}"
+            )
+    for (name, code), live in sorted(view.variants.items()):
+        if (name, code) not in seen:
+            lines.append(f"{name} ({code}): not in the file; {_live(live)}")
+    return lines
+
+
+def _live(live: Any) -> str:
+    if live is None:
+        return "Meta: no webhook yet"
+    parts = [f"Meta: {live.status or '-'}", live.category or ""]
+    blocked = blocked_reason(live)
+    if blocked:
+        parts.append(f"(not sent: {blocked})")
+    if live.notice_category:
+        parts.append(f"(becomes {live.notice_category} at {live.notice_effective_at})")
+    return " ".join(p for p in parts if p)
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def _api(config: Config) -> TemplatesAPI:
+    wa = config.whatsapp
+    return TemplatesAPI(
+        waba_id=wa.waba_id, token=wa.token, base_url=wa.api_url, api_version=wa.api_version
+    )
+
+
+def _file(config: Config) -> Path:
+    return resolve(config, config.flows.dir) / TEMPLATES_FILE
+
+
+async def pull_command(config: Config, *, check: bool) -> int:
+    """``bot templates pull [--check]``: 0 when in step (or updated), 1 when ``--check`` differs."""
+    path = _file(config)
+    async with _api(config) as api:
+        remote = await api.list_templates()
+    report = pull(path, remote, write=not check)
+    for line in report.lines:
+        print(line)
+    if not report.changed:
+        print(f"{path}: in step with Meta ({len(remote)} variant(s))")
+        return 0
+    if check:
+        print(f"{path}: differs from Meta; run `bot templates pull` to update it")
+        return 1
+    print(f"{path}: updated from Meta ({len(remote)} variant(s)); review and commit it")
+    return 0
+
+
+async def push_command(config: Config, names: Sequence[str]) -> int:
+    """``bot templates push [NAME...]``: submit what Meta lacks; 1 if something was refused."""
+    path = _file(config)
+    registry = TemplateRegistry.load(path)
+    async with _api(config) as api:
+        remote = await api.list_templates()
+        variants, refused = to_push(registry, remote, names)
+        for template, code in variants:
+            examples = _examples(path, template.name)
+            answer = await api.create_template(submission(template, code, examples))
+            print(
+                f"{template.name} ({code}): submitted, {answer.get('status', 'PENDING')}"
+                f" (Meta id {answer.get('id', '?')}, {answer.get('category', template.category)})"
+            )
+    for line in refused:
+        print(line)
+    if variants:
+        print("approval can take up to 4 business days; `bot templates pull` shows the verdict")
+    elif not refused:
+        print("nothing to push: Meta has every variant of the file")
+    return 1 if refused else 0
+
+
+def _examples(path: Path, name: str) -> Mapping[str, str]:
+    """The ``examples:`` a template entry gives for review (parameter → sample text)."""
+    data = _yaml().load(path.read_text(encoding="utf-8")) or {}
+    entry = _find(data.get("templates") or {}, name) or {}
+    examples = entry.get("examples") or {}
+    return {str(k): str(v) for k, v in examples.items()} if isinstance(examples, dict) else {}
+
+
+async def status_command(config: Config) -> int:
+    """``bot templates status``: the file next to the live view the webhooks built."""
+    path = _file(config)
+    registry = TemplateRegistry.load(path) if path.is_file() else None
+    store = store_from_url(config.store.url, base_dir=config.base_dir)
+    await store.open()
+    try:
+        view = await store.template_view()
+    finally:
+        await store.close()
+    for line in status_lines(registry, view):
+        print(line)
+    return 0
+
+
+async def stats_command(config: Config) -> int:
+    """``bot stats``: the inbox and the pricing ledger (what Meta said it bills)."""
+    store = store_from_url(config.store.url, base_dir=config.base_dir)
+    await store.open()
+    try:
+        counts = await store.inbox_counts()
+        priced = await store.pricing_counts()
+    finally:
+        await store.close()
+    print("inbox: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if not priced:
+        print("pricing: no status webhook with pricing yet")
+    for p in priced:
+        billable = "billable" if p.billable else "free"
+        print(f"{p.day}  {p.category:<15} {p.type:<22} {billable:<8} {p.count}")
+    return 0
