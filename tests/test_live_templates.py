@@ -8,7 +8,7 @@ status webhooks said. Runs on SQLite and on each Mongo server of the suite.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -64,7 +64,7 @@ async def fake(registry: TemplateRegistry) -> AsyncIterator[FakeCloudAPI]:
 
 
 async def two_apps(
-    aiohttp_client: Callable[..., object],
+    aiohttp_client: Callable[..., Awaitable[AppClient]],
     tmp_path: Path,
     new_store: Callable[[], Store],
     fake: FakeCloudAPI,
@@ -81,8 +81,8 @@ async def two_apps(
             rate_limit=0,
         )
 
-    a: AppClient = await aiohttp_client(create_app(config, Components(store=new_store())))  # type: ignore[operator]
-    b: AppClient = await aiohttp_client(  # type: ignore[operator]
+    a: AppClient = await aiohttp_client(create_app(config, Components(store=new_store())))
+    b: AppClient = await aiohttp_client(
         create_app(
             config,
             Components(store=new_store(), transport=transport, registry=registry, policy=POLICY),
@@ -106,7 +106,7 @@ async def send_template(b: AppClient, fake: FakeCloudAPI, store: Store, count: i
 
 
 async def test_pause_reinstate_recategorize_reach_the_other_app_at_once(
-    aiohttp_client: Callable[..., object],
+    aiohttp_client: Callable[..., Awaitable[AppClient]],
     tmp_path: Path,
     new_store: Callable[[], Store],
     fake: FakeCloudAPI,

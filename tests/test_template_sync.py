@@ -1,4 +1,4 @@
-"""``bot templates pull | push | status`` and ``bot stats`` against the fake Graph API, over HTTP."""
+"""``bot templates pull | push | status`` and ``bot stats`` against the fake Graph API."""
 
 from __future__ import annotations
 
