@@ -147,6 +147,7 @@ class FakeCloudAPI:
         self._arrived = asyncio.Event()
         self.requests: list[Any] = []  # every decoded request body, refused ones included
         self.read_receipts: list[str] = []
+        self.typing_indicators: list[str] = []  # message ids shown "typing…" for
         self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
         self._inbound: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
@@ -567,6 +568,11 @@ class FakeCloudAPI:
         if body.get("messaging_product") != "whatsapp" or not body.get("message_id"):
             raise _Problem(100, "messaging_product and message_id are required")
         self.read_receipts.append(str(body["message_id"]))
+        typing = body.get("typing_indicator")
+        if typing is not None:
+            if typing != {"type": "text"}:
+                raise _Problem(100, "typing_indicator must be {'type': 'text'}")
+            self.typing_indicators.append(str(body["message_id"]))
         return web.json_response({"success": True})
 
     def _accept(self, body: JSON) -> web.Response:

@@ -22,10 +22,12 @@ from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.live_templates import LiveTemplates, record_ledgers
 from bot.metrics import Metrics, render_pricing
+from bot.models import UserRecord
 from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Store
 from bot.templates import TemplateRegistry
+from bot.typing_indicator import with_typing
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
 from bot.window import WindowPolicy
 
@@ -44,6 +46,7 @@ class Components:
             ``None`` leaves replies queued in the outbox.
         registry: the templates fallbacks may use.
         policy: the window decision's settings.
+        typing: whether a user's flow asked for ``typing_indicator`` (the engine says).
     """
 
     store: Store
@@ -52,6 +55,8 @@ class Components:
     transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
     registry: TemplateRegistry | None = None
     policy: WindowPolicy = field(default_factory=WindowPolicy)
+    #: Which users' messages get a read receipt and typing indicator (``None``: nobody).
+    typing: Callable[[UserRecord], bool] | None = None
 
 
 CONFIG = web.AppKey("config", Config)
@@ -110,9 +115,11 @@ def _dispatcher_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         async with contextlib.AsyncExitStack() as stack:
-            drainer = None
+            drainer, handler = None, components.handler
             if components.transport is not None:
                 transport = await stack.enter_async_context(components.transport())
+                if handler is not None and components.typing is not None:
+                    handler = with_typing(handler, transport, components.typing)
                 drainer = app[SENDER] = Sender(
                     app[STORE],
                     transport,
@@ -125,7 +132,7 @@ def _dispatcher_ctx(
                 )
             dispatcher = app[DISPATCHER] = Dispatcher(
                 app[STORE],
-                handler=components.handler,
+                handler=handler,
                 drainer=drainer,
                 error_replies=components.error_replies,
                 metrics=app[METRICS],

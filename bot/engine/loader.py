@@ -33,7 +33,17 @@ PROJECT_FILE = "_project.yaml"
 NOT_FLOWS = frozenset({"templates.yaml", "templates.yml"})
 
 FLOW_KEYS = frozenset(
-    {"flow", "initial", "states", "commands", "constants", "vars", "hooks", "on_error"}
+    {
+        "flow",
+        "initial",
+        "states",
+        "commands",
+        "constants",
+        "vars",
+        "hooks",
+        "on_error",
+        "typing_indicator",
+    }
 )
 PROJECT_KEYS = frozenset({"default_flow", "commands", "constants", "vars", "hooks", "on_error"})
 STATE_KEYS = frozenset({"say", "on", "final", "do", "commands"})
@@ -209,6 +219,9 @@ class _FlowReader:
             on_error=self.replies.replies(m["on_error"][1], "on_error")
             if "on_error" in m
             else None,
+            typing_indicator=bool(self.r.flag(m["typing_indicator"][1], "typing_indicator"))
+            if "typing_indicator" in m
+            else False,
         )
 
     def plain_mapping(self, pair: tuple[Node, Node] | None, what: str) -> dict[str, object]:

@@ -216,6 +216,8 @@ class FlowSpec:
     #: ``on_error:`` replies for users in this flow; ``None`` when the flow declares none
     #: (the project's apply), ``()`` when it declares an empty list (no error reply here).
     on_error: tuple[ReplySpec, ...] | None = None
+    #: Mark each message read and show "typing…" while its turn runs (best effort).
+    typing_indicator: bool = False
 
 
 @dataclass(frozen=True, slots=True)
