@@ -148,6 +148,7 @@ class FakeCloudAPI:
         self.requests: list[Any] = []  # every decoded request body, refused ones included
         self.read_receipts: list[str] = []
         self.typing_indicators: list[str] = []  # message ids shown "typing…" for
+        self._read = asyncio.Event()
         self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
         self._inbound: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
@@ -231,6 +232,13 @@ class FakeCloudAPI:
                 await asyncio.wait_for(self._arrived.wait(), left)
             self._arrived.clear()
         return self.messages_to(wa_id)
+
+    async def wait_for_read(self, message_id: str, *, within: float = 10.0) -> None:
+        """Wait until ``message_id`` was marked read (receipts are sent on the side)."""
+        async with asyncio.timeout(within):
+            while message_id not in self.read_receipts:
+                self._read.clear()
+                await self._read.wait()
 
     async def settle(self) -> None:
         """Wait until every status webhook scheduled so far has been posted."""
@@ -573,6 +581,7 @@ class FakeCloudAPI:
             if typing != {"type": "text"}:
                 raise _Problem(100, "typing_indicator must be {'type': 'text'}")
             self.typing_indicators.append(str(body["message_id"]))
+        self._read.set()
         return web.json_response({"success": True})
 
     def _accept(self, body: JSON) -> web.Response:
