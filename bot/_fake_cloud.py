@@ -148,7 +148,7 @@ class FakeCloudAPI:
         self.requests: list[Any] = []  # every decoded request body, refused ones included
         self.read_receipts: list[str] = []
         self.typing_indicators: list[str] = []  # message ids shown "typing…" for
-        self._read = asyncio.Event()
+        self._read_event = asyncio.Event()
         self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
         self._inbound: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
@@ -237,8 +237,8 @@ class FakeCloudAPI:
         """Wait until ``message_id`` was marked read (receipts are sent on the side)."""
         async with asyncio.timeout(within):
             while message_id not in self.read_receipts:
-                self._read.clear()
-                await self._read.wait()
+                self._read_event.clear()
+                await self._read_event.wait()
 
     async def settle(self) -> None:
         """Wait until every status webhook scheduled so far has been posted."""
@@ -581,7 +581,7 @@ class FakeCloudAPI:
             if typing != {"type": "text"}:
                 raise _Problem(100, "typing_indicator must be {'type': 'text'}")
             self.typing_indicators.append(str(body["message_id"]))
-        self._read.set()
+        self._read_event.set()
         return web.json_response({"success": True})
 
     def _accept(self, body: JSON) -> web.Response:
