@@ -138,15 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _templates(config: Config, args: argparse.Namespace) -> int:
-    from bot import template_sync
+    from bot import template_commands
 
     if args.command == "stats":
-        return await template_sync.stats_command(config)
+        return await template_commands.stats_command(config)
     if args.templates_command == "pull":
-        return await template_sync.pull_command(config, check=args.check)
+        return await template_commands.pull_command(config, check=args.check)
     if args.templates_command == "push":
-        return await template_sync.push_command(config, args.names)
-    return await template_sync.status_command(config)
+        return await template_commands.push_command(config, args.names)
+    return await template_commands.status_command(config)
 
 
 def _run(config: Config, host: str | None, port: int | None) -> int:

@@ -30,6 +30,10 @@ def check(config: Config) -> int:
     warnings = len(findings) - errors
     if findings:
         print(format_findings(findings))
+    from bot.template_commands import live_report  # reads the store only if there is one
+
+    for line in live_report(config, registry):
+        print(line)
     flows = len([p for p in flows_dir.glob("*.yaml") if not p.name.startswith(("_", "templates"))])
     print(f"{flows_dir}: {flows} flow file(s), {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0

@@ -20,12 +20,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from bot._template_policy import wording_problems
-from bot.config import Config, resolve
-from bot.graph_api import TemplatesAPI
 from bot.live_templates import blocked_reason
 from bot.models import JSON
-from bot.runtime import TEMPLATES_FILE
-from bot.store import store_from_url
 from bot.store.base import TemplateView
 from bot.templates import USES, Template, TemplateRegistry, placeholders
 
@@ -38,7 +34,7 @@ class PullReport:
     changed: bool = False  # the file and Meta disagree (so ``--check`` fails)
 
 
-def _yaml() -> YAML:
+def round_trip_yaml() -> YAML:
     yaml = YAML()  # round-trip: comments, order and quotes are kept
     yaml.preserve_quotes = True
     yaml.width = 4096  # never re-wrap a long body
@@ -70,7 +66,7 @@ def variant_of(item: Mapping[str, Any]) -> CommentedMap:
 
 def pull(path: Path, remote: Sequence[JSON], *, write: bool = True) -> PullReport:
     """Bring ``path`` in step with ``remote`` (Meta's items); write it unless ``write`` is off."""
-    yaml = _yaml()
+    yaml = round_trip_yaml()
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     data = yaml.load(text) if text.strip() else None
     if data is None:
@@ -83,7 +79,7 @@ def pull(path: Path, remote: Sequence[JSON], *, write: bool = True) -> PullRepor
     for item in remote:
         by_name.setdefault(str(item.get("name", "")), []).append(item)
     for name, items in by_name.items():
-        entry = _find(entries, name)
+        entry = find_entry(entries, name)
         category = str(items[0].get("category", "")).upper()
         if entry is None:
             if category == "MARKETING":
@@ -120,7 +116,7 @@ def _entries(entries: Any) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in entries.items() if isinstance(v, dict)]
 
 
-def _find(entries: Any, name: str) -> Any:
+def find_entry(entries: Any, name: str) -> Any:
     return next((e for n, e in _entries(entries) if n == name), None)
 
 
@@ -295,99 +291,3 @@ def _live(live: Any) -> str:
     if live.notice_category:
         parts.append(f"(becomes {live.notice_category} at {live.notice_effective_at})")
     return " ".join(p for p in parts if p)
-
-
-# --- the commands ---------------------------------------------------------------------------
-
-
-def _api(config: Config) -> TemplatesAPI:
-    wa = config.whatsapp
-    return TemplatesAPI(
-        waba_id=wa.waba_id, token=wa.token, base_url=wa.api_url, api_version=wa.api_version
-    )
-
-
-def _file(config: Config) -> Path:
-    return resolve(config, config.flows.dir) / TEMPLATES_FILE
-
-
-async def pull_command(config: Config, *, check: bool) -> int:
-    """``bot templates pull [--check]``: 0 when in step (or updated), 1 when ``--check`` differs."""
-    path = _file(config)
-    async with _api(config) as api:
-        remote = await api.list_templates()
-    report = pull(path, remote, write=not check)
-    for line in report.lines:
-        print(line)
-    if not report.changed:
-        print(f"{path}: in step with Meta ({len(remote)} variant(s))")
-        return 0
-    if check:
-        print(f"{path}: differs from Meta; run `bot templates pull` to update it")
-        return 1
-    print(f"{path}: updated from Meta ({len(remote)} variant(s)); review and commit it")
-    return 0
-
-
-async def push_command(config: Config, names: Sequence[str]) -> int:
-    """``bot templates push [NAME...]``: submit what Meta lacks; 1 if something was refused."""
-    path = _file(config)
-    registry = TemplateRegistry.load(path)
-    async with _api(config) as api:
-        remote = await api.list_templates()
-        variants, refused = to_push(registry, remote, names)
-        for template, code in variants:
-            examples = _examples(path, template.name)
-            answer = await api.create_template(submission(template, code, examples))
-            print(
-                f"{template.name} ({code}): submitted, {answer.get('status', 'PENDING')}"
-                f" (Meta id {answer.get('id', '?')}, {answer.get('category', template.category)})"
-            )
-    for line in refused:
-        print(line)
-    if variants:
-        print("approval can take up to 4 business days; `bot templates pull` shows the verdict")
-    elif not refused:
-        print("nothing to push: Meta has every variant of the file")
-    return 1 if refused else 0
-
-
-def _examples(path: Path, name: str) -> Mapping[str, str]:
-    """The ``examples:`` a template entry gives for review (parameter → sample text)."""
-    data = _yaml().load(path.read_text(encoding="utf-8")) or {}
-    entry = _find(data.get("templates") or {}, name) or {}
-    examples = entry.get("examples") or {}
-    return {str(k): str(v) for k, v in examples.items()} if isinstance(examples, dict) else {}
-
-
-async def status_command(config: Config) -> int:
-    """``bot templates status``: the file next to the live view the webhooks built."""
-    path = _file(config)
-    registry = TemplateRegistry.load(path) if path.is_file() else None
-    store = store_from_url(config.store.url, base_dir=config.base_dir)
-    await store.open()
-    try:
-        view = await store.template_view()
-    finally:
-        await store.close()
-    for line in status_lines(registry, view):
-        print(line)
-    return 0
-
-
-async def stats_command(config: Config) -> int:
-    """``bot stats``: the inbox and the pricing ledger (what Meta said it bills)."""
-    store = store_from_url(config.store.url, base_dir=config.base_dir)
-    await store.open()
-    try:
-        counts = await store.inbox_counts()
-        priced = await store.pricing_counts()
-    finally:
-        await store.close()
-    print("inbox: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if not priced:
-        print("pricing: no status webhook with pricing yet")
-    for p in priced:
-        billable = "billable" if p.billable else "free"
-        print(f"{p.day}  {p.category:<15} {p.type:<22} {billable:<8} {p.count}")
-    return 0

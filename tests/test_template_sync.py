@@ -185,3 +185,32 @@ class TestStatusAndStats:
         assert "business_hours (en_US): file APPROVED UTILITY/ALERT; Meta: no webhook yet" in out
         assert await bot("stats") == 0
         assert "pricing: no status webhook with pricing yet" in capsys.readouterr().out
+
+    async def test_live_view_and_pricing_next_to_the_file(
+        self, flows: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """status, check and stats show what the webhooks stored, beside the file."""
+        from bot.store.sqlite import SQLiteStore
+        from tests.store.test_ledgers import priced, status_event
+
+        shutil.copytree(ROOT / "flows", flows, dirs_exist_ok=True)
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        await store.add_template_events([status_event("PAUSED", 1_764_000_000, "pt_BR")], 1.0)
+        await store.add_pricing(
+            [priced("w1", "sent", 1_764_000_000, "utility", "regular", True)], 1.0
+        )
+        await store.close()
+        assert await bot("templates", "status") == 0
+        out = capsys.readouterr().out
+        assert (
+            "appointment_update (pt_BR): file APPROVED UTILITY/APPOINTMENT_UPDATE;"
+            " Meta: PAUSED UTILITY (not sent: PAUSED since 2025-11-24T16:00:00Z)" in out
+        )
+        assert await bot("check", str(flows)) == 0
+        [live] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("live:")]
+        assert "appointment_update (pt_BR)" in live and "PAUSED" in live
+        assert await bot("stats") == 0
+        assert "2025-11-24  utility         regular                billable 1" in (
+            capsys.readouterr().out
+        )
