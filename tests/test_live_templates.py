@@ -15,9 +15,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from bot.app import DISPATCHER, METRICS, Components, create_app
-from bot.live_templates import LiveTemplates
+from bot.live_templates import LiveTemplates, overlay
 from bot.models import Outgoing, TemplateCall
-from bot.store.base import PricingCount, Store
+from bot.store.base import LiveVariant, PricingCount, Store, TemplateView
 from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.templates import TemplateRegistry
@@ -157,3 +157,39 @@ async def test_pause_reinstate_recategorize_reach_the_other_app_at_once(
         assert isinstance(priced[0], PricingCount)
     finally:
         await store.close()
+
+
+class TestOverlay:
+    def view(self, **live: str) -> TemplateView:
+        """A live view of appointment_update's variants: language → status or MARKETING."""
+        variants = {}
+        for code, word in live.items():
+            if word == "MARKETING":
+                variant = LiveVariant(NAME, code, category="MARKETING", category_at=1)
+            else:
+                variant = LiveVariant(NAME, code, status=word, status_at=1)
+            variants[(NAME, code)] = variant
+        return TemplateView(1, variants)
+
+    def test_meta_wins_over_the_file(self, registry: TemplateRegistry) -> None:
+        """Paused and re-categorized variants stop; FLAGGED and REINSTATED still send."""
+        live = overlay(
+            registry, self.view(en_US="PAUSED", pt_BR="MARKETING", es_MX="FLAGGED")
+        ).templates[NAME]
+        assert {code: v.status for code, v in live.variants.items()} == {
+            "en_US": "PAUSED",
+            "pt_BR": "MARKETING",
+            "es_MX": "APPROVED",
+        }
+        assert registry.templates[NAME].status("en_US") == "APPROVED"  # the file is untouched
+
+    def test_approval_of_a_pending_variant_makes_it_sendable(
+        self, registry: TemplateRegistry
+    ) -> None:
+        """spring_sale is PENDING in the file; Meta's APPROVED webhook makes it go."""
+        view = TemplateView(
+            1,
+            {("spring_sale", "en_US"): LiveVariant("spring_sale", "en_US", "", "APPROVED", "", 1)},
+        )
+        assert overlay(registry, view).templates["spring_sale"].approved("en_US")
+        assert not overlay(registry, view).templates["spring_sale"].approved("pt_BR")
