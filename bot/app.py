@@ -8,26 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bot._pipeline import build_pipeline
 from bot.config import Config
-from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
-from bot.live_templates import LiveTemplates, record_ledgers
+from bot.live_templates import record_ledgers
 from bot.metrics import Metrics, render_pricing
 from bot.models import UserRecord
-from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Store
 from bot.templates import TemplateRegistry
-from bot.typing_indicator import with_typing
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
 from bot.window import WindowPolicy
 
@@ -47,6 +47,9 @@ class Components:
         registry: the templates fallbacks may use.
         policy: the window decision's settings.
         typing: whether a user's flow asked for ``typing_indicator`` (the engine says).
+        clock: the dispatcher's time (the sandbox console moves it per user).
+        sandbox_cloud: in sandbox mode, send replies to a fake Cloud API inside the process
+            (the console shows them as WhatsApp would) instead of ``transport``.
     """
 
     store: Store
@@ -57,6 +60,8 @@ class Components:
     policy: WindowPolicy = field(default_factory=WindowPolicy)
     #: Which users' messages get a read receipt and typing indicator (``None``: nobody).
     typing: Callable[[UserRecord], bool] | None = None
+    clock: Callable[[], float] = time.time
+    sandbox_cloud: bool = False
 
 
 CONFIG = web.AppKey("config", Config)
@@ -74,12 +79,23 @@ def create_app(config: Config, components: Components) -> web.Application:
             "dashboard → App settings → Basic → App secret); only sandbox mode (no "
             "WHATSAPP_TOKEN) accepts unsigned webhooks"
         )
+    if not config.whatsapp.verify_token and not config.sandbox:
+        raise ConfigError(
+            "WHATSAPP_VERIFY_TOKEN is not set: Meta's webhook handshake cannot succeed. Set "
+            "it to a string of your choice and give Meta the same one (WhatsApp → "
+            "Configuration → Webhook → Verify token)"
+        )
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = components.store
     app[METRICS] = Metrics()
     app[HEALTH] = WriteHealth()
     app.cleanup_ctx.append(_store_ctx)
+    from bot.console import mount_console  # it reads this module's app keys
+
+    components = mount_console(
+        app, config, components, token=os.environ.get("BOT_CONSOLE_TOKEN", "")
+    )
     app.cleanup_ctx.append(_dispatcher_ctx(components))
     path = config.server.path
     app.router.add_get(path, verify)
@@ -115,33 +131,24 @@ def _dispatcher_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         async with contextlib.AsyncExitStack() as stack:
-            drainer, handler = None, components.handler
+            transport: Transport | None = None
             if components.transport is not None:
                 transport = await stack.enter_async_context(components.transport())
-                if handler is not None and components.typing is not None:
-                    handler = with_typing(handler, transport, components.typing)
-                drainer = app[SENDER] = Sender(
-                    app[STORE],
-                    transport,
-                    registry=components.registry,
-                    policy=components.policy,
-                    metrics=app[METRICS],
-                    retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
-                    grace=config.workers.send_grace_seconds,
-                    live=LiveTemplates(app[STORE], components.registry, app[METRICS]),
-                )
-            dispatcher = app[DISPATCHER] = Dispatcher(
+            pipeline = build_pipeline(
+                config,
                 app[STORE],
-                handler=handler,
-                drainer=drainer,
+                transport,
+                handler=components.handler,
                 error_replies=components.error_replies,
+                registry=components.registry,
+                policy=components.policy,
                 metrics=app[METRICS],
-                concurrency=config.workers.concurrency,
-                lease_seconds=config.workers.lease_seconds,
-                sweep_seconds=config.workers.sweep_seconds,
-                retention=config.store.retention_days * 86400,
-                handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
+                clock=components.clock,
+                typing=components.typing,
             )
+            if pipeline.sender is not None:
+                app[SENDER] = pipeline.sender
+            dispatcher = app[DISPATCHER] = pipeline.dispatcher
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
             yield
@@ -154,7 +161,15 @@ async def verify(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     challenge = verify_challenge(request.query, config.whatsapp.verify_token)
     if challenge is None:
-        log.warning("webhook_verification_refused", mode=request.query.get("hub.mode", ""))
+        if not config.whatsapp.verify_token:
+            reason = "WHATSAPP_VERIFY_TOKEN is not set: no handshake can succeed; set it"
+        elif request.query.get("hub.mode") != "subscribe":
+            reason = "hub.mode is not 'subscribe'"
+        else:
+            reason = "hub.verify_token does not match WHATSAPP_VERIFY_TOKEN (or no challenge)"
+        log.warning(
+            "webhook_verification_refused", mode=request.query.get("hub.mode", ""), reason=reason
+        )
         return web.Response(status=403, text="verification failed")
     log.info("webhook_verified")
     return web.Response(text=challenge)
@@ -212,7 +227,11 @@ async def receive(request: web.Request) -> web.Response:
     now = time.time()
     try:
         async with asyncio.timeout(config.server.store_timeout_seconds):
-            fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
+            fresh = (
+                await app[DISPATCHER].receive(delivery.messages, now, started)
+                if delivery.messages
+                else []
+            )
             seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
             await record_ledgers(store, delivery, now)
     except (StoreError, TimeoutError) as exc:
@@ -225,7 +244,6 @@ async def receive(request: web.Request) -> web.Response:
     for message, new in zip(delivery.messages, fresh, strict=True):
         if new:
             metrics.received += 1
-            dispatcher.notify(message.user, started, message.id)
         else:
             metrics.duplicates += 1
             log.info("message_duplicate", wa_id=message.user, message_id=message.id)

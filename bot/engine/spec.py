@@ -218,6 +218,10 @@ class FlowSpec:
     on_error: tuple[ReplySpec, ...] | None = None
     #: Mark each message read and show "typing…" while its turn runs (best effort).
     typing_indicator: bool = False
+    #: ``match``: a message that starts a conversation (a new user's first, or the next one
+    #: after a final state) is greeted by the initial state and then tried against that
+    #: state's specific rules; ``greet``: it only gets the greeting.
+    first_message: str = "match"
 
 
 @dataclass(frozen=True, slots=True)

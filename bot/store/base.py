@@ -112,6 +112,24 @@ class Store(Protocol):
     async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
         """Insert messages into the inbox; for each, ``True`` if new, ``False`` if a duplicate."""
 
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[list[bool], list[Work]]:
+        """:meth:`add_inbound`, and :meth:`claim` of ``users`` in the same step where cheap.
+
+        The webhook's path: a store that can claim in the insert's own transaction saves the
+        worker a round trip. Returns the insert's flags and the work of each user claimed;
+        a store may claim none (the caller then claims as usual) but never claims a user
+        another owner holds.
+        """
+
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
         """Insert status items; for each, ``True`` if new, ``False`` if seen before.
 
@@ -261,6 +279,31 @@ class Store(Protocol):
     async def pricing_counts(self, since: float = 0.0) -> list[PricingCount]:
         """Ledger counts per UTC day, pricing category, type and billable, oldest day first."""
 
+    # --- read-only views for the console --------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        """Users with a record, the one who wrote last first (ties by key); at most ``limit``."""
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        """The user's newest ``limit`` inbox messages in arrival order, whatever their status."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One inbox message as the console shows it.
+
+    Attributes:
+        message: the message as parsed from Meta's item.
+        status: ``pending``, ``done`` or ``failed``.
+        reason: why it failed ('' otherwise).
+        received_at: when the webhook stored it (unix seconds).
+    """
+
+    message: InboundMessage
+    status: str
+    reason: str
+    received_at: float
+
 
 def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> str:
     """The status to store when the owner saves ``entry`` over a stored one.
@@ -276,9 +319,12 @@ def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> st
 # --- serialisation shared by the backends ----------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON for storage."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON for storage (one encoder for all: ``json.dumps`` builds one per call)."""
+    return _ENCODER.encode(value)
 
 
 def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
@@ -339,6 +385,9 @@ def user_to_json(record: UserRecord) -> dict[str, Any]:
         "opted_out": record.opted_out,
         "undeliverable": record.undeliverable,
         "version": record.version,
+        "paused": record.paused,
+        "paused_reason": record.paused_reason,
+        "paused_at": record.paused_at,
     }
 
 
@@ -358,6 +407,9 @@ def user_from_json(data: Mapping[str, Any]) -> UserRecord:
         opted_out=bool(data.get("opted_out", False)),
         undeliverable=bool(data.get("undeliverable", False)),
         version=int(data.get("version", 0)),
+        paused=bool(data.get("paused", False)),
+        paused_reason=str(data.get("paused_reason") or ""),
+        paused_at=float(data.get("paused_at") or 0.0),
     )
 
 
@@ -598,6 +650,7 @@ def count_pricing(rows: Sequence[Mapping[str, Any]]) -> list[PricingCount]:
 
 __all__ = [
     "Committed",
+    "InboxItem",
     "Lease",
     "LiveVariant",
     "PricingCount",
