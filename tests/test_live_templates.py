@@ -25,6 +25,7 @@ from bot.testing import FakeCloudAPI
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
 from tests.conftest import SECRET, AppClient, make_config
+from tests.example_templates import registry_with_pending
 from tests.mongo_server import MONGO_SERVER_NAMES, mongo_database
 from tests.server import ROOT
 
@@ -183,10 +184,9 @@ class TestOverlay:
         }
         assert registry.templates[NAME].status("en_US") == "APPROVED"  # the file is untouched
 
-    def test_approval_of_a_pending_variant_makes_it_sendable(
-        self, registry: TemplateRegistry
-    ) -> None:
+    def test_approval_of_a_pending_variant_makes_it_sendable(self, tmp_path: Path) -> None:
         """spring_sale is PENDING in the file; Meta's APPROVED webhook makes it go."""
+        registry = registry_with_pending(tmp_path)
         view = TemplateView(
             1,
             {("spring_sale", "en_US"): LiveVariant("spring_sale", "en_US", "", "APPROVED", "", 1)},
