@@ -124,7 +124,13 @@ class FakeCloudAPI:
         retry_statuses: float = 0.0,
         delay: float = 0.0,
         port: int = 0,
+        waba_id: str = "102290129340398",
     ) -> None:
+        self.waba_id = waba_id
+        #: The account's templates as Meta lists them (see :meth:`add_template`).
+        self.templates: list[JSON] = []
+        self._prices: dict[str, JSON] = {}
+        self.page_size = 2  # small pages, so that clients must follow ``paging.next``
         self.token = token
         self.phone_number_id = phone_number_id
         self.api_version = api_version
@@ -141,6 +147,8 @@ class FakeCloudAPI:
         self._arrived = asyncio.Event()
         self.requests: list[Any] = []  # every decoded request body, refused ones included
         self.read_receipts: list[str] = []
+        self.typing_indicators: list[str] = []  # message ids shown "typing…" for
+        self._read_event = asyncio.Event()
         self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
         self._inbound: dict[str, float] = {}
         self._failures: deque[_Failure] = deque()
@@ -193,6 +201,8 @@ class FakeCloudAPI:
         """Listen on a free loopback port."""
         app = web.Application()
         app.router.add_post("/{version}/{phone_number_id}/messages", self._handle)
+        app.router.add_get("/{version}/{waba_id}/message_templates", self._list_templates)
+        app.router.add_post("/{version}/{waba_id}/message_templates", self._create_template)
         app.router.add_get("/_fake/count", self._count)
         app.router.add_get("/_fake/messages", self._list)
         app.router.add_post("/_fake/inbound", self._inbound_route)
@@ -222,6 +232,13 @@ class FakeCloudAPI:
                 await asyncio.wait_for(self._arrived.wait(), left)
             self._arrived.clear()
         return self.messages_to(wa_id)
+
+    async def wait_for_read(self, message_id: str, *, within: float = 10.0) -> None:
+        """Wait until ``message_id`` was marked read (receipts are sent on the side)."""
+        async with asyncio.timeout(within):
+            while message_id not in self.read_receipts:
+                self._read_event.clear()
+                await self._read_event.wait()
 
     async def settle(self) -> None:
         """Wait until every status webhook scheduled so far has been posted."""
@@ -279,6 +296,8 @@ class FakeCloudAPI:
             errors=errors,
             callback=sent.callback if sent is not None else "",
         )
+        if sent is not None and status in ("sent", "delivered", "read"):
+            item["pricing"] = self._prices.get(wamid) or self._pricing(sent)
         body = envelope(statuses=[item], phone_number_id=self.phone_number_id)
         raw, headers = signed_request(body, self.app_secret)
         loop = asyncio.get_running_loop()
@@ -298,6 +317,207 @@ class FakeCloudAPI:
                 return answer  # closing: nobody is left to wait for the bot
             await asyncio.sleep(pause)
             pause = min(2.0, pause * 2)
+
+    def _pricing(self, sent: SentMessage) -> JSON:
+        """What Meta bills (per-message pricing): templates by category, service free."""
+        if sent.type != "template":
+            return {
+                "billable": False,
+                "pricing_model": "PMP",
+                "category": "service",
+                "type": "free_customer_service",
+            }
+        name = str(sent.body["template"]["name"])
+        code = sent.body["template"].get("language", {}).get("code")
+        found = next(
+            (t for t in self.templates if (t["name"], t["language"]) == (name, code)), None
+        )
+        template = self.registry.get(name) if self.registry is not None else None
+        category = found["category"] if found else template.category if template else "UTILITY"
+        return {
+            "billable": True,
+            "pricing_model": "PMP",
+            "category": str(category).lower(),
+            "type": "regular",
+        }
+
+    # --- templates: the account's list, submissions, and Meta's verdicts ------------------
+
+    def add_template(
+        self,
+        name: str,
+        language: str,
+        body: str,
+        *,
+        category: str = "UTILITY",
+        status: str = "APPROVED",
+        header: str = "",
+        parameter_format: str = "POSITIONAL",
+    ) -> JSON:
+        """Put a template variant in the account, as WhatsApp Manager would; return it."""
+        components: list[JSON] = []
+        if header:
+            components.append({"type": "HEADER", "format": "TEXT", "text": header})
+        components.append({"type": "BODY", "text": body})
+        template: JSON = {
+            "id": str(next(self._seq) + 900_000_000_000),
+            "name": name,
+            "language": language,
+            "status": status,
+            "category": category,
+            "parameter_format": parameter_format,
+            "components": components,
+            "quality_score": {"score": "UNKNOWN"},
+        }
+        self.templates.append(template)
+        return template
+
+    def template(self, name: str, language: str) -> JSON:
+        """The account's template variant ``name``/``language`` (``KeyError`` if none)."""
+        for template in self.templates:
+            if (template["name"], template["language"]) == (name, language):
+                return template
+        raise KeyError(f"{name} ({language}) is not in the fake account")
+
+    async def set_template_status(
+        self, name: str, language: str, event: str, reason: str = ""
+    ) -> int:
+        """Approve, reject, pause, disable or reinstate a variant, and post Meta's webhook.
+
+        Returns the bot's HTTP status for the signed ``message_template_status_update``.
+        """
+        template = self.template(name, language)
+        template["status"] = "APPROVED" if event == "REINSTATED" else event
+        if reason:
+            template["rejected_reason"] = reason
+        value = {
+            "event": event,
+            "message_template_id": int(template["id"]),
+            "message_template_name": name,
+            "message_template_language": language,
+            "reason": reason or "NONE",
+            "message_template_category": template["category"],
+        }
+        return await self._post_change("message_template_status_update", value)
+
+    async def recategorize(
+        self, name: str, language: str, category: str, *, notice_for: float | None = None
+    ) -> int:
+        """Re-categorize a variant (``template_category_update``) and post Meta's webhook.
+
+        With ``notice_for`` (unix seconds), only announce the change for that time: the
+        category stays as it is, as with Meta's 24-hour advance notice.
+        """
+        template = self.template(name, language)
+        value: JSON = {
+            "message_template_id": int(template["id"]),
+            "message_template_name": name,
+            "message_template_language": language,
+        }
+        if notice_for is not None:
+            value |= {
+                "correct_category": category,
+                "new_category": template["category"],
+                "category_update_timestamp": int(notice_for),
+            }
+        else:
+            value |= {"previous_category": template["category"], "new_category": category}
+            template["category"] = category
+        return await self._post_change("template_category_update", value)
+
+    async def _post_change(self, field_name: str, value: JSON) -> int:
+        from bot.testing import signed_request
+
+        if not self.webhook_url or not self.app_secret or self._client is None:
+            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
+        body = {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": self.waba_id,
+                    "time": int(self.clock()),
+                    "changes": [{"field": field_name, "value": value}],
+                }
+            ],
+        }
+        raw, headers = signed_request(body, self.app_secret)
+        async with self._client.post(self.webhook_url, data=raw, headers=headers) as response:
+            self.webhook_answers.append(response.status)
+            return response.status
+
+    def _check_account_template(self, content: JSON) -> None:
+        """A variant the account lists must be APPROVED now (paused → 132015...)."""
+        code = content.get("language", {}).get("code")
+        found = [t for t in self.templates if (t["name"], t["language"]) == (content["name"], code)]
+        if found and found[0]["status"] != "APPROVED":
+            number = {"PAUSED": 132015, "DISABLED": 132016}.get(found[0]["status"], 132001)
+            raise _Problem(number, f"template {content['name']} ({code}) is {found[0]['status']}")
+
+    def _check_account(self, request: web.Request) -> None:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            raise _Problem(190, "Invalid or missing access token", 401)
+        if request.match_info["waba_id"] != self.waba_id:
+            raise _Problem(100, f"Object with ID '{request.match_info['waba_id']}' does not exist")
+
+    async def _list_templates(self, request: web.Request) -> web.Response:
+        try:
+            self._check_account(request)
+        except _Problem as problem:
+            return _error(problem)
+        start = int(request.query.get("after") or 0)
+        limit = int(request.query.get("limit") or self.page_size)
+        fields = request.query.get("fields", "")
+        wanted = set(fields.split(",")) if fields else None
+        page = self.templates[start : start + limit]
+        data = [
+            {k: v for k, v in t.items() if wanted is None or k in wanted or k == "id"} for t in page
+        ]
+        answer: JSON = {"data": data, "paging": {"cursors": {"before": str(start)}}}
+        if start + limit < len(self.templates):
+            after = str(start + limit)
+            answer["paging"]["cursors"]["after"] = after
+            query = {**request.query, "after": after}
+            answer["paging"]["next"] = str(request.url.with_query(query))
+        return web.json_response(answer)
+
+    async def _create_template(self, request: web.Request) -> web.Response:
+        try:
+            self._check_account(request)
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            self.requests.append(body)
+            _need(isinstance(body, dict), "The request body must be a JSON object")
+            name, language, category = body.get("name"), body.get("language"), body.get("category")
+            _need(isinstance(name, str) and bool(re.fullmatch(r"[a-z0-9_]{1,512}", name)), "name")
+            _need(isinstance(language, str) and bool(language), "Param language is required")
+            _need(category in ("UTILITY", "MARKETING", "AUTHENTICATION"), "Param category")
+            components = body.get("components")
+            _need(isinstance(components, list) and bool(components), "Param components")
+            for component in components:
+                text = str(component.get("text", "")) if isinstance(component, dict) else ""
+                params = re.findall(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}", text)
+                if params:
+                    _need(
+                        isinstance(component.get("example"), dict),
+                        f"{component.get('type')} has variables: give example values",
+                    )
+            if any((t["name"], t["language"]) == (name, language) for t in self.templates):
+                raise _Problem(100, f"Content in this language already exists for {name}")
+        except _Problem as problem:
+            return _error(problem)
+        template = {
+            "id": str(next(self._seq) + 900_000_000_000),
+            "name": name,
+            "language": language,
+            "status": "PENDING",
+            "category": category,
+            "parameter_format": body.get("parameter_format", "POSITIONAL"),
+            "components": components,
+        }
+        self.templates.append(template)
+        return web.json_response({"id": template["id"], "status": "PENDING", "category": category})
 
     # --- the endpoint -------------------------------------------------------------------
 
@@ -331,6 +551,8 @@ class FakeCloudAPI:
             _check_message(body)
             if body.get("type") == "template" and self.registry is not None:
                 _check_template(body["template"], self.registry)
+            if body.get("type") == "template":
+                self._check_account_template(body["template"])
             answer = self._accept(body)
         except _Problem as problem:
             answer = _error(problem)
@@ -354,6 +576,12 @@ class FakeCloudAPI:
         if body.get("messaging_product") != "whatsapp" or not body.get("message_id"):
             raise _Problem(100, "messaging_product and message_id are required")
         self.read_receipts.append(str(body["message_id"]))
+        typing = body.get("typing_indicator")
+        if typing is not None:
+            if typing != {"type": "text"}:
+                raise _Problem(100, "typing_indicator must be {'type': 'text'}")
+            self.typing_indicators.append(str(body["message_id"]))
+        self._read_event.set()
         return web.json_response({"success": True})
 
     def _accept(self, body: JSON) -> web.Response:
@@ -367,6 +595,7 @@ class FakeCloudAPI:
                 error_code = 131047
         wamid = f"wamid.FAKE{next(self._seq):06d}{uuid.uuid4().hex[:20].upper()}"
         self.messages.append(SentMessage(to, kind, body, wamid, self.clock(), error_code))
+        self._prices[wamid] = self._pricing(self.messages[-1])  # the category when sent
         self._arrived.set()
         if self.webhook_url and self.app_secret:
             self._schedule(self._report(wamid, to, error_code))

@@ -13,12 +13,14 @@ from dataclasses import dataclass, replace
 
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.live_templates import LiveTemplates
 from bot.metrics import Metrics
-from bot.models import OutboxEntry
+from bot.models import OutboxEntry, UserRecord
 from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Store
 from bot.templates import TemplateRegistry
+from bot.typing_indicator import with_typing
 from bot.window import Decision, WindowPolicy
 
 
@@ -42,6 +44,7 @@ def build_pipeline(
     metrics: Metrics | None = None,
     on_decision: Callable[[OutboxEntry, Decision], None] | None = None,
     clock: Callable[[], float] = time.time,
+    typing: Callable[[UserRecord], bool] | None = None,
 ) -> Pipeline:
     """The sender and dispatcher for ``config`` on ``store``.
 
@@ -56,6 +59,8 @@ def build_pipeline(
         metrics: shared by sender and dispatcher (default: a fresh one).
         on_decision: told how each reply goes out (``bot send``, ``bot chat``).
         clock: the dispatcher's clock (``bot chat`` moves it).
+        typing: which users' flows asked for ``typing_indicator`` (read receipt and
+            "typing…" through ``transport``, best effort).
     """
     metrics = metrics or Metrics()
     sender = None
@@ -69,7 +74,10 @@ def build_pipeline(
             on_decision=on_decision,
             retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
             grace=config.workers.send_grace_seconds,
+            live=LiveTemplates(store, registry, metrics),
         )
+        if handler is not None and typing is not None:
+            handler = with_typing(handler, transport, typing)
     workers = config.workers
     dispatcher = Dispatcher(
         store,

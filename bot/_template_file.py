@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bot._template_policy import wording_problems
 from bot._yaml import Marked, error_line, parse, plain
 from bot.findings import Finding
 from bot.templates import (
@@ -26,7 +27,9 @@ from bot.templates import (
     CATEGORY_ALIASES,
     HEADER_LIMIT,
     LANGUAGE,
+    META_CATEGORIES,
     STATUSES,
+    USES,
     Button,
     ParameterFormat,
     RegistryFileError,
@@ -39,7 +42,16 @@ from bot.templates import (
 )
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_TEMPLATE_KEYS = ("name", "category", "status", "parameter_format", "languages", "description")
+_TEMPLATE_KEYS = (
+    "name",
+    "category",
+    "use",
+    "status",
+    "parameter_format",
+    "languages",
+    "description",
+    "examples",
+)
 _VARIANT_KEYS = ("body", "header", "buttons", "status")
 _BUTTON_KEYS = ("type", "text", "url")
 
@@ -149,7 +161,7 @@ def _template(name: str, line: int, entry: Any, out: _Collector) -> Template | N
         out.error(line, name, "template names are lowercase letters, digits and underscores")
     if "name" in entry and entry["name"] != name:
         out.error(entry.line_of("name"), f"{name}.name", "differs from the key it is filed under")
-    category = _category(name, entry, out)
+    category, use = _category(name, entry, out)
     status = entry.get("status")
     if status is not None and status not in STATUSES:
         out.error(
@@ -224,35 +236,57 @@ def _template(name: str, line: int, entry: Any, out: _Collector) -> Template | N
         body_params = tuple(sorted(body_params, key=int))
         header_params = tuple(sorted(header_params, key=int))
     parameter_format: ParameterFormat = "named" if fmt == "named" else "positional"
-    return Template(name, category, parameter_format, body_params, variants, header_params, line)
+    template = Template(
+        name, category, parameter_format, body_params, variants, header_params, line, use
+    )
+    for code, part, message in wording_problems(template):
+        out.warning(languages.line_of(code), f"{name}.languages.{code}.{part}", message)
+    return template
 
 
-def _category(name: str, entry: Marked, out: _Collector) -> str | None:
-    raw = entry.get("category")
+def _category(name: str, entry: Marked, out: _Collector) -> tuple[str | None, str]:
+    """Meta's category and the declared use; a legacy ``category: ALERT`` is UTILITY + ALERT."""
+    raw, raw_use = entry.get("category"), entry.get("use")
     line, key = entry.line_of("category"), f"{name}.category"
     if not isinstance(raw, str) or not raw:
-        out.error(line, key, f"missing; use one of {', '.join(sorted(CATEGORIES))}")
-        return None
+        out.error(line, key, f"missing; use one of {', '.join(sorted(META_CATEGORIES))}")
+        return None, ""
     category = CATEGORY_ALIASES.get(raw.upper(), raw.upper())
-    if category == "MARKETING":
-        out.error(
-            line,
-            key,
-            "MARKETING templates are refused: windowbot sends templates only to"
-            " follow up on something the user started, and promotions, surveys, rating"
-            " requests and subscriptions are not allowed there; pick one of the utility"
-            " categories (e.g. ALERT, APPOINTMENT_UPDATE) or remove it",
-        )
-        return None
     if category not in CATEGORIES:
         out.error(
             line,
             key,
-            f"{raw!r} is not a template category; use one of"
-            f" {', '.join(sorted(CATEGORIES))} (ALERT_UPDATE means ALERT)",
+            f"{raw!r} is not a template category; use UTILITY (with 'use: ' one of"
+            f" {', '.join(sorted(USES))}) or AUTHENTICATION (ALERT_UPDATE means ALERT)",
         )
-        return None
-    return category
+        return None, ""
+    use = ""
+    if category in USES:
+        category, use = "UTILITY", category
+    if raw_use is not None:
+        ukey, uline = f"{name}.use", entry.line_of("use")
+        declared = CATEGORY_ALIASES.get(str(raw_use).upper(), str(raw_use).upper())
+        if declared not in USES:
+            uses = ", ".join(sorted(USES))
+            out.error(uline, ukey, f"{raw_use!r} is not a use; use one of {uses}")
+            return None, ""
+        if category != "UTILITY":
+            out.error(uline, ukey, f"only a UTILITY template has a use; this one is {category}")
+            return None, ""
+        if use and declared != use:
+            out.error(uline, ukey, f"differs from the category {use}; give the use once")
+            return None, ""
+        use = declared
+    if category == "MARKETING":
+        out.warning(
+            line,
+            key,
+            "MARKETING: windowbot never sends it. Templates go out only to follow up on"
+            " something the user started, and promotions, surveys, rating requests and"
+            " subscriptions are not allowed there; a flow that names it as a fallback is an"
+            " error. Use a UTILITY template (e.g. use: ALERT) instead",
+        )
+    return category, use
 
 
 def _variant(

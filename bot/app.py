@@ -22,8 +22,10 @@ from bot._pipeline import build_pipeline
 from bot.config import Config
 from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
+from bot.live_templates import record_ledgers
 from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from bot.metrics import Metrics
+from bot.metrics import Metrics, render_pricing
+from bot.models import UserRecord
 from bot.sender import Sender, Transport
 from bot.store.base import Store
 from bot.templates import TemplateRegistry
@@ -45,6 +47,7 @@ class Components:
             ``None`` leaves replies queued in the outbox.
         registry: the templates fallbacks may use.
         policy: the window decision's settings.
+        typing: whether a user's flow asked for ``typing_indicator`` (the engine says).
         clock: the dispatcher's time (the sandbox console moves it per user).
         sandbox_cloud: in sandbox mode, send replies to a fake Cloud API inside the process
             (the console shows them as WhatsApp would) instead of ``transport``.
@@ -56,6 +59,8 @@ class Components:
     transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
     registry: TemplateRegistry | None = None
     policy: WindowPolicy = field(default_factory=WindowPolicy)
+    #: Which users' messages get a read receipt and typing indicator (``None``: nobody).
+    typing: Callable[[UserRecord], bool] | None = None
     clock: Callable[[], float] = time.time
     sandbox_cloud: bool = False
 
@@ -140,6 +145,7 @@ def _dispatcher_ctx(
                 policy=components.policy,
                 metrics=app[METRICS],
                 clock=components.clock,
+                typing=components.typing,
             )
             if pipeline.sender is not None:
                 app[SENDER] = pipeline.sender
@@ -228,6 +234,7 @@ async def receive(request: web.Request) -> web.Response:
                 else []
             )
             seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
+            await record_ledgers(store, delivery, now)
     except (StoreError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {config.server.store_timeout_seconds:g}s"
         app[HEALTH].failed(error)
@@ -298,7 +305,9 @@ HEALTH = web.AppKey("health", WriteHealth)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition (prometheus-client's)."""
-    return web.Response(
-        body=request.app[METRICS].render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
-    )
+    """Prometheus text exposition (the pricing ledger's counts are the whole store's)."""
+    body = request.app[METRICS].render()
+    with contextlib.suppress(StoreError, TimeoutError):
+        async with asyncio.timeout(request.app[CONFIG].server.store_timeout_seconds):
+            body += render_pricing(await request.app[STORE].pricing_counts()).encode()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

@@ -1,4 +1,4 @@
-"""The ``bot`` command: run, check, graph, chat, send."""
+"""The ``bot`` command: run, check, graph, chat, send, templates, stats."""
 
 from __future__ import annotations
 
@@ -104,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a template parameter (repeat; NAME=VALUE for named templates)",
     )
     send.add_argument("--language", default="", help="template language (default: the chain)")
-    for sp in (run, init, check, graph, chat, send):  # --config is accepted after the command too
+    templates = sub.add_parser("templates", help="keep templates.yaml in step with Meta")
+    tsub = templates.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
+    pull = tsub.add_parser("pull", help="update templates.yaml from the account (WHATSAPP_WABA_ID)")
+    pull.add_argument("--check", action="store_true", help="change nothing; exit 1 if they differ")
+    push = tsub.add_parser("push", help="submit the variants Meta does not have yet")
+    push.add_argument("names", nargs="*", metavar="NAME", help="only these templates")
+    tstatus = tsub.add_parser("status", help="the file next to Meta's live word (webhooks)")
+    stats = sub.add_parser("stats", help="inbox counts and the pricing ledger")
+    for sp in (run, init, check, graph, chat, send, templates, pull, push, tstatus, stats):
         sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -137,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.chat import run_chat
 
             return run_chat(config, args.user, args.name, store_url=args.store)
+        if args.command in ("templates", "stats"):
+            return asyncio.run(_templates(config, args))
         if args.command == "send" and not (args.text or args.template):
             print("bot send: give --text, --template, or both", file=sys.stderr)
             return 2
@@ -153,6 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     raise AssertionError(args.command)  # argparse refuses unknown commands
+
+
+async def _templates(config: Config, args: argparse.Namespace) -> int:
+    from bot import template_commands
+
+    if args.command == "stats":
+        return await template_commands.stats_command(config)
+    if args.templates_command == "pull":
+        return await template_commands.pull_command(config, check=args.check)
+    if args.templates_command == "push":
+        return await template_commands.push_command(config, args.names)
+    return await template_commands.status_command(config)
 
 
 def version() -> str:

@@ -41,6 +41,10 @@ def check(config: Config) -> int:
         print("\n".join(str(f) for f in findings))
     if broken:
         print(f"(template fallbacks are checked against {TEMPLATES_FILE} once it loads)")
+    from bot.template_commands import live_report  # reads the store only if there is one
+
+    for line in live_report(config, registry):
+        print(line)
     flows = len(flow_files(flows_dir))
     print(f"{flows_dir}: {flows} flow file(s), {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0

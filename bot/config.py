@@ -38,6 +38,7 @@ ENVIRONMENT: Mapping[str, tuple[str, str]] = {
     "WHATSAPP_PHONE_NUMBER_ID": ("whatsapp", "phone_number_id"),
     "WHATSAPP_API_URL": ("whatsapp", "api_url"),
     "WHATSAPP_API_VERSION": ("whatsapp", "api_version"),
+    "WHATSAPP_WABA_ID": ("whatsapp", "waba_id"),
     "BOT_STORE_URL": ("store", "url"),
     "BOT_FLOWS_DIR": ("flows", "dir"),
     "BOT_RECORD_ONLY": ("flows", "record_only"),
@@ -57,6 +58,7 @@ class WhatsAppConfig:
     app_secret: str = field(default="", repr=False)
     verify_token: str = field(default="", repr=False)
     phone_number_id: str = ""
+    waba_id: str = ""  # the WhatsApp Business Account: `bot templates pull/push`
     api_url: str = "https://graph.facebook.com"
     api_version: str = "v23.0"
     send_rate: float = 80.0

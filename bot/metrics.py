@@ -9,7 +9,7 @@ the hot path increments (``metrics.received += 1``): prometheus-client reads the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,7 +22,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+from bot.store.base import PricingCount
+
+__all__ = ["CONTENT_TYPE", "Metrics", "render_pricing"]
 
 #: The ``Content-Type`` of :meth:`Metrics.render`'s bytes (prometheus-client's text format).
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -41,6 +43,10 @@ COUNTERS = {
     "replies_not_sent": ("replies_not_sent", "Replies not sent (window, template)."),
     "send_failures": ("send_failures", "Replies the Cloud API refused."),
     "rejected_requests": ("webhook_rejected", "Webhook requests answered 4xx."),
+    "templates_skipped_live": (
+        "template_variants_skipped",
+        "Template sends where Meta's live view skipped a variant (paused, re-categorized).",
+    ),
 }
 
 
@@ -60,6 +66,7 @@ class Metrics:
         self.replies_not_sent = 0
         self.send_failures = 0
         self.rejected_requests = 0
+        self.templates_skipped_live = 0
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -87,3 +94,26 @@ class _Counters(Collector):
             yield CounterMetricFamily(
                 f"windowbot_{name}", help_text, value=getattr(self.metrics, attr)
             )
+
+
+def render_pricing(counts: Sequence[PricingCount]) -> str:
+    """The pricing ledger as Prometheus gauges: messages by pricing category and type, and
+    billable messages per UTC day (what Meta's status webhooks said, never a price)."""
+    by_kind: dict[tuple[str, str, bool], int] = {}
+    by_day: dict[str, int] = {}
+    for c in counts:
+        key = (c.category, c.type, c.billable)
+        by_kind[key] = by_kind.get(key, 0) + c.count
+        if c.billable:
+            by_day[c.day] = by_day.get(c.day, 0) + c.count
+    name, day = "windowbot_priced_messages", "windowbot_billable_messages"
+    lines = [
+        f"# HELP {name} Messages Meta priced, by pricing category and type (status webhooks).",
+        f"# TYPE {name} gauge",
+    ]
+    for (category, kind, billable), n in sorted(by_kind.items()):
+        labels = f'category="{category}",type="{kind}",billable="{str(billable).lower()}"'
+        lines.append(f"{name}{{{labels}}} {n}")
+    lines += [f"# HELP {day} Billable messages per UTC day.", f"# TYPE {day} gauge"]
+    lines += [f'{day}{{day="{d}"}} {n}' for d, n in sorted(by_day.items())]
+    return "\n".join(lines) + "\n"

@@ -148,6 +148,58 @@ class StatusUpdate:
     #: ``biz_opaque_callback_data`` of the message we sent: Meta echoes it in every status.
     callback_data: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: What Meta says the message costs (``pricing`` of the status), when it says so.
+    pricing: Pricing | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """A status's ``pricing``: whether and how Meta bills the message (never a price)."""
+
+    billable: bool
+    category: str  # marketing | utility | authentication | service | ...
+    type: str  # regular | free_customer_service | free_entry_point
+    pricing_model: str = "PMP"
+
+
+TemplateEventKind = Literal["status", "category"]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateEvent:
+    """A ``message_template_status_update`` or ``template_category_update`` webhook change.
+
+    ``time`` is the entry's ``time`` (unix seconds): webhooks come in any order, and the
+    newest event about a variant wins. For a status update, ``status`` is Meta's ``event``
+    (APPROVED, PAUSED, REINSTATED...), ``reason`` its reason and ``category`` the template's
+    category. For a category update, ``category`` is the new category and
+    ``previous_category`` the old one; an advance notice instead has ``correct_category``
+    (what it will become) and ``effective_at`` (``category_update_timestamp``).
+    """
+
+    kind: TemplateEventKind
+    name: str
+    language: str
+    time: int
+    template_id: str = ""
+    status: str = ""
+    reason: str = ""
+    category: str = ""
+    previous_category: str = ""
+    correct_category: str = ""
+    effective_at: int = 0
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def notice(self) -> bool:
+        """Whether this announces a category change to come (nothing changes yet)."""
+        return self.kind == "category" and bool(self.correct_category)
+
+    @property
+    def key(self) -> str:
+        """What makes a redelivered webhook a duplicate."""
+        what = self.status or f"{self.previous_category}>{self.correct_category or self.category}"
+        return f"{self.kind}:{self.name}:{self.language}:{what}:{self.time}:{self.effective_at}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +208,7 @@ class Delivery:
 
     messages: tuple[InboundMessage, ...] = ()
     statuses: tuple[StatusUpdate, ...] = ()
+    template_events: tuple[TemplateEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

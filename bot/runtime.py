@@ -196,6 +196,7 @@ def build_app(config: Config, *, reload: bool = False) -> web.Application:
         transport=lambda: make_transport(config),
         registry=registry,
         policy=window_policy(config),
+        typing=engine.wants_typing if engine is not None and engine.typing_flows else None,
         sandbox_cloud=config.sandbox,
     )
     if not reload or engine is None:

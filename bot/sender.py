@@ -36,6 +36,7 @@ from bot.errors import (
     VersionConflict,
     WindowClosed,
 )
+from bot.live_templates import LiveTemplates
 from bot.metrics import Metrics
 from bot.models import (
     DELIVERY_RANK,
@@ -81,6 +82,8 @@ class Sender:
         retry: when a failed send is tried again, and when it is given up.
         grace: seconds an attempt whose outcome is unknown waits for a status webhook
             carrying its callback data before it is sent again.
+        live: what Meta says about the templates now (:mod:`bot.live_templates`); checked
+            before every template send.
     """
 
     def __init__(
@@ -95,7 +98,9 @@ class Sender:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
         grace: float = 60.0,
         jitter: Callable[[], float] = random.random,
+        live: LiveTemplates | None = None,
     ) -> None:
+        self.live = live
         self.store = store
         self.transport = transport
         self.registry = registry
@@ -223,6 +228,9 @@ class Sender:
             )
         try:
             decision = self._decide(record, entry, now)
+            if self.live is not None and decision.template:  # Meta's word, not the file's
+                self.registry = await self.live.refresh()
+                decision = self.live.note(self._decide(record, entry, now))
         except Exception as exc:  # a bug or bad data must not silence the user's later replies
             bound.exception("reply_failed", error=str(exc))
             await self._settle(lease, entry, "failed", f"internal error: {exc}", bound)

@@ -19,8 +19,10 @@ from bot.errors import TemplateError
 from bot.findings import Finding
 from bot.models import JSON, TemplateCall, UserRecord
 
-#: The ten categories this product allows (see WHATSAPP.md); all are utility-type.
-CATEGORIES = frozenset(
+#: Meta's template categories today (since April 2023).
+META_CATEGORIES = frozenset({"UTILITY", "MARKETING", "AUTHENTICATION"})
+#: The ten allowed *uses* of a utility template (see WHATSAPP.md); a business declares one.
+USES = frozenset(
     {
         "ACCOUNT_UPDATE",
         "PAYMENT_UPDATE",
@@ -32,10 +34,10 @@ CATEGORIES = frozenset(
         "TICKET_UPDATE",
         "ISSUE_RESOLUTION",
         "ALERT",
-        "UTILITY",
-        "AUTHENTICATION",
     }
 )
+#: What a file's ``category`` may say: Meta's categories, or (as older files do) a use.
+CATEGORIES = META_CATEGORIES | USES
 #: Older API spellings, mapped to the name the registry keeps.
 CATEGORY_ALIASES = {"ALERT_UPDATE": "ALERT"}
 STATUSES = frozenset(
@@ -99,6 +101,8 @@ class Variant:
 class Template:
     """A template as declared in the registry.
 
+    ``category`` is Meta's (UTILITY, MARKETING or AUTHENTICATION); ``use`` the utility use
+    the business declares (a file that says ``category: ALERT`` means UTILITY used as ALERT).
     ``parameters`` are the body's placeholders in order (``"1", "2"`` or names);
     ``header_parameters`` likewise for a text header.
     """
@@ -110,6 +114,8 @@ class Template:
     variants: Mapping[str, Variant]
     header_parameters: tuple[str, ...] = ()
     line: int = 0
+    #: The declared use of a utility template (one of :data:`USES`), ``""`` if none.
+    use: str = ""
 
     def status(self, language: str) -> str | None:
         """The status of the ``language`` variant, ``None`` if there is no such variant."""
@@ -175,6 +181,11 @@ class TemplateRegistry:
             known = ", ".join(sorted(self.templates)) or "none"
             return [f"template {name!r} is not in {self.path or 'the registry'} (known: {known})"]
         out: list[str] = []
+        if template.category == "MARKETING":
+            out.append(
+                f"template {name} is MARKETING: windowbot never sends a MARKETING template as"
+                " a fallback; use a UTILITY one"
+            )
         if isinstance(language_policy, str) and language_policy not in _CHAIN_POLICIES:
             language_policy = normalize_language(language_policy)
             status = template.status(language_policy)

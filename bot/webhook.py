@@ -26,8 +26,10 @@ from bot.models import (
     Interactive,
     Location,
     Media,
+    Pricing,
     Reaction,
     StatusUpdate,
+    TemplateEvent,
 )
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -117,6 +119,7 @@ def parse_envelope(data: Any) -> Delivery:
     entries = _list(data, "entry", "body")
     messages: list[InboundMessage] = []
     statuses: list[StatusUpdate] = []
+    events: list[TemplateEvent] = []
     for i, entry in enumerate(entries):
         where = f"entry[{i}]"
         if not isinstance(entry, dict):
@@ -126,12 +129,16 @@ def parse_envelope(data: Any) -> Delivery:
             if not isinstance(change, dict):
                 raise PayloadError(f"{cwhere} must be an object")
             if change.get("field") != "messages":
+                if change.get("field") in TEMPLATE_FIELDS:
+                    events.append(parse_template_event(change, entry.get("time"), cwhere))
                 continue
             value = change.get("value")
             if not isinstance(value, dict):
                 raise PayloadError(f"{cwhere}.value must be an object")
             _parse_value(value, cwhere + ".value", messages, statuses)
-    return Delivery(messages=tuple(messages), statuses=tuple(statuses))
+    return Delivery(
+        messages=tuple(messages), statuses=tuple(statuses), template_events=tuple(events)
+    )
 
 
 def _parse_value(
@@ -304,6 +311,73 @@ def parse_status(item: Mapping[str, Any], *, phone_number_id: str = "") -> Statu
         errors=_errors(item.get("errors")),
         callback_data=_callback(item.get("biz_opaque_callback_data")),
         raw=dict(item),
+        pricing=_pricing(item.get("pricing")),
+    )
+
+
+def _pricing(value: Any) -> Pricing | None:
+    """A status's ``pricing`` object; ``None`` when absent or not an object."""
+    if not isinstance(value, dict):
+        return None
+    billable = value.get("billable", False)
+    return Pricing(
+        billable=billable is True or str(billable).lower() == "true",
+        category=str(value.get("category", "")),
+        type=str(value.get("type", "")),
+        pricing_model=str(value.get("pricing_model", "")),
+    )
+
+
+TEMPLATE_FIELDS = frozenset({"message_template_status_update", "template_category_update"})
+"""The webhook ``field`` values that report on templates (see :func:`parse_template_event`)."""
+
+
+def parse_template_event(change: Mapping[str, Any], time: Any, where: str) -> TemplateEvent:
+    """Parse one template change (``field`` in :data:`TEMPLATE_FIELDS`); ``time`` is the entry's.
+
+    Raises :class:`PayloadError` naming what is missing: a name and a language, and for a
+    status update its ``event``, for a category update its ``new_category``.
+    """
+    value = change.get("value")
+    if not isinstance(value, dict):
+        raise PayloadError(f"{where}.value must be an object")
+    name, language = value.get("message_template_name"), value.get("message_template_language")
+    if not isinstance(name, str) or not name or not isinstance(language, str) or not language:
+        raise PayloadError(
+            f"{where}.value needs message_template_name and message_template_language"
+        )
+    when = _timestamp(time) if time is not None else 0
+    template_id = str(value.get("message_template_id", ""))
+    if change.get("field") == "message_template_status_update":
+        event = value.get("event")
+        if not isinstance(event, str) or not event:
+            raise PayloadError(f"{where}.value.event must name the template's new status")
+        return TemplateEvent(
+            "status",
+            name,
+            language,
+            when,
+            template_id,
+            status=event.upper(),
+            reason=str(value.get("reason") or ""),
+            category=str(value.get("message_template_category") or "").upper(),
+            raw=dict(value),
+        )
+    new = value.get("new_category")
+    if not isinstance(new, str) or not new:
+        raise PayloadError(f"{where}.value.new_category must name a category")
+    effective = value.get("category_update_timestamp")
+    return TemplateEvent(
+        "category",
+        name,
+        language,
+        when,
+        template_id,
+        category=new.upper(),
+        previous_category=str(value.get("previous_category") or "").upper(),
+        correct_category=str(value.get("correct_category") or "").upper(),
+        effective_at=_timestamp(effective) if effective is not None else 0,
+        raw=dict(value),
     )
 
 

@@ -230,9 +230,16 @@ class CloudAPI:
             )
         return wamid
 
-    async def mark_read(self, message_id: str) -> None:
-        """Mark an inbound message as read (blue ticks)."""
-        payload = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
+    async def mark_read(self, message_id: str, *, typing: bool = False) -> None:
+        """Mark an inbound message as read (blue ticks); ``typing``: show "typing…" too
+        (WhatsApp clears it with the reply, or after 25 s)."""
+        payload: JSON = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+        }
+        if typing:
+            payload["typing_indicator"] = {"type": "text"}
         await self._post(payload)
 
     async def _post(self, payload: JSON) -> JSON:

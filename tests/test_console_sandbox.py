@@ -94,8 +94,9 @@ async def test_a_booking_reminder_fires_on_the_users_moved_clock(sandbox: Sandbo
     [job] = page["jobs"]
     assert job["status"] in ("sent", "delivered", "read") and job["sent_as"] == "template"
     template = job["template"]
-    assert (template["name"], template["category"], template["language"]) == (
+    assert (template["name"], template["category"], template["use"], template["language"]) == (
         "appointment_reminder",
+        "UTILITY",
         "APPOINTMENT_UPDATE",
         "pt_BR",
     )

@@ -13,7 +13,6 @@ from bot.errors import TemplateError
 from bot.findings import Finding
 from bot.models import TemplateCall, UserRecord
 from bot.templates import (
-    RegistryFileError,
     Template,
     TemplateRegistry,
     build_template_message,
@@ -73,8 +72,8 @@ class TestLoad:
         assert all("spring_sale" in f.message and "4 business days" in f.message for f in warnings)
         assert registry.templates["spring_sale"].status("en_US") == "PENDING"
 
-    def test_marketing_is_refused_with_the_reason(self, tmp_path: Path) -> None:
-        """A MARKETING template is an error that explains why and what to use instead."""
+    def test_marketing_is_never_sent_with_the_reason(self, tmp_path: Path) -> None:
+        """A MARKETING template loads (Meta may re-categorize one) but is refused as a fallback."""
         path = write(
             tmp_path,
             """\
@@ -83,17 +82,16 @@ class TestLoad:
                 category: MARKETING
                 status: APPROVED
                 languages:
-                  en_US: {body: "Sale! {{1}}"}
+                  en_US: {body: "Hello {{1}}"}
             """,
         )
-        [finding] = errors_of(path)
-        assert finding.line == 3
-        assert "promo.category" in finding.message and "MARKETING" in finding.message
+        [finding] = check_file(path)
+        assert (finding.line, finding.severity) == (3, "warning")
+        assert "promo.category" in finding.message and "never sends" in finding.message
         assert "promotions" in finding.message
-        with pytest.raises(RegistryFileError) as info:
-            TemplateRegistry.load(path)
-        assert isinstance(info.value, TemplateError)
-        assert info.value.findings == [finding]
+        registry = TemplateRegistry.load(path)
+        [problem] = registry.check_call("promo", "user", 1)
+        assert "MARKETING" in problem and not problem.startswith("warning")
 
     def test_alert_update_is_the_api_spelling_of_alert(self, tmp_path: Path) -> None:
         """ALERT_UPDATE loads as ALERT; UTILITY and AUTHENTICATION are accepted."""
@@ -115,8 +113,12 @@ class TestLoad:
             """,
         )
         registry = TemplateRegistry.load(path)
-        assert registry.templates["hours"].category == "ALERT"
-        assert registry.templates["util"].category == "UTILITY"
+        hours = registry.templates["hours"]
+        assert (hours.category, hours.use) == ("UTILITY", "ALERT")
+        assert (registry.templates["util"].category, registry.templates["util"].use) == (
+            "UTILITY",
+            "",
+        )
         assert registry.templates["otp"].category == "AUTHENTICATION"
 
     def test_every_problem_is_reported_with_its_line(self, tmp_path: Path) -> None:

@@ -598,3 +598,102 @@ class TestHostileSignature:
         """A header that is not ASCII is a SignatureError that says so, not a crash."""
         with pytest.raises(SignatureError, match="ASCII"):
             verify_signature(b"{}", header, "s3cret")
+
+
+def _template_change(field: str, value: dict[str, Any], time: int = 1_764_000_000) -> bytes:
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA", "time": time, "changes": [{"field": field, "value": value}]}],
+    }
+    return json.dumps(body).encode()
+
+
+class TestTemplateWebhooks:
+    def test_status_update(self) -> None:
+        """message_template_status_update becomes a status event with Meta's reason."""
+
+        delivery = parse_body(
+            _template_change(
+                "message_template_status_update",
+                {
+                    "event": "PAUSED",
+                    "message_template_id": 12,
+                    "message_template_name": "hours",
+                    "message_template_language": "en_US",
+                    "reason": "LOW_QUALITY",
+                    "message_template_category": "UTILITY",
+                },
+            )
+        )
+        [event] = delivery.template_events
+        assert (event.kind, event.name, event.language, event.status, event.reason) == (
+            "status",
+            "hours",
+            "en_US",
+            "PAUSED",
+            "LOW_QUALITY",
+        )
+        assert (event.time, event.template_id, event.category) == (1_764_000_000, "12", "UTILITY")
+        assert not delivery.messages and not delivery.statuses
+
+    def test_category_notice_and_completed_change(self) -> None:
+        """The notice carries correct_category and its time; the change previous/new."""
+
+        base = {"message_template_name": "hours", "message_template_language": "en_US"}
+        notice = parse_body(
+            _template_change(
+                "template_category_update",
+                {
+                    **base,
+                    "correct_category": "MARKETING",
+                    "new_category": "UTILITY",
+                    "category_update_timestamp": 1_764_086_400,
+                },
+            )
+        ).template_events[0]
+        assert notice.notice and (notice.correct_category, notice.effective_at) == (
+            "MARKETING",
+            1_764_086_400,
+        )
+        done = parse_body(
+            _template_change(
+                "template_category_update",
+                {**base, "previous_category": "UTILITY", "new_category": "MARKETING"},
+            )
+        ).template_events[0]
+        assert not done.notice and (done.previous_category, done.category) == (
+            "UTILITY",
+            "MARKETING",
+        )
+        assert done.key != notice.key
+
+    def test_malformed_template_change_is_a_clear_payload_error(self) -> None:
+        """A change without a name names what is missing and where."""
+
+        with pytest.raises(PayloadError, match=r"changes\[0\]\.value needs message_template_name"):
+            parse_body(_template_change("message_template_status_update", {"event": "PAUSED"}))
+
+    def test_status_pricing(self) -> None:
+        """A status's pricing is kept: billable, model, category and type."""
+
+        status = parse_status(
+            {
+                "id": "wamid.X",
+                "status": "sent",
+                "timestamp": "1764000000",
+                "recipient_id": "1",
+                "pricing": {
+                    "billable": True,
+                    "pricing_model": "PMP",
+                    "category": "utility",
+                    "type": "regular",
+                },
+            }
+        )
+        assert status.pricing is not None
+        assert (status.pricing.billable, status.pricing.category, status.pricing.type) == (
+            True,
+            "utility",
+            "regular",
+        )
+        assert parse_status({"id": "w", "status": "sent", "timestamp": "1"}).pricing is None

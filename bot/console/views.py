@@ -195,6 +195,7 @@ def template_view(
     view: JSON = {
         "name": call.name,
         "category": template.category if template is not None else "",
+        "use": template.use if template is not None else "",
         "language": language,
         "parameters": parameters,
         "text": "",
@@ -269,6 +270,7 @@ def templates_offered(
             {
                 "name": name,
                 "category": template.category,
+                "use": template.use,
                 "language": language,
                 "parameter_format": template.parameter_format,
                 "parameters": list(template.parameters),

@@ -130,7 +130,7 @@ class Engine:
         variables.update(project.variables)
         for flow in project.flows.values():
             variables.update(flow.variables)
-        return cls(
+        engine = cls(
             compiled,
             analysis.default_flow,
             variables=variables,
@@ -138,6 +138,15 @@ class Engine:
             directory=flows_dir,
             on_error=ErrorReplies.compile(project, analysis.renderer),
         )
+        engine.typing_flows = frozenset(n for n, f in project.flows.items() if f.typing_indicator)
+        return engine
+
+    #: The flows that asked for a read receipt and typing indicator (``typing_indicator:``).
+    typing_flows: frozenset[str] = frozenset()
+
+    def wants_typing(self, record: UserRecord) -> bool:
+        """Whether the flow ``record`` is in (a new user: the default one) shows typing."""
+        return (record.flow or self.default_flow) in self.typing_flows
 
     @property
     def flows(self) -> Mapping[str, FlowMachine]:

@@ -43,6 +43,7 @@ FLOW_KEYS = frozenset(
         "vars",
         "hooks",
         "on_error",
+        "typing_indicator",
         "first_message",
     }
 )
@@ -231,6 +232,9 @@ class _FlowReader:
             on_error=self.replies.replies(m["on_error"][1], "on_error")
             if "on_error" in m
             else None,
+            typing_indicator=bool(self.r.flag(m["typing_indicator"][1], "typing_indicator"))
+            if "typing_indicator" in m
+            else False,
         )
 
     def plain_mapping(self, pair: tuple[Node, Node] | None, what: str) -> dict[str, object]:

@@ -217,6 +217,8 @@ class FlowSpec:
     #: ``on_error:`` replies for users in this flow; ``None`` when the flow declares none
     #: (the project's apply), ``()`` when it declares an empty list (no error reply here).
     on_error: tuple[ReplySpec, ...] | None = None
+    #: Mark each message read and show "typing…" while its turn runs (best effort).
+    typing_indicator: bool = False
     #: ``match``: a message that starts a conversation (a new user's first, or the next one
     #: after a final state) is greeted by the initial state and then tried against that
     #: state's specific rules; ``greet``: it only gets the greeting.

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from bot.models import (
@@ -38,8 +39,10 @@ from bot.models import (
     Outgoing,
     StatusUpdate,
     TemplateCall,
+    TemplateEvent,
     UserRecord,
     delivery_status,
+    parse_callback_data,
 )
 
 
@@ -249,6 +252,32 @@ class Store(Protocol):
 
     async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
         """The user's outbox entries in ``seq`` order, whatever their status (newest last)."""
+
+    # --- templates' live view and the pricing ledger (see the dataclasses below) ----------
+
+    async def add_template_events(self, events: Sequence[TemplateEvent], now: float) -> list[bool]:
+        """Store template webhooks; for each, ``True`` if new. New ones update the live view.
+
+        The live view keeps, per template variant (name, language), the newest status and
+        the newest category Meta reported (by the webhook's ``time``: an older event that
+        arrives late changes nothing), and the latest advance notice of a category change.
+        Every change raises :meth:`template_version`.
+        """
+
+    async def template_view(self) -> TemplateView:
+        """The live view of every variant Meta reported on, with its version."""
+
+    async def template_version(self) -> int:
+        """The live view's version: a cheap read that tells whether it changed."""
+
+    async def add_pricing(self, statuses: Sequence[StatusUpdate], now: float) -> None:
+        """Record the ``pricing`` of status items in the ledger, once per message (wamid).
+
+        The row names the outbox entry the message was sent for (from its callback data).
+        """
+
+    async def pricing_counts(self, since: float = 0.0) -> list[PricingCount]:
+        """Ledger counts per UTC day, pricing category, type and billable, oldest day first."""
 
     # --- read-only views for the console --------------------------------------------------
 
@@ -508,15 +537,133 @@ def new_outbox_entries(
     return entries
 
 
+# --- templates' live view and the pricing ledger, shared by the backends --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveVariant:
+    """What Meta last said about one template variant (``""``/0: nothing said yet).
+
+    Attributes:
+        status, status_reason, status_at: the newest status event, its reason, its time.
+        category, previous_category, category_at: the newest completed category change
+            (or the category a status event carried), and when.
+        notice_category, notice_effective_at, notice_at: the latest advance notice that
+            the category will change, and to what.
+    """
+
+    name: str
+    language: str
+    template_id: str = ""
+    status: str = ""
+    status_reason: str = ""
+    status_at: int = 0
+    category: str = ""
+    previous_category: str = ""
+    category_at: int = 0
+    notice_category: str = ""
+    notice_effective_at: int = 0
+    notice_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateView:
+    """Every variant's live state, by (name, language), and the view's version."""
+
+    version: int
+    variants: Mapping[tuple[str, str], LiveVariant]
+
+
+@dataclass(frozen=True, slots=True)
+class PricingCount:
+    """How many messages Meta priced one way on one UTC day (``day`` is ``YYYY-MM-DD``)."""
+
+    day: str
+    category: str
+    type: str
+    billable: bool
+    count: int
+
+
+def apply_template_event(current: LiveVariant | None, event: TemplateEvent) -> LiveVariant | None:
+    """The variant's live state after ``event``; ``None`` when the event changes nothing."""
+    old = current or LiveVariant(event.name, event.language)
+    new = replace(old, template_id=event.template_id or old.template_id)
+    if event.kind == "status":
+        if event.time >= old.status_at:
+            new = replace(new, status=event.status, status_reason=event.reason)
+            new = replace(new, status_at=event.time)
+        if event.category and event.time >= old.category_at:
+            new = replace(new, category=event.category, category_at=event.time)
+    elif event.notice:
+        if event.time >= old.notice_at:
+            new = replace(
+                new,
+                notice_category=event.correct_category,
+                notice_effective_at=event.effective_at,
+                notice_at=event.time,
+            )
+    elif event.time >= old.category_at:
+        new = replace(new, category=event.category, category_at=event.time)
+        new = replace(new, previous_category=event.previous_category)
+        if new.notice_category and new.notice_category == event.category:
+            new = replace(new, notice_category="", notice_effective_at=0)  # it happened
+    return None if new == current else new
+
+
+def live_to_json(variant: LiveVariant) -> dict[str, Any]:
+    """A :class:`LiveVariant` as plain JSON data."""
+    return {f: getattr(variant, f) for f in LiveVariant.__dataclass_fields__}
+
+
+def live_from_json(data: Mapping[str, Any]) -> LiveVariant:
+    """The inverse of :func:`live_to_json` (unknown fields ignored)."""
+    return LiveVariant(**{f: data[f] for f in LiveVariant.__dataclass_fields__ if f in data})
+
+
+def pricing_row(status: StatusUpdate) -> dict[str, Any] | None:
+    """The ledger row of a status carrying ``pricing``, ``None`` for one without."""
+    if status.pricing is None:
+        return None
+    named = parse_callback_data(status.callback_data)
+    return {
+        "wamid": status.id,
+        "entry": named[0] if named else "",
+        "user": status.recipient,
+        "ts": status.timestamp,
+        "day": datetime.fromtimestamp(status.timestamp, UTC).strftime("%Y-%m-%d"),
+        "category": status.pricing.category,
+        "type": status.pricing.type,
+        "billable": status.pricing.billable,
+        "pricing_model": status.pricing.pricing_model,
+    }
+
+
+def count_pricing(rows: Sequence[Mapping[str, Any]]) -> list[PricingCount]:
+    """Group ledger rows into :class:`PricingCount` items, oldest day first."""
+    counts: dict[tuple[str, str, str, bool], int] = {}
+    for row in rows:
+        key = (str(row["day"]), str(row["category"]), str(row["type"]), bool(row["billable"]))
+        counts[key] = counts.get(key, 0) + 1
+    return [PricingCount(*key, count=n) for key, n in sorted(counts.items())]
+
+
 __all__ = [
     "Committed",
     "InboxItem",
     "Lease",
+    "LiveVariant",
+    "PricingCount",
     "Store",
+    "TemplateView",
     "Work",
+    "apply_template_event",
+    "count_pricing",
     "dumps",
     "inbound_from_json",
     "inbound_to_json",
+    "live_from_json",
+    "live_to_json",
     "merge_saved",
     "new_outbox_entries",
     "outbox_from_json",
@@ -524,6 +671,7 @@ __all__ = [
     "outbox_to_json",
     "outgoing_from_json",
     "outgoing_to_json",
+    "pricing_row",
     "status_from_json",
     "status_to_json",
     "user_from_json",

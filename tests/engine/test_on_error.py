@@ -151,7 +151,7 @@ class TestCheck:
         registry, _ = load_registry(FLOWS)
         assert registry is not None
         template = registry.templates["message_not_processed"]
-        assert template.category == "ISSUE_RESOLUTION"
+        assert (template.category, template.use) == ("UTILITY", "ISSUE_RESOLUTION")
         assert check_folder(FLOWS, fallback_checker=fallback_checker(registry)) == []
 
     def test_button_no_command_takes_is_a_warning(self, tmp_path: Path) -> None:

@@ -117,7 +117,7 @@ function badge(item) {
     const t = item.template;
     const params = Array.isArray(t.parameters) ? t.parameters.join(" | ") : Object.entries(t.parameters).map(([k, v]) => k + "=" + v).join(" | ");
     kind = "template";
-    text = "template " + t.name + " · " + t.category + " · " + t.language + " · params: " + params + " — " + item.reason;
+    text = "template " + t.name + " · " + (t.use || t.category) + " · " + t.language + " · params: " + params + " — " + item.reason;
   } else if (item.sent_as === "session") { kind = "session"; text = "session · " + item.reason; }
   else { kind = "pending"; text = item.job ? "reminder due " + when(item.due_at) : "queued"; }
   return el("div", { class: "badge " + kind, "data-kind": kind, text });
@@ -218,7 +218,7 @@ function showTemplates(templates) {
   for (const t of templates) {
     const inputs = t.parameters.map((p) => el("input", { class: "param", "data-param": p, placeholder: "{{" + p + "}}" }));
     const form = el("div", { class: "template-form", "data-name": t.name },
-      el("div", { text: t.name + " · " + t.category + " · " + t.language }),
+      el("div", { text: t.name + " · " + (t.use || t.category) + " · " + t.language }),
       el("div", { class: "body", text: t.body }),
       ...inputs,
       el("button", { type: "button", class: "send-template", text: "Send template", onclick: async () => {
