@@ -124,6 +124,7 @@ class FakeCloudAPI:
         retry_statuses: float = 0.0,
         delay: float = 0.0,
         port: int = 0,
+        throughput: float = 0.0,
     ) -> None:
         self.token = token
         self.phone_number_id = phone_number_id
@@ -137,6 +138,11 @@ class FakeCloudAPI:
         self.emit_statuses = tuple(emit_statuses)
         self.retry_statuses = retry_statuses
         self.delay = delay
+        #: Most messages accepted in any 1 s (0: no limit); beyond, 130429 as Meta answers.
+        self.throughput = throughput
+        self.throttled = 0  # requests answered 130429 by the throughput limit
+        self._recent: deque[float] = deque()
+        self._user_failures: dict[str, deque[int]] = {}
         self.messages: list[SentMessage] = []
         self._arrived = asyncio.Event()
         self.requests: list[Any] = []  # every decoded request body, refused ones included
@@ -188,6 +194,25 @@ class FakeCloudAPI:
         status = status if status is not None else _DEFAULT_STATUS.get(code, 400)
         for _ in range(n):
             self._failures.append(_Failure(status, code, timeout, message))
+
+    def fail_user(self, wa_id: str, code: int = 131056, n: int = 1) -> None:
+        """Answer the next ``n`` sends to ``wa_id`` (only) with ``code`` (pair rate limit)."""
+        self._user_failures.setdefault(wa_id, deque()).extend([code] * n)
+
+    def _throttle(self, to: str) -> None:
+        """Meta's limits: the number's throughput (130429) and per-user injected errors."""
+        queued = self._user_failures.get(to)
+        if queued:
+            raise _Problem(queued.popleft(), f"Too many messages sent to {to}")
+        if not self.throughput:
+            return
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.throughput:
+            self.throttled += 1
+            raise _Problem(130429, "Cloud API message throughput has been reached")
+        self._recent.append(now)
 
     async def start(self) -> None:
         """Listen on a free loopback port."""
@@ -329,6 +354,7 @@ class FakeCloudAPI:
             if body.get("status") == "read":
                 return self._read(body)
             _check_message(body)
+            self._throttle(str(body.get("to", "")))
             if body.get("type") == "template" and self.registry is not None:
                 _check_template(body["template"], self.registry)
             answer = self._accept(body)

@@ -50,6 +50,22 @@ class Metrics:
     send_failures: int = 0
     rejected_requests: int = 0
     latency: Histogram = field(default_factory=Histogram)
+    # reminder jobs (bot.jobs)
+    jobs_due: int = 0  # gauge: scheduled jobs due now, at the dispatcher's last look
+    jobs_claimed: int = 0
+    jobs_queued: int = 0
+    jobs_sent: int = 0
+    jobs_failed: int = 0
+    jobs_expired: int = 0
+    jobs_waiting: int = 0
+    jobs_skipped: dict[str, int] = field(default_factory=dict)  # by reason
+    tier_headroom: int = -1  # gauge: new users the messaging limit still allows (-1: none)
+    dispatch_lag: Histogram = field(
+        default_factory=lambda: Histogram(
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+            counts=[0] * 12,
+        )
+    )
 
     def render(self) -> str:
         """Prometheus text exposition format (version 0.0.4)."""
@@ -73,6 +89,35 @@ class Metrics:
                 f"# TYPE {metric} counter",
                 f"{metric} {getattr(self, attr)}",
             ]
+        for attr, help_text in (
+            ("jobs_claimed", "Reminder jobs claimed by this process's dispatcher"),
+            ("jobs_queued", "Reminder jobs handed to their user's outbox"),
+            ("jobs_sent", "Reminder jobs the Cloud API accepted"),
+            ("jobs_failed", "Reminder jobs the Cloud API refused"),
+            ("jobs_expired", "Reminder jobs expired before they could be sent"),
+            ("jobs_waiting", "Times a due job was put back to wait (quiet hours, limit)"),
+        ):
+            metric = f"windowbot_{attr}_total"
+            lines += [f"# HELP {metric} {help_text}.", f"# TYPE {metric} counter"]
+            lines.append(f"{metric} {getattr(self, attr)}")
+        metric = "windowbot_jobs_skipped_total"
+        lines += [f"# HELP {metric} Reminder jobs not sent, by reason.", f"# TYPE {metric} counter"]
+        for reason, count in sorted(self.jobs_skipped.items()):
+            label = reason.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{metric}{{reason="{label}"}} {count}')
+        for attr, help_text in (
+            ("jobs_due", "Scheduled reminder jobs due now"),
+            ("tier_headroom", "New users the messaging limit tier allows in the rolling 24 h"),
+        ):
+            metric = f"windowbot_{attr}"
+            lines += [f"# HELP {metric} {help_text}.", f"# TYPE {metric} gauge"]
+            lines.append(f"{metric} {getattr(self, attr)}")
+        name = "windowbot_jobs_dispatch_lag_seconds"
+        lines += [
+            f"# HELP {name} Time from a job's send_at to its hand-over to the outbox.",
+            f"# TYPE {name} histogram",
+            *self.dispatch_lag.render(name),
+        ]
         name = "windowbot_processing_latency_seconds"
         lines += [
             f"# HELP {name} Time from webhook receipt to the message's turn being stored.",

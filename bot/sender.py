@@ -46,8 +46,9 @@ from bot.models import (
     delivery_status,
     parse_callback_data,
 )
+from bot.ratelimit import SharedRateLimiter
 from bot.retry import RetryPolicy
-from bot.store.base import Lease, Store
+from bot.store.base import Lease, Store, is_job_entry
 from bot.templates import TemplateRegistry
 from bot.window import Decision, WindowPolicy, decide, decide_fallback
 
@@ -95,6 +96,7 @@ class Sender:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, shared safely
         grace: float = 60.0,
         jitter: Callable[[], float] = random.random,
+        limiter: SharedRateLimiter | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -105,6 +107,7 @@ class Sender:
         self.retry = retry
         self.grace = grace
         self._jitter = jitter
+        self.limiter = limiter  # the number's send rate, shared by every process
         self._halted_until = 0.0  # 190/131048: no sends before this time, for every user
         self._unreachable: dict[str, bool] = {}  # users a send just found undeliverable
 
@@ -239,6 +242,8 @@ class Sender:
             if started is None:
                 return None  # a status showed it was sent meanwhile
             entry = started
+        if self.limiter is not None:
+            await self.limiter.acquire()
         if not lease_ok():
             raise LeaseLost(f"user {lease.user}: lease not renewed in time; not sending")
         try:
@@ -286,6 +291,8 @@ class Sender:
             await self._fail(lease, entry, exc, bound)
             return None
         self.metrics.replies_sent += 1
+        if is_job_entry(entry.id):
+            self.metrics.jobs_sent += 1
         if decision.kind == "template":
             self.metrics.replies_as_template += 1
         bound.info(
@@ -316,6 +323,8 @@ class Sender:
     ) -> None:
         if isinstance(exc, Undeliverable):
             self._unreachable[entry.user] = True
+        if is_job_entry(entry.id):
+            self.metrics.jobs_failed += 1
         bound.warning(
             "reply_failed",
             code=exc.code,
