@@ -1399,5 +1399,5 @@ class TestJobs:
         """Reserved send slots never overlap, whoever asks, and never start in the past."""
         s = jobs_store(store)
         starts = [await s.reserve_sends(8, 0.0125, NOW) for _ in range(3)]
-        assert starts == [NOW, NOW + 0.1, NOW + 0.2]
+        assert starts == pytest.approx([NOW, NOW + 0.1, NOW + 0.2])
         assert await s.reserve_sends(1, 0.0125, NOW + 5) == NOW + 5
