@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import structlog
 from aiohttp import web
@@ -20,10 +21,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
+from bot.jobs import JobDispatcher, job_policy, schedule_turn
 from bot.metrics import Metrics
+from bot.ratelimit import SharedRateLimiter
 from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
-from bot.store.base import Store
+from bot.store.base import JobStore, Store
 from bot.templates import TemplateRegistry
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
 from bot.window import WindowPolicy
@@ -58,6 +61,7 @@ STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 SENDER = web.AppKey("sender", Sender)
+JOBS = web.AppKey("jobs", JobDispatcher)
 
 
 def create_app(config: Config, components: Components) -> web.Application:
@@ -108,10 +112,15 @@ def _dispatcher_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
+        store = app[STORE]
+        jobs_store = store if isinstance(store, JobStore) else None
         async with contextlib.AsyncExitStack() as stack:
             drainer = None
             if components.transport is not None:
                 transport = await stack.enter_async_context(components.transport())
+                limiter = None
+                if jobs_store is not None and config.whatsapp.send_rate:
+                    limiter = SharedRateLimiter(jobs_store, config.whatsapp.send_rate)
                 drainer = app[SENDER] = Sender(
                     app[STORE],
                     transport,
@@ -120,6 +129,7 @@ def _dispatcher_ctx(
                     metrics=app[METRICS],
                     retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
                     grace=config.workers.send_grace_seconds,
+                    limiter=limiter,
                 )
             dispatcher = app[DISPATCHER] = Dispatcher(
                 app[STORE],
@@ -132,9 +142,21 @@ def _dispatcher_ctx(
                 sweep_seconds=config.workers.sweep_seconds,
                 retention=config.store.retention_days * 86400,
                 handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
+                reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
             )
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
+            if jobs_store is not None and drainer is not None and config.jobs.enabled:
+                jobs = app[JOBS] = JobDispatcher(
+                    jobs_store,
+                    wake=dispatcher.notify,
+                    registry=components.registry,
+                    window=components.policy,
+                    policy=job_policy(config),
+                    metrics=app[METRICS],
+                )
+                await jobs.start()
+                stack.push_async_callback(jobs.stop)
             yield
 
     return ctx

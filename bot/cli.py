@@ -78,7 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a template parameter (repeat; NAME=VALUE for named templates)",
     )
     send.add_argument("--language", default="", help="template language (default: the chain)")
-    for sp in (run, check, graph, chat, send):  # --config is accepted after the command too
+    from bot._remind_cli import add_parsers
+
+    reminders = add_parsers(sub)  # bot remind add|list|cancel, bot worker
+    for sp in (
+        run,
+        check,
+        graph,
+        chat,
+        send,
+        *reminders,
+    ):  # --config is accepted after the command too
         sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -95,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(config, args.host, args.port)
+        if args.command in ("remind", "worker"):
+            from bot import _remind_cli
+
+            return _remind_cli.main(config, args)
         from bot import commands
 
         if args.command == "check":

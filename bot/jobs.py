@@ -41,6 +41,7 @@ from bot._when import (
     parse_time,
     user_zone,
 )
+from bot.config import Config
 from bot.errors import StoreError
 from bot.metrics import Metrics
 from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord
@@ -93,6 +94,20 @@ class JobPolicy:
         default_factory=lambda: dict(DEFAULT_COUNTRY_ZONES)
     )
     messaging_limit: int = 0
+
+
+def job_policy(config: Config) -> JobPolicy:
+    """The dispatcher's settings from ``[jobs]`` (its time zones extend the built-in ones)."""
+    jobs = config.jobs
+    return JobPolicy(
+        lease_seconds=jobs.lease_seconds,
+        poll_seconds=jobs.poll_seconds,
+        batch=jobs.batch,
+        quiet_hours=jobs.quiet_hours,
+        default_timezone=jobs.default_timezone,
+        country_timezones={**DEFAULT_COUNTRY_ZONES, **jobs.country_timezones},
+        messaging_limit=jobs.messaging_limit,
+    )
 
 
 # --- building jobs ----------------------------------------------------------------------------
@@ -210,7 +225,7 @@ class Scheduler:
         registry: TemplateRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store, self.registry, self._clock = store, registry, clock
+        self.store, self.registry, self.clock = store, registry, clock
 
     async def schedule(
         self,
@@ -225,7 +240,7 @@ class Scheduler:
         zone: ZoneInfo | None = None,
     ) -> Job:
         """Schedule one job (the same key again replaces it); returns it as stored."""
-        now = self._clock()
+        now = self.clock()
         when = parse_time(at, now, zone)
         job = build_job(
             user,
@@ -260,7 +275,7 @@ class Scheduler:
 
     async def cancel(self, key: str, *, user: str = "", prefix: bool = False) -> int:
         """Cancel the scheduled jobs with ``key`` (or keys starting with it); how many."""
-        now = self._clock()
+        now = self.clock()
         if prefix:
             return await self.store.cancel_jobs(now, prefix=key, user=user)
         return await self.store.cancel_jobs(now, key=key, user=user)
@@ -528,6 +543,7 @@ __all__ = [
     "Scheduler",
     "as_outgoing",
     "build_job",
+    "job_policy",
     "resume_point",
     "schedule_turn",
     "with_resume",

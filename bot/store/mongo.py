@@ -857,7 +857,7 @@ class MongoStore:
         token = f"{owner}:{uuid.uuid4().hex[:12]}"
         due = {"state": "scheduled", "wake_at": {"$lte": now}, "claim_until": {"$lt": now}}
         with self._translate("claim_jobs"):
-            claimed, tried = 0, []
+            claimed, tried = 0, list[str]()
             for _ in range(4):  # other claimers may win some of the candidates: look again
                 cursor = self._jobs.find({**due, "_id": {"$nin": tried}}, {"_id": 1})
                 found = await cursor.sort("wake_at", ASCENDING).limit(limit - claimed).to_list(None)

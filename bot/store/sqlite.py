@@ -846,7 +846,8 @@ def _job_filter(
     *, user: str, key: str, prefix: str, state: str, table: str = ""
 ) -> tuple[str, list[Any]]:
     """A WHERE clause (and its arguments) matching every filter given."""
-    clauses, args = ["1 = 1"], []
+    clauses: list[str] = ["1 = 1"]
+    args: list[Any] = []
     for column, value in (("user", user), ("key", key), ("state", state)):
         if value:
             clauses.append(f"{table}{column} = ?")
