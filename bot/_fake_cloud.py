@@ -236,17 +236,37 @@ class FakeCloudAPI:
         Raises ``AssertionError`` naming what arrived if they do not come ``within`` seconds
         (the bot answers asynchronously, after acknowledging the webhook).
         """
+
+        def short() -> str:
+            got = [m.type for m in self.messages_to(wa_id)]
+            return f"{wa_id} got {len(got)} of {count} messages: {got}"
+
+        await self._wait_until(lambda: len(self.messages_to(wa_id)) >= count, within, short)
+        return self.messages_to(wa_id)
+
+    async def wait_for_total(self, count: int, *, within: float = 10.0) -> list[SentMessage]:
+        """Wait until ``count`` messages were accepted, to anyone; return them all."""
+        await self._wait_until(
+            lambda: len(self.messages) >= count,
+            within,
+            lambda: f"{len(self.messages)} of {count} messages arrived",
+        )
+        return list(self.messages)
+
+    async def _wait_until(
+        self, done: Callable[[], bool], within: float, short: Callable[[], str]
+    ) -> None:
+        """Wake at every accepted message until ``done()``; ``AssertionError(short())`` if
+        that takes longer than ``within`` seconds."""
         self._arrived.clear()
         deadline = asyncio.get_running_loop().time() + within
-        while len(self.messages_to(wa_id)) < count:
+        while not done():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                got = [m.type for m in self.messages_to(wa_id)]
-                raise AssertionError(f"{wa_id} got {len(got)} of {count} messages: {got}")
+                raise AssertionError(short())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
             self._arrived.clear()
-        return self.messages_to(wa_id)
 
     async def settle(self) -> None:
         """Wait until every status webhook scheduled so far has been posted."""

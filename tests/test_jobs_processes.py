@@ -55,13 +55,6 @@ async def due_jobs(store: SQLiteStore, count: int, prefix: str) -> list[str]:
     return users
 
 
-async def all_sent(fake: FakeCloudAPI, count: int, within: float) -> None:
-    """Wait until the fake accepted ``count`` messages (or give up after ``within``)."""
-    deadline = time.monotonic() + within
-    while len(fake.messages) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-
-
 async def jobs_settled(store: SQLiteStore, count: int, within: float = 30.0) -> int:
     """Wait until ``count`` jobs report ``sent``; how many do."""
     deadline = time.monotonic() + within
@@ -93,7 +86,7 @@ async def test_three_processes_send_1000_due_jobs_once_each_at_the_rate(tmp_path
         try:
             await asyncio.gather(*(s.start() for s in servers))
             users = await due_jobs(store, 1000, "1555300")
-            await all_sent(fake, 1000, within=60)
+            await fake.wait_for_total(1000, within=60)
             sent = await jobs_settled(store, 1000)
         finally:
             for server in servers:
@@ -125,13 +118,13 @@ async def test_kill_9_of_a_claimer_its_jobs_are_sent_by_another(tmp_path: Path) 
             await victim.start()
             users = await due_jobs(store, 200, "1555400")
             # the victim alone claims the first batches; the others start once it sent some
-            await all_sent(fake, 20, within=30)
+            await fake.wait_for_total(20, within=30)
             victim.kill9()
             scheduled = await store.find_jobs(state="scheduled", limit=500)
             queued = await store.find_jobs(state="queued", limit=500)
             held = [j for j in scheduled if j.claim_token]
             await asyncio.gather(*(s.start() for s in others))
-            await all_sent(fake, 200, within=60)
+            await fake.wait_for_total(200, within=60)
             sent = await jobs_settled(store, 200)
         finally:
             for server in others:

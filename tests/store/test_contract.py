@@ -1388,7 +1388,7 @@ class TestJobs:
         """The messaging limit: new users beyond it are refused; users reached are free."""
         s = jobs_store(store)
         first = await s.reserve_reach(["a", "b", "c"], NOW, 4)
-        assert (first.allowed, first.headroom) == ({"a", "b", "c"}, 1)
+        assert (set(first.allowed), first.headroom) == ({"a", "b", "c"}, 1)
         second = await s.reserve_reach(["a", "d", "e"], NOW + 10, 4)
         assert second.allowed == {"a", "d"}
         assert (second.headroom, second.room_at) == (0, NOW + 86_400)
