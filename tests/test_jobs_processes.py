@@ -111,9 +111,22 @@ async def test_kill_9_of_a_claimer_its_jobs_are_sent_by_another(tmp_path: Path) 
     rate = 40.0
     store = SQLiteStore(tmp_path / "bot.db")
     await store.open()
-    async with FakeCloudAPI(throughput=rate * 1.05, enforce_window=False) as fake:
-        env = bot_env(tmp_path, fake, rate, send_grace_seconds=3.0)
-        victim, *others = [BotProcess(env, tmp_path / f"bot{i}.log") for i in range(3)]
+    # Meta's status webhooks echo each send's callback data: a send the victim made but never
+    # saw answered is settled by them instead of being sent again (they go to a survivor,
+    # and are posted again while it is not up yet, as Meta retries).
+    logs = [tmp_path / f"bot{i}.log" for i in range(3)]
+    survivor = BotProcess({}, logs[1])
+    async with FakeCloudAPI(
+        throughput=rate * 1.05,
+        enforce_window=False,
+        webhook_url=f"{survivor.url}/webhook",
+        app_secret=SECRET,
+        emit_statuses=("sent",),
+        retry_statuses=60.0,
+    ) as fake:
+        env = bot_env(tmp_path, fake, rate, send_grace_seconds=10.0)
+        victim = BotProcess(env, logs[0])
+        others = [BotProcess(env, logs[1], port=survivor.port), BotProcess(env, logs[2])]
         try:
             await victim.start()
             users = await due_jobs(store, 200, "1555400")
