@@ -12,21 +12,25 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TextIO
 
 from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.errors import BotError
+from bot.jobs import JobDispatcher, job_policy, schedule_turn
 from bot.models import JSON, OutboxEntry, UserRecord
 from bot.runtime import load_engine, window_policy
 from bot.sender import Sender
 from bot.store import store_from_url
+from bot.store.base import JobStore
 from bot.templates import TemplateRegistry
 from bot.webhook import parse_message
 from bot.window import Decision, window_closes_at
 
 HELP = """Type a message and press Enter. Pick a button or list row by its number.
-  /wait 25h      move the clock (s, m, h, d) and send whatever reminders fall due
+  /wait 25h      move the clock (s, m, h, d); reminders due meanwhile go out at their time
+  /jobs          your reminders: when, key, state and why
   /late 25h TEXT a message written 25h ago that only arrives now (window already closed)
   /image [CAPTION]  /document  /audio  /location LAT LON   send media or a location
   /state         show the flow, state, variables and window
@@ -146,13 +150,25 @@ class ChatSession:
             policy=window_policy(config),
             on_decision=self.transport.on_decision,
         )
+        jobs_store = self.store if isinstance(self.store, JobStore) else None
         self.dispatcher = Dispatcher(
             self.store,
             handler=engine.handle,
             drainer=self.sender,
             error_replies=engine.error_replies,
             clock=self.clock,
+            reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
         )
+        self.jobs = None
+        if jobs_store is not None:
+            self.jobs = JobDispatcher(
+                jobs_store,
+                wake=self.dispatcher.notify,
+                registry=registry,
+                window=window_policy(config),
+                policy=job_policy(config),
+                clock=self.clock,
+            )
 
     def clock(self) -> float:
         """Wall time moved by ``/wait``."""
@@ -189,11 +205,9 @@ class ChatSession:
             if cmd == "/help":
                 self.out.write(HELP + "\n")
             elif cmd == "/wait":
-                self.offset += parse_duration(rest)
-                when = time.strftime("%a %d %b %H:%M UTC", time.gmtime(self.clock()))
-                self.out.write(f"  (clock moved to {when})\n")
-                await self.dispatcher.sweep()
-                await self.dispatcher.idle()
+                await self._wait(parse_duration(rest))
+            elif cmd == "/jobs":
+                await self._show_jobs()
             elif cmd == "/late":
                 ago, _, text = rest.partition(" ")
                 await self._inbound("text", {"body": text or "hello"}, ago=parse_duration(ago))
@@ -214,6 +228,46 @@ class ChatSession:
         except ValueError as exc:
             self.out.write(f"  {exc}\n")
         return True
+
+    async def _wait(self, seconds: float) -> None:
+        """Move the clock, stopping at each job that falls due meanwhile, in order, so each
+        goes out as that moment's window decision says."""
+        target = self.clock() + seconds
+        while self.jobs is not None:
+            due = [
+                j.wake_at
+                for j in await self.jobs.store.find_jobs(user=self.user, state="scheduled")
+                if self.clock() < j.wake_at <= target
+            ]
+            if not due:
+                break
+            self._move_to(min(due))
+            await self._run_due()
+        self._move_to(target)
+        await self._run_due()
+
+    def _move_to(self, when: float) -> None:
+        self.offset = when - time.time()
+        shown = time.strftime("%a %d %b %H:%M UTC", time.gmtime(self.clock()))
+        self.out.write(f"  (clock moved to {shown})\n")
+
+    async def _run_due(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.run_once()
+        await self.dispatcher.sweep()
+        await self.dispatcher.idle()
+
+    async def _show_jobs(self) -> None:
+        if self.jobs is None:
+            self.out.write("  (this store keeps no reminder jobs)\n")
+            return
+        found = await self.jobs.store.find_jobs(user=self.user)
+        if not found:
+            self.out.write("  (no reminders)\n")
+        for job in found:
+            when = time.strftime("%a %d %b %H:%M UTC", time.gmtime(job.send_at))
+            key = f" {job.key}" if job.key else ""
+            self.out.write(f"  {when}{key}: {job.state} — {job.reason}\n")
 
     async def _inbound(self, kind: str, body: JSON, *, ago: float = 0.0) -> None:
         self.count += 1

@@ -6,8 +6,9 @@ runs anywhere. Times are relative to the day the message arrives (UTC).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from bot.engine import HookContext
-from bot.models import Outgoing, TemplateCall
 
 DAY = 86_400
 _taken: set[str] = {"d2_0900"}  # pretend someone already booked this one
@@ -26,28 +27,15 @@ def slot_available(ctx: HookContext) -> bool:
 
 
 def book_slot(ctx: HookContext) -> None:
-    """Action: take the slot."""
+    """Action: take the slot and keep its time (``vars.slot_at``, for the reminder)."""
     _taken.add(str(ctx.vars["slot_id"]))
+    at = slot_time(str(ctx.vars["slot_id"]), ctx.now)
+    ctx.vars["slot_at"] = datetime.fromtimestamp(at, UTC).isoformat()
 
 
-async def schedule_reminder(ctx: HookContext) -> None:
-    """Action: remind the user one hour before the appointment (a template if the window
-    has closed by then, which it usually has)."""
-    name, slot = str(ctx.vars["name"]), str(ctx.vars["slot"])
-    ctx.schedule(
-        Outgoing(
-            message={
-                "type": "text",
-                "text": {"body": f"Reminder: your appointment is at {slot}.", "preview_url": False},
-            },
-            # named parameters; its quick-reply button comes back as payload CONFIRM
-            fallback=TemplateCall(
-                "appointment_reminder", {"name": name, "slot": slot}, buttons=("CONFIRM",)
-            ),
-            note="booking.reminder",
-        ),
-        at=slot_time(str(ctx.vars["slot_id"]), ctx.now) - 3600,
-    )
+def cancel_booking(ctx: HookContext) -> None:
+    """Action: free the slot (``cancel_reminder:`` cancels its reminder)."""
+    _taken.discard(str(ctx.vars.get("slot_id", "")))
 
 
 def opt_out(ctx: HookContext) -> None:
