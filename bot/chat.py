@@ -118,10 +118,19 @@ class ChatTransport:
         template = self.registry.get(name) if self.registry else None
         call = self._entry.outgoing.fallback if self._entry else None
         if template is not None and call is not None:
+            self.choices = [  # its quick-reply buttons, tapped by number
+                ("button", str(c["parameters"][0]["payload"]), b.text)
+                for c in body.get("components", [])
+                if c.get("sub_type") == "quick_reply"
+                for b in template.variants[language].buttons[int(c["index"]) : int(c["index"]) + 1]
+            ]
             try:
-                return _bubble(template.render(language, call), f"template {name} ({language})")
+                text = _bubble(template.render(language, call), f"template {name} ({language})")
             except BotError:
-                pass
+                return _bubble(str(body.get("components", "")), f"template {name} ({language})")
+            return text + "".join(
+                f"    {n}. {title}\n" for n, (_, _, title) in enumerate(self.choices, 1)
+            )
         return _bubble(str(body.get("components", "")), f"template {name} ({language})")
 
 
@@ -192,7 +201,11 @@ class ChatSession:
         if line.isdigit() and 0 < int(line) <= len(self.transport.choices):
             kind, rid, title = self.transport.choices[int(line) - 1]
             self.out.write(f"  → [{title}]\n")
-            await self._inbound("interactive", {"type": kind, kind: {"id": rid, "title": title}})
+            if kind == "button":  # a template's quick-reply button
+                await self._inbound("button", {"payload": rid, "text": title})
+            else:
+                body = {"type": kind, kind: {"id": rid, "title": title}}
+                await self._inbound("interactive", body)
         else:
             await self._inbound("text", {"body": line})
         return True
