@@ -15,7 +15,8 @@ import pytest
 from bot._when import ScheduleError, parse_time, zone
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine
-from bot.jobs import JobDispatcher, JobPolicy, Scheduler, build_job, resume_point
+from bot.engine.hooks import Reminder
+from bot.jobs import JobDispatcher, JobPolicy, Scheduler, build_job, resume_point, schedule_turn
 from bot.metrics import Metrics
 from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord
 from bot.sender import Sender
@@ -25,6 +26,7 @@ from bot.testing import FakeCloudAPI, quick_reply
 from bot.webhook import parse_body
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
+from tests.store_access import commit
 
 TEMPLATES = """
 templates:
@@ -154,10 +156,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 async def wrote(rig: Rig, user: str, at: float, **changes: object) -> None:
     """Store a record of ``user`` who last wrote at ``at`` (and tell the fake)."""
     record = UserRecord(key=user, wa_id=user, last_inbound_at=int(at), **changes)  # type: ignore[arg-type]
-    work = await rig.store.claim(user, "test", rig.now[0] + 30, rig.now[0])
-    assert work is not None
-    await rig.store.commit_turn(work.lease, None, record, [], rig.now[0])
-    await rig.store.release([work.lease])
+    await commit(rig.store, record, now=rig.now[0])
     rig.fake.user_wrote(user, at)
 
 
@@ -384,3 +383,48 @@ class TestResume:
     def test_a_plain_button_is_no_resume_point(self) -> None:
         """Payloads without the job mark are left as they are."""
         assert resume_point(tapped("CONFIRM")) is None
+
+
+class TestTurnJobs:
+    async def test_a_turn_tried_again_schedules_its_reminders_once(self, rig: Rig) -> None:
+        """A hook's reminders become jobs named after the message: a retry replaces them."""
+        ctx_turn = _TurnWith(reminders=(Reminder(at=rig.now[0] + 60, template=remind()),))
+        record, message = UserRecord(key=ANA, wa_id=ANA), tapped("x")
+        for _ in range(2):
+            await schedule_turn(rig.store, record, message, ctx_turn, rig.now[0])
+        [job] = await rig.store.find_jobs(user=ANA)
+        assert job.id == f"{ANA}|~{message.id}:0" and job.send_at == rig.now[0] + 60
+
+    async def test_a_turns_cancel_drops_the_users_keyed_job(self, rig: Rig) -> None:
+        """ctx.cancel(key) in a turn cancels that user's scheduled job with the key."""
+        await rig.schedule(build_job(ANA, remind(), at=rig.now[0] + 60, now=rig.now[0], key="k"))
+        record, message = UserRecord(key=ANA, wa_id=ANA), tapped("x")
+        await schedule_turn(rig.store, record, message, _TurnWith(cancels=("k",)), rig.now[0])
+        assert (await rig.job()).state == "cancelled"
+
+
+class TestMetrics:
+    async def test_job_metrics_are_exposed(self, rig: Rig) -> None:
+        """Sent, skipped by reason, expiry, lag and tier headroom appear in /metrics' text."""
+        at = rig.now[0] - 20  # dispatched 20 s late
+        await wrote(rig, "15551230009", at, opted_out=True)
+        await rig.schedule(
+            build_job(ANA, remind(), at=at, now=at),
+            build_job("15551230009", remind(), at=at, now=at),
+        )
+        await rig.dispatch(messaging_limit=250)
+        text = rig.metrics.render()
+        assert "windowbot_jobs_sent_total 1" in text
+        assert 'windowbot_jobs_skipped_total{reason="opted_out"} 1' in text
+        assert "windowbot_tier_headroom 249" in text
+        assert "windowbot_jobs_dispatch_lag_seconds_count 1" in text
+        assert 'windowbot_jobs_dispatch_lag_seconds_bucket{le="10.0"} 0' in text
+        assert 'windowbot_jobs_dispatch_lag_seconds_bucket{le="30.0"} 1' in text
+
+
+@dataclass(frozen=True)
+class _TurnWith:
+    """A turn result carrying only reminders and cancels."""
+
+    reminders: tuple[Reminder, ...] = ()
+    cancels: tuple[str, ...] = ()
