@@ -9,6 +9,9 @@ clock. Each job goes to its own user, so a job sent twice shows as a user with t
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -148,3 +151,25 @@ async def test_kill_9_of_a_claimer_its_jobs_are_sent_by_another(tmp_path: Path) 
     assert sent == 200
     assert held or queued, "the kill left no claimed or queued job behind: nothing was tested"
     assert fake.throttled == 0
+
+
+async def test_bot_worker_dispatches_jobs_without_a_webhook_server(tmp_path: Path) -> None:
+    """``bot worker`` alone (no HTTP server) sends due jobs, and stops on SIGTERM."""
+    store = SQLiteStore(tmp_path / "bot.db")
+    await store.open()
+    async with FakeCloudAPI(enforce_window=False) as fake:
+        env = {**os.environ, "BOT_LOG_FORMAT": "json", **bot_env(tmp_path, fake, 80.0)}
+        with (tmp_path / "worker.log").open("wb") as log:
+            worker = subprocess.Popen(  # noqa: ASYNC220 - a short, non-blocking spawn
+                [sys.executable, "-m", "bot", "worker"], env=env, cwd=ROOT, stdout=log, stderr=log
+            )
+        try:
+            users = await due_jobs(store, 5, "1555500")
+            await fake.wait_for_total(5, within=30)
+        finally:
+            worker.terminate()
+            code = await asyncio.to_thread(worker.wait, 15)
+            await store.close()
+    assert sorted(m.to for m in fake.messages) == users
+    assert code == 0
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
