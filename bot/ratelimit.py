@@ -25,8 +25,9 @@ import structlog
 
 log = structlog.get_logger("windowbot.ratelimit")
 
-#: A slot whose time passed more than this many seconds ago is not used (it would bunch).
-LATE = 0.03
+#: A slot whose time passed more than this many seconds ago is not used: sent late, it would
+#: bunch with the next process's slot and push a second over the rate.
+LATE = 0.01
 
 
 class SendSlots(Protocol):
