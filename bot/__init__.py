@@ -11,12 +11,14 @@ from bot.errors import (
     CloudAPIError,
     ConfigError,
     FlowError,
+    ScheduleError,
     StoreError,
     StoreUnavailable,
     TemplateError,
     WebhookError,
 )
-from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
+from bot.jobs import Scheduler
+from bot.models import InboundMessage, Job, Outgoing, StatusUpdate, TemplateCall, UserRecord
 from bot.outbound import Outbound
 from bot.store import Store, store_from_url
 from bot.templates import TemplateRegistry
@@ -34,9 +36,12 @@ __all__ = [
     "FlowError",
     "HookContext",
     "InboundMessage",
+    "Job",
     "Outbound",
     "Outgoing",
     "Reminder",
+    "ScheduleError",
+    "Scheduler",
     "StatusUpdate",
     "Store",
     "StoreError",

@@ -10,13 +10,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.errors import BotError
+from bot.errors import ScheduleError
 from bot.models import UserRecord
-
-
-class ScheduleError(BotError, ValueError):
-    """A reminder that cannot be scheduled as asked (bad time, recurring, unknown zone)."""
-
 
 #: Words that ask for a repeating schedule, and cron's five fields.
 _RECURRING = re.compile(

@@ -354,7 +354,8 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
 
 
 def _validate_jobs(jobs: JobsConfig, fail: Any) -> None:
-    from bot._when import ScheduleError, parse_quiet, zone
+    from bot._when import parse_quiet, zone
+    from bot.errors import ScheduleError
 
     if jobs.messaging_limit not in (0, 250, 2000, 10_000, 100_000):
         fail(

@@ -33,7 +33,6 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from bot._when import (
-    ScheduleError,
     iso,
     next_allowed,
     parse_duration,
@@ -42,7 +41,7 @@ from bot._when import (
     user_zone,
 )
 from bot.config import Config
-from bot.errors import StoreError
+from bot.errors import ScheduleError, StoreError
 from bot.metrics import Metrics
 from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord
 from bot.store.base import JobStore, Reach

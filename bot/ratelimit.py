@@ -80,6 +80,20 @@ class SharedRateLimiter:
                 return self._clock() - started
             # woken too late (a busy loop): sending now could bunch with later slots
 
+    async def pause(self, seconds: float = 1.0) -> None:
+        """Meta answered 130429 anyway (another sender on the number?): every process waits.
+
+        Takes ``seconds`` worth of slots from the shared bucket and leaves them unused.
+        """
+        if self.rate <= 0:
+            return
+        async with self._lock:
+            self._slots.clear()
+            count = max(1, int(self.rate * seconds))
+            await self._slots_store.reserve_sends(count, 1.0 / self.rate, self._clock())
+            self.reservations += 1
+        log.warning("send_rate_paused", seconds=seconds, reason="130429 from the Cloud API")
+
     async def _next_slot(self) -> float:
         self._waiting += 1
         try:

@@ -269,6 +269,8 @@ class Sender:
             await self._fail(lease, entry, exc, bound)
             return None
         except (TransientError, RateLimited) as exc:
+            if exc.code == 130429 and self.limiter is not None:
+                await self.limiter.pause()  # the number's throughput: every process backs off
             delay = self.retry.delay(entry.attempts, self._jitter())
             if delay is None:
                 await self._fail(lease, entry, exc, bound)

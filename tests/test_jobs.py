@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bot._when import ScheduleError, parse_time, zone
+from bot._when import parse_time, zone
 from bot.dispatcher import Dispatcher
 from bot.engine import Engine
 from bot.engine.hooks import Reminder
+from bot.errors import ScheduleError
 from bot.jobs import JobDispatcher, JobPolicy, Scheduler, build_job, resume_point, schedule_turn
 from bot.metrics import Metrics
 from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord

@@ -55,6 +55,19 @@ class TestSharedRateLimiter:
         assert limiter.reservations <= 5  # the first caller, alone then, takes one slot
         assert abs(clock.now - (1000.0 + 31 / 80)) < 1e-6
 
+    async def test_a_130429_pauses_every_process(self, tmp_path: Path) -> None:
+        """After a pause taken by one process, the other's next send waits a second."""
+        stores = [SQLiteStore(tmp_path / "bot.db") for _ in range(2)]
+        for store in stores:
+            await store.open()
+        clock = Clock()
+        one, other = (SharedRateLimiter(s, 80.0, clock=clock, sleep=clock.sleep) for s in stores)
+        await one.pause(1.0)
+        await other.acquire()
+        for store in stores:
+            await store.close()
+        assert clock.now >= 1001.0 - 1e-9
+
     async def test_zero_means_unlimited(self, tmp_path: Path) -> None:
         """Rate 0: no waiting and no store writes."""
         store = SQLiteStore(tmp_path / "bot.db")

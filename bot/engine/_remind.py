@@ -28,7 +28,7 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node
 
-from bot._when import ScheduleError, parse_duration, parse_quiet, parse_time, refuse_recurring
+from bot._when import parse_duration, parse_quiet, parse_time, refuse_recurring
 from bot.engine._check_replies import ReplyChecker
 from bot.engine._replies import FALLBACK_KEYS, ReplyReader
 from bot.engine._yaml import line_of
@@ -36,6 +36,7 @@ from bot.engine.hooks import Hook, HookContext
 from bot.engine.render import Renderer, message_context, user_context
 from bot.engine.reply import CompiledFallback, compile_reply
 from bot.engine.spec import ProjectSpec, RemindSpec
+from bot.errors import ScheduleError
 
 REMIND_KEYS = frozenset({"at", "key", "expires_after", "resume", "quiet_hours", "say"})
 
