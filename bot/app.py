@@ -225,7 +225,11 @@ async def receive(request: web.Request) -> web.Response:
     now = time.time()
     try:
         async with asyncio.timeout(config.server.store_timeout_seconds):
-            fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
+            fresh = (
+                await app[DISPATCHER].receive(delivery.messages, now, started)
+                if delivery.messages
+                else []
+            )
             seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
     except (StoreError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {config.server.store_timeout_seconds:g}s"
@@ -237,7 +241,6 @@ async def receive(request: web.Request) -> web.Response:
     for message, new in zip(delivery.messages, fresh, strict=True):
         if new:
             metrics.received += 1
-            dispatcher.notify(message.user, started, message.id)
         else:
             metrics.duplicates += 1
             log.info("message_duplicate", wa_id=message.user, message_id=message.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -175,6 +176,7 @@ async def _serve(app: web.Application, host: str, port: int, path: str) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+        _settle_heap()
         log.info("listening", webhook=f"http://{host}:{port}{path}")
         await stop.wait()
     finally:
@@ -182,6 +184,21 @@ async def _serve(app: web.Application, host: str, port: int, path: str) -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
         await runner.cleanup()
+
+
+def _settle_heap() -> None:
+    """Tune the garbage collector for serving, once everything long-lived is loaded.
+
+    The flows, templates, libraries and sessions loaded at start-up live as long as the
+    process: ``gc.freeze`` takes them out of every later collection. Each message allocates
+    a few hundred short-lived objects, so the default threshold (700) ran a young collection
+    every message or two; a larger one keeps young collections rare and cheap (most objects
+    are freed by reference counting anyway). About 5% of CPU per message (bench/).
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(20_000, second, third)
 
 
 MAX_LINE_BYTES = 16 * 1024

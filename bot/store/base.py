@@ -110,6 +110,24 @@ class Store(Protocol):
     async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
         """Insert messages into the inbox; for each, ``True`` if new, ``False`` if a duplicate."""
 
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[list[bool], list[Work]]:
+        """:meth:`add_inbound`, and :meth:`claim` of ``users`` in the same step where cheap.
+
+        The webhook's path: a store that can claim in the insert's own transaction saves the
+        worker a round trip. Returns the insert's flags and the work of each user claimed;
+        a store may claim none (the caller then claims as usual) but never claims a user
+        another owner holds.
+        """
+
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
         """Insert status items; for each, ``True`` if new, ``False`` if seen before.
 
@@ -248,9 +266,12 @@ def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> st
 # --- serialisation shared by the backends ----------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON for storage."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON for storage (one encoder for all: ``json.dumps`` builds one per call)."""
+    return _ENCODER.encode(value)
 
 
 def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from bot.models import (
     callback_data,
 )
 from bot.store.base import Committed, JobStore, Lease, Store, Work, job_entry_id, outbox_id
+from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_message, parse_status
 from tests.store.conftest import Backend
 
@@ -370,6 +371,48 @@ class TestClaim:
         await store.release([lease])
         assert await store.renew([lease], NOW + 100) == set()
         assert await store.claim(ANA, "w2", NOW + 30, NOW + 1) is not None
+
+
+class TestAddAndClaim:
+    async def test_stores_like_add_inbound(self, store: Store) -> None:
+        """The insert half answers like ``add_inbound``: new messages, then duplicates."""
+        first, _ = await store.add_and_claim(
+            [inbound("wamid.1")], NOW, owner="w1", until=NOW + 30, users=[ANA]
+        )
+        again, works = await store.add_and_claim(
+            [inbound("wamid.1"), inbound("wamid.2")], NOW, owner="w2", until=NOW + 30, users=[]
+        )
+        assert (first, again, works) == ([True], [False, True], [])
+        assert (await store.inbox_counts())["pending"] == 2
+
+    async def test_a_claimed_user_comes_with_the_message(self, store: Store) -> None:
+        """A user it claims comes back fenced by a lease of its own, with the new message."""
+        _, works = await store.add_and_claim(
+            [inbound("wamid.1"), inbound("wamid.b", user=BIA)],
+            NOW,
+            owner="w1",
+            until=NOW + 30,
+            users=[ANA],
+        )
+        if isinstance(store, SQLiteStore):  # claims in the insert's transaction
+            assert [w.lease.user for w in works] == [ANA]
+        for work in works:  # a store may claim none (Mongo): the usual claim then works
+            assert (work.lease.user, work.lease.owner) == (ANA, "w1")
+            assert [m.id for m in work.inbound] == ["wamid.1"]
+            committed = await store.commit_turn(work.lease, "wamid.1", user(), [], NOW)
+            assert committed.record.version == 1
+        if not works:
+            await claim(store, ANA, "w1")
+
+    async def test_never_claims_a_user_another_owner_holds(self, store: Store) -> None:
+        """A user held by another owner is not claimed, and that owner's lease still fences."""
+        held = await claim(store, ANA, "w1")
+        _, works = await store.add_and_claim(
+            [inbound("wamid.1")], NOW, owner="w2", until=NOW + 30, users=[ANA]
+        )
+        assert works == []
+        committed = await store.commit_turn(held.lease, "wamid.1", user(), [], NOW)
+        assert committed.record.version == 1
 
 
 class TestFencing:
