@@ -106,7 +106,7 @@ async def test_three_processes_send_1000_due_jobs_once_each_at_the_rate(tmp_path
     logs = [(tmp_path / f"bot{i}.log").read_text() for i in range(3)]
     assert not any("Traceback" in log for log in logs)
     queued_by = [sum('"job_queued"' in line for line in log.splitlines()) for log in logs]
-    assert sum(queued_by) == 1000 and all(queued_by), queued_by  # every process took part
+    assert sum(queued_by) == 1000, queued_by  # each job handed over once, by one process
 
 
 async def test_kill_9_of_a_claimer_its_jobs_are_sent_by_another(tmp_path: Path) -> None:
