@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.jobs import build_job  # noqa: E402
 from bot.models import TemplateCall  # noqa: E402
+from bot.scheduling import build_job  # noqa: E402
 from bot.store.sqlite import SQLiteStore  # noqa: E402
 from bot.testing import FakeCloudAPI  # noqa: E402
 from tests.server import BotProcess  # noqa: E402

@@ -17,9 +17,9 @@ from bot.errors import (
     TemplateError,
     WebhookError,
 )
-from bot.jobs import Scheduler
 from bot.models import InboundMessage, Job, Outgoing, StatusUpdate, TemplateCall, UserRecord
 from bot.outbound import Outbound
+from bot.scheduling import Scheduler
 from bot.store import Store, store_from_url
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI

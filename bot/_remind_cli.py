@@ -20,9 +20,9 @@ from bot._when import RECURRING_REFUSED, iso, parse_time, zone
 from bot.commands import parse_params
 from bot.config import Config
 from bot.errors import ConfigError, ScheduleError
-from bot.jobs import Scheduler, build_job
 from bot.models import JOB_STATES, Job, Outgoing, TemplateCall
 from bot.outbound import Outbound
+from bot.scheduling import Scheduler, build_job
 
 log = structlog.get_logger("windowbot.cli")
 

@@ -21,10 +21,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
-from bot.jobs import JobDispatcher, job_policy, schedule_turn
+from bot.jobs import JobDispatcher, job_policy
 from bot.metrics import Metrics
 from bot.ratelimit import SharedRateLimiter
 from bot.retry import RetryPolicy
+from bot.scheduling import schedule_turn
 from bot.sender import Sender, Transport
 from bot.store.base import JobStore, Store
 from bot.templates import TemplateRegistry

@@ -18,9 +18,10 @@ from typing import Any, TextIO
 from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.errors import BotError
-from bot.jobs import JobDispatcher, job_policy, schedule_turn
+from bot.jobs import JobDispatcher, job_policy
 from bot.models import JSON, OutboxEntry, UserRecord
 from bot.runtime import load_engine, window_policy
+from bot.scheduling import schedule_turn
 from bot.sender import Sender
 from bot.store import store_from_url
 from bot.store.base import JobStore

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from bot.config import Config, resolve
 from bot.errors import StoreError, TemplateError
-from bot.jobs import Scheduler
 from bot.models import Job, Outgoing, TemplateCall
 from bot.runtime import load_registry, make_transport, window_policy
+from bot.scheduling import Scheduler
 from bot.sender import Sender, Transport
 from bot.store import Store, store_from_url
 from bot.store.base import JobStore

@@ -17,9 +17,10 @@ from bot.dispatcher import Dispatcher
 from bot.engine import Engine
 from bot.engine.hooks import Reminder
 from bot.errors import ScheduleError
-from bot.jobs import JobDispatcher, JobPolicy, Scheduler, build_job, resume_point, schedule_turn
+from bot.jobs import JobDispatcher, JobPolicy
 from bot.metrics import Metrics
 from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord
+from bot.scheduling import Scheduler, build_job, resume_point, schedule_turn
 from bot.sender import Sender
 from bot.store.sqlite import SQLiteStore
 from bot.templates import TemplateRegistry

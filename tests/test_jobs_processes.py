@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs import build_job
 from bot.models import TemplateCall
+from bot.scheduling import build_job
 from bot.store.sqlite import SQLiteStore
 from bot.testing import FakeCloudAPI
 from tests.conftest import SECRET

@@ -33,8 +33,8 @@ from bot.engine.render import message_context, user_context
 from bot.engine.reply import CompiledReply
 from bot.errors import FlowError
 from bot.findings import Finding, format_findings
-from bot.jobs import resume_point
 from bot.models import InboundMessage, Outgoing, UserRecord
+from bot.scheduling import resume_point
 
 log = structlog.get_logger(__name__)
 

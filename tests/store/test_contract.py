@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from bot.errors import LeaseLost, VersionConflict
-from bot.jobs import build_job
 from bot.models import (
     InboundMessage,
     Job,
@@ -22,6 +21,7 @@ from bot.models import (
     UserRecord,
     callback_data,
 )
+from bot.scheduling import build_job
 from bot.store.base import Committed, JobStore, Lease, Store, Work, job_entry_id, outbox_id
 from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_message, parse_status
