@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -47,6 +48,9 @@ class Components:
             ``None`` leaves replies queued in the outbox.
         registry: the templates fallbacks may use.
         policy: the window decision's settings.
+        clock: the dispatcher's time (the sandbox console moves it per user).
+        sandbox_cloud: in sandbox mode, send replies to a fake Cloud API inside the process
+            (the console shows them as WhatsApp would) instead of ``transport``.
     """
 
     store: Store
@@ -55,6 +59,8 @@ class Components:
     transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
     registry: TemplateRegistry | None = None
     policy: WindowPolicy = field(default_factory=WindowPolicy)
+    clock: Callable[[], float] = time.time
+    sandbox_cloud: bool = False
 
 
 CONFIG = web.AppKey("config", Config)
@@ -79,6 +85,11 @@ def create_app(config: Config, components: Components) -> web.Application:
     app[METRICS] = Metrics()
     app[HEALTH] = WriteHealth()
     app.cleanup_ctx.append(_store_ctx)
+    from bot.console import mount_console  # it reads this module's app keys
+
+    components = mount_console(
+        app, config, components, token=os.environ.get("BOT_CONSOLE_TOKEN", "")
+    )
     app.cleanup_ctx.append(_dispatcher_ctx(components))
     path = config.server.path
     app.router.add_get(path, verify)
@@ -144,6 +155,7 @@ def _dispatcher_ctx(
                 retention=config.store.retention_days * 86400,
                 handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
                 reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
+                clock=components.clock,
             )
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)

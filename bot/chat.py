@@ -135,6 +135,11 @@ class ChatTransport:
         return _bubble(str(body.get("components", "")), f"template {name} ({language})")
 
 
+def _paused(record: UserRecord) -> str:
+    """Why a human has the user, and how they get the bot back."""
+    return f"{record.paused_reason}; hand back in the console (/console)"
+
+
 def _bubble(text: str, label: str = "") -> str:
     head = f"bot ({label}): " if label else "bot: "
     lines = str(text).splitlines() or [""]
@@ -297,6 +302,9 @@ class ChatSession:
         await self.store.add_inbound([message], self.clock())
         self.dispatcher.notify(self.user)
         await self.dispatcher.idle()
+        record = await self.store.get_user(self.user)
+        if record is not None and record.paused:
+            self.out.write(f"  (the bot is paused for you: {_paused(record)})\n")
 
     async def _show_state(self) -> None:
         record = await self.store.get_user(self.user)
@@ -310,6 +318,8 @@ class ChatSession:
             f"  flow {record.flow}, state {record.state}, window {window}\n"
             f"  variables {dict(record.variables)}\n"
         )
+        if record.paused:
+            self.out.write(f"  paused: {_paused(record)}\n")
 
     async def _reset(self) -> None:
         now = self.clock()

@@ -309,22 +309,19 @@ class Dispatcher:
         for work in works:
             self._leases.hold(work.lease)
             self._start(work.lease.user, work)
-        self._unreserve(users, {work.lease.user for work in works})
-        reserved = set(users)
+        started = {work.lease.user for work in works}
+        self._unreserve(users, started)
         for message, new in zip(messages, fresh, strict=True):
             if new:
                 self._received[message.id] = received_at
-                if message.user not in reserved:
+                if message.user not in started:  # its worker claims it (or finds it held)
                     self.notify(message.user)
         return fresh
 
     def _unreserve(self, users: Sequence[str], started: set[str]) -> None:
         """Give up the users marked busy for a claim that did not start their worker."""
         for user in users:
-            if user in started:
-                continue
-            again = self._active.pop(user, False)
-            if again:
+            if user not in started and self._active.pop(user, False):
                 self.notify(user)  # work arrived meanwhile: the usual worker claims it
         if not self._active:
             self._idle.set()

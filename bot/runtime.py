@@ -138,5 +138,6 @@ def build_app(config: Config) -> web.Application:
             transport=lambda: make_transport(config),
             registry=registry,
             policy=window_policy(config),
+            sandbox_cloud=config.sandbox,
         ),
     )

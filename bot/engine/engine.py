@@ -52,7 +52,8 @@ class Turn:
         trigger: what fired, for logs: a rule's label (``reply book``, ``text hi``...),
             ``start`` (new user), ``restart`` (message in a final state), ``reprompt`` (no
             rule matched), ``invalid <rule>`` (a ``save:`` refused the input) or ``reset``
-            (the record named a flow or state that no longer exists).
+            (the record named a flow or state that no longer exists), or ``paused`` (a human
+            has the conversation: nothing is answered, see ``UserRecord.paused``).
         source_state: ``flow.state`` the user was in (``""`` for a new user).
         cancels: keys of reminders to cancel (``ctx.cancel``, ``cancel_reminder:``).
     """
@@ -158,6 +159,10 @@ class Engine:
         Raises:
             RenderError: a reply could not be rendered (the checker prevents most causes).
         """
+        if record.paused:  # a human has the conversation: record the message, say nothing
+            log.info("turn_paused", reason=record.paused_reason, message_id=message.id)
+            source = f"{record.flow}.{record.state}" if record.flow else ""
+            return Turn(record, (), (), "paused", source)
         return await _Turn(self, record, message, now).run()
 
     def error_replies(

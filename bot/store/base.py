@@ -251,6 +251,31 @@ class Store(Protocol):
     async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
         """The user's outbox entries in ``seq`` order, whatever their status (newest last)."""
 
+    # --- read-only views for the console --------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        """Users with a record, the one who wrote last first (ties by key); at most ``limit``."""
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        """The user's newest ``limit`` inbox messages in arrival order, whatever their status."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One inbox message as the console shows it.
+
+    Attributes:
+        message: the message as parsed from Meta's item.
+        status: ``pending``, ``done`` or ``failed``.
+        reason: why it failed ('' otherwise).
+        received_at: when the webhook stored it (unix seconds).
+    """
+
+    message: InboundMessage
+    status: str
+    reason: str
+    received_at: float
+
 
 def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> str:
     """The status to store when the owner saves ``entry`` over a stored one.
@@ -332,6 +357,9 @@ def user_to_json(record: UserRecord) -> dict[str, Any]:
         "opted_out": record.opted_out,
         "undeliverable": record.undeliverable,
         "version": record.version,
+        "paused": record.paused,
+        "paused_reason": record.paused_reason,
+        "paused_at": record.paused_at,
     }
 
 
@@ -351,6 +379,9 @@ def user_from_json(data: Mapping[str, Any]) -> UserRecord:
         opted_out=bool(data.get("opted_out", False)),
         undeliverable=bool(data.get("undeliverable", False)),
         version=int(data.get("version", 0)),
+        paused=bool(data.get("paused", False)),
+        paused_reason=str(data.get("paused_reason") or ""),
+        paused_at=float(data.get("paused_at") or 0.0),
     )
 
 
@@ -480,6 +511,7 @@ def new_outbox_entries(
 
 __all__ = [
     "Committed",
+    "InboxItem",
     "JobStore",
     "Lease",
     "Reach",

@@ -46,6 +46,7 @@ from bot.store.base import (
     OUTCOMES,
     REACH_SECONDS,
     Committed,
+    InboxItem,
     Lease,
     Reach,
     Work,
@@ -800,6 +801,33 @@ class SQLiteStore:
             )
 
         return await self._call(op)
+
+    # --- read-only views for the console ----------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        def op(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT data FROM users WHERE data != '' ORDER BY "
+                "json_extract(data, '$.last_inbound_at') DESC, key LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return [user_from_json(json.loads(d)) for d in await self._call(op)]
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        def op(c: sqlite3.Connection) -> list[tuple[str, str, str | None, float]]:
+            rows = c.execute(
+                "SELECT data, status, reason, received_at FROM (SELECT rowid, * FROM inbox "
+                "WHERE user = ? ORDER BY rowid DESC LIMIT ?) ORDER BY rowid",
+                (user, limit),
+            ).fetchall()
+            return [tuple(r) for r in rows]
+
+        return [
+            InboxItem(inbound_from_json(json.loads(data)), status, reason or "", received_at)
+            for data, status, reason, received_at in await self._call(op)
+        ]
 
 
 #: What :func:`_read_pending` reads: inbox (wamid, JSON), statuses and outbox rows (JSON).

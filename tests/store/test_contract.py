@@ -1444,3 +1444,46 @@ class TestJobs:
         starts = [await s.reserve_sends(8, 0.0125, NOW) for _ in range(3)]
         assert starts == pytest.approx([NOW, NOW + 0.1, NOW + 0.2])
         assert await s.reserve_sends(1, 0.0125, NOW + 5) == NOW + 5
+
+
+class TestConsoleViews:
+    async def test_list_users_last_writer_first(self, store: Store) -> None:
+        """Users with a record come back the one who wrote last first; claimed-only users not."""
+        for key, wrote in ((ANA, TS), (BIA, TS + 50)):
+            lease = (await claim(store, key)).lease
+            await store.commit_turn(lease, None, user(key, last_inbound_at=wrote), [], NOW)
+            await store.release([lease])
+        await claim(store, "5511000000000")  # a lease, never a turn: no record yet
+        assert [r.key for r in await store.list_users()] == [BIA, ANA]
+        assert [r.key for r in await store.list_users(1)] == [BIA]
+        ana = (await store.list_users())[1]
+        assert (ana.profile_name, ana.flow, ana.version) == ("Ana", "onboarding", 1)
+
+    async def test_paused_fields_round_trip(self, store: Store) -> None:
+        """A paused user's record keeps why and since when, through every read."""
+        lease = (await claim(store)).lease
+        paused = user(paused=True, paused_reason="asked for a human", paused_at=NOW)
+        await store.commit_turn(lease, None, paused, [], NOW)
+        got = await store.get_user(ANA)
+        assert got is not None
+        assert (got.paused, got.paused_reason, got.paused_at) == (True, "asked for a human", NOW)
+        assert (await store.list_users())[0].paused
+        assert (await store.read_work(lease)).record.paused_reason == "asked for a human"
+
+    async def test_inbox_of_shows_every_status_in_arrival_order(self, store: Store) -> None:
+        """A user's inbox comes back in arrival order with status and reason, newest ``limit``."""
+        await store.add_inbound([inbound("wamid.1", ts=TS + 9)], NOW)
+        await store.add_inbound([inbound("wamid.2", ts=TS), inbound("wamid.b", user=BIA)], NOW + 1)
+        await store.add_inbound([inbound("wamid.3", text="third")], NOW + 2)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, "wamid.1", user(), [], NOW + 3)
+        await store.commit_turn(lease, "wamid.2", user(version=1), [], NOW + 3, failed="boom")
+        items = await store.inbox_of(ANA)
+        assert [(i.message.id, i.status, i.reason) for i in items] == [
+            ("wamid.1", "done", ""),
+            ("wamid.2", "failed", "boom"),
+            ("wamid.3", "pending", ""),
+        ]
+        assert items[2].message.text == "third" and items[2].received_at == NOW + 2
+        assert [i.message.id for i in await store.inbox_of(ANA, 2)] == ["wamid.2", "wamid.3"]
+        assert await store.inbox_of("5511000000000") == []
