@@ -252,27 +252,20 @@ class ChatSession:
         """Move the clock, stopping at each job that falls due meanwhile, in order, so each
         goes out as that moment's window decision says."""
         target = self.clock() + seconds
-        while self.jobs is not None:
-            due = [
-                j.wake_at
-                for j in await self.jobs.store.find_jobs(user=self.user, state="scheduled")
-                if self.clock() < j.wake_at <= target
-            ]
-            if not due:
-                break
-            self._move_to(min(due))
-            await self._run_due()
-        self._move_to(target)
-        await self._run_due()
+        if self.jobs is None:
+            self._move_to(target)
+            await self._settle()
+            return
+        await self.jobs.run_until(
+            self.user, target, now=self.clock, move_to=self._move_to, settle=self._settle
+        )
 
     def _move_to(self, when: float) -> None:
         self.offset = when - time.time()
         shown = time.strftime("%a %d %b %H:%M UTC", time.gmtime(self.clock()))
         self.out.write(f"  (clock moved to {shown})\n")
 
-    async def _run_due(self) -> None:
-        if self.jobs is not None:
-            await self.jobs.run_once()
+    async def _settle(self) -> None:
         await self.dispatcher.sweep()
         await self.dispatcher.idle()
 

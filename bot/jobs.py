@@ -25,8 +25,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -178,12 +178,17 @@ class JobDispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self.policy.poll_seconds)
 
-    async def run_once(self) -> int:
-        """Claim one batch of due jobs and hand over or settle each; how many were claimed."""
-        now = self._clock()
-        self.metrics.jobs_due = await self.store.due_jobs(now)
+    async def run_once(self, *, now: float | None = None, user: str = "") -> int:
+        """Claim one batch of due jobs and hand over or settle each; how many were claimed.
+
+        ``user`` and ``now``: only that user's jobs due by that time (the sandbox console
+        moves one user's clock).
+        """
+        if now is None:
+            now = self._clock()
+            self.metrics.jobs_due = await self.store.due_jobs(now)
         until = now + self.policy.lease_seconds
-        jobs = await self.store.claim_jobs(self.owner, now, until, self.policy.batch)
+        jobs = await self.store.claim_jobs(self.owner, now, until, self.policy.batch, user=user)
         if not jobs:
             return 0
         self.metrics.jobs_claimed += len(jobs)
@@ -192,6 +197,30 @@ class JobDispatcher:
         plans = await self._within_tier(plans, now)
         await asyncio.gather(*(self._carry_out(plan, now) for plan in plans))
         return len(jobs)
+
+    async def run_until(
+        self,
+        user: str,
+        target: float,
+        *,
+        now: Callable[[], float],
+        move_to: Callable[[float], None],
+        settle: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Move one user's clock (``bot chat``, the sandbox console) to ``target``, stopping
+        at each of their jobs due meanwhile, in order, so each goes out as the window
+        decision of its own time says; ``settle`` lets the user's worker send."""
+        while True:
+            scheduled = await self.store.find_jobs(user=user, state="scheduled")
+            due = [j.wake_at for j in scheduled if now() < j.wake_at <= target]
+            if not due:
+                break
+            move_to(min(due))
+            await self.run_once(now=now(), user=user)
+            await settle()
+        move_to(target)
+        await self.run_once(now=now(), user=user)
+        await settle()
 
     def _plan(self, job: Job, record: UserRecord | None, now: float) -> _Plan:
         """The decision for one job at ``now`` (pure but for the registry)."""
@@ -221,7 +250,9 @@ class JobDispatcher:
         if decision.kind == "skip":
             category = _category(decision.reason)
             return _Plan(job, state="skipped", reason=decision.reason, category=category)
-        return _Plan(job, outgoing=job.outgoing, business=decision.kind == "template")
+        # the entry keeps its due time (send_at): views show it as the reminder it was
+        outgoing = replace(job.outgoing, send_at=job.send_at)
+        return _Plan(job, outgoing=outgoing, business=decision.kind == "template")
 
     async def _within_tier(self, plans: list[_Plan], now: float) -> list[_Plan]:
         """Business-initiated sends beyond the messaging limit wait for room, oldest first."""

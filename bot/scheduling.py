@@ -123,6 +123,11 @@ def resume_point(message: InboundMessage) -> tuple[str, str, InboundMessage] | N
     return flow, state, unmarked
 
 
+def unmarked(payload: str) -> str:
+    """A button payload or id without its resume mark (for showing it)."""
+    return _split_resume(payload)[1] if payload.startswith(RESUME_PREFIX) else payload
+
+
 def _split_resume(value: str) -> tuple[str, str]:
     target, _, payload = value[len(RESUME_PREFIX) :].partition(":")
     return target, payload
@@ -252,5 +257,6 @@ __all__ = [
     "build_job",
     "resume_point",
     "schedule_turn",
+    "unmarked",
     "with_resume",
 ]

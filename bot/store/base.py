@@ -596,9 +596,12 @@ class JobStore(Store, Protocol):
         and ``state`` filters on that.
         """
 
-    async def claim_jobs(self, owner: str, now: float, until: float, limit: int) -> list[Job]:
-        """Claim up to ``limit`` scheduled jobs whose ``wake_at`` passed, oldest ``send_at``
-        first; each is claimed by one caller only. Jobs come back with their claim token."""
+    async def claim_jobs(
+        self, owner: str, now: float, until: float, limit: int, *, user: str = ""
+    ) -> list[Job]:
+        """Claim up to ``limit`` scheduled jobs whose ``wake_at`` passed (``user``: only
+        theirs), oldest ``send_at`` first; each is claimed by one caller only. Jobs come back
+        with their claim token."""
 
     async def hand_over(self, job: Job, outgoing: Outgoing, now: float) -> OutboxEntry | None:
         """Append ``outgoing`` to the user's outbox as entry :func:`job_entry_id` and mark

@@ -896,9 +896,13 @@ class MongoStore:
             jobs = [j for j in jobs if j.state == state][-limit:]
         return jobs
 
-    async def claim_jobs(self, owner: str, now: float, until: float, limit: int) -> list[Job]:
+    async def claim_jobs(
+        self, owner: str, now: float, until: float, limit: int, *, user: str = ""
+    ) -> list[Job]:
         token = f"{owner}:{uuid.uuid4().hex[:12]}"
-        due = {"state": "scheduled", "wake_at": {"$lte": now}, "claim_until": {"$lt": now}}
+        due: Doc = {"state": "scheduled", "wake_at": {"$lte": now}, "claim_until": {"$lt": now}}
+        if user:
+            due["user"] = user
         with self._translate("claim_jobs"):
             claimed, tried = 0, list[str]()
             for _ in range(4):  # other claimers may win some of the candidates: look again

@@ -706,16 +706,19 @@ class SQLiteStore:
             found = [j for j in found if j.state == state][-limit:]
         return found
 
-    async def claim_jobs(self, owner: str, now: float, until: float, limit: int) -> list[Job]:
+    async def claim_jobs(
+        self, owner: str, now: float, until: float, limit: int, *, user: str = ""
+    ) -> list[Job]:
         token = f"{owner}:{uuid.uuid4().hex[:12]}"
+        only = "AND user = ? " if user else ""
 
         def op(c: sqlite3.Connection) -> list[str]:
             rows = c.execute(
                 "UPDATE jobs SET claim_token = ?, claim_until = ?, data = json_set(data, "
                 "'$.claim_token', ?, '$.claim_until', ?) WHERE id IN (SELECT id FROM jobs "
-                "WHERE state = 'scheduled' AND wake_at <= ? AND claim_until < ? "
+                f"WHERE state = 'scheduled' AND wake_at <= ? AND claim_until < ? {only}"
                 "ORDER BY send_at, created_at LIMIT ?) RETURNING data",
-                (token, until, token, until, now, now, limit),
+                (token, until, token, until, now, now, *([user] if user else []), limit),
             ).fetchall()
             return [r[0] for r in rows]
 
