@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,15 @@ from bot.metrics import Metrics
 from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord
 from bot.scheduling import Scheduler, build_job, resume_point, schedule_turn
 from bot.sender import Sender
+from bot.store.base import JobStore
+from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.templates import TemplateRegistry
 from bot.testing import FakeCloudAPI, quick_reply
 from bot.webhook import parse_body
 from bot.whatsapp import CloudAPI
 from bot.window import WindowPolicy
+from tests.mongo_server import running_nx_27017
 from tests.store_access import commit
 
 TEMPLATES = """
@@ -98,7 +102,7 @@ def recategorized(registry: TemplateRegistry, name: str) -> TemplateRegistry:
 class Rig:
     """A store, the per-user dispatcher with its sender, and the job dispatcher on a clock."""
 
-    store: SQLiteStore
+    store: JobStore
     fake: FakeCloudAPI
     dispatcher: Dispatcher
     metrics: Metrics
@@ -135,12 +139,25 @@ class Rig:
         return found
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    """Everything real, on a clock the test moves (the sender and the jobs use the same)."""
+@pytest.fixture(scope="module")
+def nx_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nx-27017 server for this module's Mongo runs (started only if one runs)."""
+    with running_nx_27017(tmp_path_factory.mktemp("nx-jobs")) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mongo-nx", marks=pytest.mark.mongo)])
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    """Everything real, on a clock the test moves (the sender and the jobs use the same),
+    on SQLite and on nx-27017 (secantusdb runs the store contract only: it is slow)."""
     (tmp_path / "templates.yaml").write_text(TEMPLATES)
     registry = recategorized(TemplateRegistry.load(tmp_path / "templates.yaml"), "promo")
-    store = SQLiteStore(tmp_path / "bot.db")
+    store: JobStore
+    if request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "bot.db")
+    else:
+        url = request.getfixturevalue("nx_url")
+        store = MongoStore.from_url(url, database=f"jobs_{uuid.uuid4().hex[:12]}")
     await store.open()
     now = [time.time()]
     metrics = Metrics()
