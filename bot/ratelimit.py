@@ -67,18 +67,23 @@ class SharedRateLimiter:
         self.reservations = 0  # store writes made (for tests and metrics)
 
     async def acquire(self) -> float:
-        """Wait for this process's next send slot; how long the caller waited."""
+        """Wait for this process's next send slot; the slot's time (0 when unlimited)."""
         if self.rate <= 0:
             return 0.0
-        started = self._clock()
         while True:
             slot = await self._next_slot()
             wait = slot - self._clock()
             if wait > 0:
                 await self._sleep(wait)
             if self._clock() - slot <= LATE:
-                return self._clock() - started
+                return slot
             # woken too late (a busy loop): sending now could bunch with later slots
+
+    async def still(self, slot: float) -> None:
+        """Before sending on ``slot`` taken a moment ago: a new slot if it is stale now
+        (what came between, such as a store write, took too long)."""
+        if self.rate > 0 and self._clock() - slot > LATE:
+            await self.acquire()
 
     async def pause(self, seconds: float = 1.0) -> None:
         """Meta answered 130429 anyway (another sender on the number?): every process waits.

@@ -237,13 +237,15 @@ class Sender:
             self.metrics.replies_not_sent += 1
             await self._settle(lease, entry, "skipped", decision.reason, bound, count=False)
             return None
+        # the send slot first: waiting for it leaves no attempt in flight
+        slot = await self.limiter.acquire() if self.limiter is not None else 0.0
         if not (entry.inflight_at and entry.inflight_token == lease.token):
             started = await self.store.begin_send(lease, entry, now)
             if started is None:
                 return None  # a status showed it was sent meanwhile
             entry = started
         if self.limiter is not None:
-            await self.limiter.acquire()
+            await self.limiter.still(slot)
         if not lease_ok():
             raise LeaseLost(f"user {lease.user}: lease not renewed in time; not sending")
         try:

@@ -20,26 +20,38 @@ import pytest
 
 from bot.models import TemplateCall
 from bot.scheduling import build_job
+from bot.store.base import JobStore
+from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.testing import FakeCloudAPI
 from tests.conftest import SECRET
+from tests.mongo_server import mongo_database
 from tests.server import ROOT, BotProcess
 
 pytestmark = pytest.mark.slow
 
 
-def bot_env(tmp_path: Path, fake: FakeCloudAPI, rate: float, **workers: float) -> dict[str, str]:
-    """``bot run`` on the test's SQLite file, sending at ``rate`` through ``fake``."""
+def bot_env(
+    tmp_path: Path,
+    fake: FakeCloudAPI,
+    rate: float,
+    store_url: str = "",
+    lease: float = 2.0,
+    batch: int = 50,
+    **workers: float,
+) -> dict[str, str]:
+    """``bot run`` on ``store_url`` (default: the test's SQLite file), sending at ``rate``
+    through ``fake``, with ``lease`` seconds for user leases and job claims."""
     config = tmp_path / "windowbot.toml"
     lines = "".join(f"{key} = {value}\n" for key, value in workers.items())
     config.write_text(
         f"[whatsapp]\ntimeout = 30.0\nsend_rate = {rate}\n"
-        f"[workers]\nsweep_seconds = 0.2\nlease_seconds = 2.0\n{lines}"
-        "[jobs]\npoll_seconds = 0.2\nlease_seconds = 2.0\nbatch = 50\n"
+        f"[workers]\nsweep_seconds = 0.2\nlease_seconds = {lease}\n{lines}"
+        f"[jobs]\npoll_seconds = 0.2\nlease_seconds = {lease}\nbatch = {batch}\n"
     )
     return {
         "BOT_CONFIG": str(config),
-        "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+        "BOT_STORE_URL": store_url or f"sqlite:///{tmp_path / 'bot.db'}",
         "BOT_FLOWS_DIR": str(ROOT / "flows"),
         "WHATSAPP_APP_SECRET": SECRET,
         "WHATSAPP_TOKEN": fake.token,
@@ -48,7 +60,7 @@ def bot_env(tmp_path: Path, fake: FakeCloudAPI, rate: float, **workers: float) -
     }
 
 
-async def due_jobs(store: SQLiteStore, count: int, prefix: str) -> list[str]:
+async def due_jobs(store: JobStore, count: int, prefix: str) -> list[str]:
     """``count`` due template reminders, one per new user; the users."""
     now = time.time()
     users = [f"{prefix}{n:06d}" for n in range(count)]
@@ -58,7 +70,7 @@ async def due_jobs(store: SQLiteStore, count: int, prefix: str) -> list[str]:
     return users
 
 
-async def jobs_settled(store: SQLiteStore, count: int, within: float = 30.0) -> int:
+async def jobs_settled(store: JobStore, count: int, within: float = 30.0) -> int:
     """Wait until ``count`` jobs report ``sent``; how many do."""
     deadline = time.monotonic() + within
     while True:
@@ -107,6 +119,33 @@ async def test_three_processes_send_1000_due_jobs_once_each_at_the_rate(tmp_path
     assert not any("Traceback" in log for log in logs)
     queued_by = [sum('"job_queued"' in line for line in log.splitlines()) for log in logs]
     assert sum(queued_by) == 1000, queued_by  # each job handed over once, by one process
+
+
+@pytest.mark.mongo
+async def test_three_processes_on_mongo_send_each_job_once(tmp_path: Path) -> None:
+    """The same over nx-27017 (smaller: the stand-in does ~900 operations/s): each job once,
+    within the rate, no 130429."""
+    rate = 20.0
+    with mongo_database("mongo-nx", tmp_path / "nx", prefix="jobs") as url:
+        store = MongoStore.from_url(url)
+        await store.open()
+        async with FakeCloudAPI(throughput=rate * 1.05, enforce_window=False) as fake:
+            # the stand-in is slow under three processes: leases it can keep renewing
+            env = bot_env(tmp_path, fake, rate, store_url=url, lease=10.0, batch=10)
+            servers = [BotProcess(env, tmp_path / f"bot{i}.log") for i in range(3)]
+            try:
+                await asyncio.gather(*(s.start() for s in servers))
+                users = await due_jobs(store, 150, "1555600")
+                await fake.wait_for_total(150, within=60)
+                sent = await jobs_settled(store, 150)
+            finally:
+                for server in servers:
+                    server.stop()
+                await store.close()
+    per_user = Counter(m.to for m in fake.messages)
+    assert (len(fake.messages), set(per_user.values()), set(per_user)) == (150, {1}, set(users))
+    assert (sent, fake.throttled) == (150, 0)
+    assert busiest_second([m.time for m in fake.messages]) <= rate * 1.05
 
 
 async def test_kill_9_of_a_claimer_its_jobs_are_sent_by_another(tmp_path: Path) -> None:

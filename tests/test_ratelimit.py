@@ -68,8 +68,24 @@ class TestSharedRateLimiter:
             await store.close()
         assert clock.now >= 1001.0 - 1e-9
 
+    async def test_a_stale_slot_is_replaced(self, tmp_path: Path) -> None:
+        """A slot that went stale before the send (a slow store write) gives way to a new one."""
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        clock = Clock()
+        limiter = SharedRateLimiter(store, 10.0, batch=1, clock=clock, sleep=clock.sleep)
+        slot = await limiter.acquire()
+        await limiter.still(slot)
+        assert limiter.reservations == 1  # fresh: kept
+        clock.now += 0.5
+        await limiter.still(slot)
+        await store.close()
+        assert limiter.reservations == 2
+
     async def test_zero_means_unlimited(self, tmp_path: Path) -> None:
         """Rate 0: no waiting and no store writes."""
         store = SQLiteStore(tmp_path / "bot.db")
         limiter = SharedRateLimiter(store, 0.0)
         assert await limiter.acquire() == 0.0 and limiter.reservations == 0
+        await limiter.still(-100.0)
+        assert limiter.reservations == 0
