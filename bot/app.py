@@ -12,23 +12,20 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bot._pipeline import build_pipeline
 from bot.config import Config
-from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
-from bot.jobs import JobDispatcher, job_policy
+from bot.jobs import JobDispatcher
 from bot.metrics import Metrics
-from bot.ratelimit import SharedRateLimiter
-from bot.retry import RetryPolicy
-from bot.scheduling import schedule_turn
 from bot.sender import Sender, Transport
-from bot.store.base import JobStore, Store
+from bot.store.base import Store
 from bot.templates import TemplateRegistry
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
 from bot.window import WindowPolicy
@@ -79,6 +76,12 @@ def create_app(config: Config, components: Components) -> web.Application:
             "dashboard → App settings → Basic → App secret); only sandbox mode (no "
             "WHATSAPP_TOKEN) accepts unsigned webhooks"
         )
+    if not config.whatsapp.verify_token and not config.sandbox:
+        raise ConfigError(
+            "WHATSAPP_VERIFY_TOKEN is not set: Meta's webhook handshake cannot succeed. Set "
+            "it to a string of your choice and give Meta the same one (WhatsApp → "
+            "Configuration → Webhook → Verify token)"
+        )
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = components.store
@@ -124,50 +127,28 @@ def _dispatcher_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        store = app[STORE]
-        jobs_store = store if isinstance(store, JobStore) else None
         async with contextlib.AsyncExitStack() as stack:
-            drainer = None
+            transport: Transport | None = None
             if components.transport is not None:
                 transport = await stack.enter_async_context(components.transport())
-                limiter = None
-                if jobs_store is not None and config.whatsapp.send_rate:
-                    limiter = SharedRateLimiter(jobs_store, config.whatsapp.send_rate)
-                drainer = app[SENDER] = Sender(
-                    app[STORE],
-                    transport,
-                    registry=components.registry,
-                    policy=components.policy,
-                    metrics=app[METRICS],
-                    retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
-                    grace=config.workers.send_grace_seconds,
-                    limiter=limiter,
-                )
-            dispatcher = app[DISPATCHER] = Dispatcher(
+            pipeline = build_pipeline(
+                config,
                 app[STORE],
+                transport,
                 handler=components.handler,
-                drainer=drainer,
                 error_replies=components.error_replies,
+                registry=components.registry,
+                policy=components.policy,
                 metrics=app[METRICS],
-                concurrency=config.workers.concurrency,
-                lease_seconds=config.workers.lease_seconds,
-                sweep_seconds=config.workers.sweep_seconds,
-                retention=config.store.retention_days * 86400,
-                handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
-                reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
                 clock=components.clock,
             )
+            if pipeline.sender is not None:
+                app[SENDER] = pipeline.sender
+            dispatcher = app[DISPATCHER] = pipeline.dispatcher
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
-            if jobs_store is not None and drainer is not None and config.jobs.enabled:
-                jobs = app[JOBS] = JobDispatcher(
-                    jobs_store,
-                    wake=dispatcher.notify,
-                    registry=components.registry,
-                    window=components.policy,
-                    policy=job_policy(config),
-                    metrics=app[METRICS],
-                )
+            if pipeline.jobs is not None:  # due reminders, handed to the users' workers
+                jobs = app[JOBS] = pipeline.jobs
                 await jobs.start()
                 stack.push_async_callback(jobs.stop)
             yield
@@ -180,7 +161,15 @@ async def verify(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     challenge = verify_challenge(request.query, config.whatsapp.verify_token)
     if challenge is None:
-        log.warning("webhook_verification_refused", mode=request.query.get("hub.mode", ""))
+        if not config.whatsapp.verify_token:
+            reason = "WHATSAPP_VERIFY_TOKEN is not set: no handshake can succeed; set it"
+        elif request.query.get("hub.mode") != "subscribe":
+            reason = "hub.mode is not 'subscribe'"
+        else:
+            reason = "hub.verify_token does not match WHATSAPP_VERIFY_TOKEN (or no challenge)"
+        log.warning(
+            "webhook_verification_refused", mode=request.query.get("hub.mode", ""), reason=reason
+        )
         return web.Response(status=403, text="verification failed")
     log.info("webhook_verified")
     return web.Response(text=challenge)

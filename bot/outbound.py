@@ -20,14 +20,15 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bot._pipeline import build_pipeline
 from bot.config import Config, resolve
 from bot.errors import StoreError, TemplateError
 from bot.models import Job, Outgoing, TemplateCall
 from bot.runtime import load_registry, make_transport, window_policy
 from bot.scheduling import Scheduler
-from bot.sender import Sender, Transport
+from bot.sender import Transport
 from bot.store import Store, store_from_url
 from bot.store.base import JobStore
 from bot.templates import TemplateRegistry
@@ -44,6 +45,7 @@ class Outbound:
     transport: Transport
     registry: TemplateRegistry | None
     policy: WindowPolicy
+    config: Config = field(default_factory=Config)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -54,7 +56,7 @@ class Outbound:
         await store.open()
         try:
             async with make_transport(config) as transport:
-                yield cls(store, transport, registry, window_policy(config))
+                yield cls(store, transport, registry, window_policy(config), config)
         finally:
             await store.close()
 
@@ -64,14 +66,16 @@ class Outbound:
         if call is None:
             return
         if self.registry is None:
-            raise TemplateError(f"template {call.name}: no valid templates.yaml is loaded")
+            raise TemplateError(
+                f"template {call.name}: no valid templates.yaml is loaded (run `bot check`)"
+            )
         problems = [
             p
             for p in self.registry.check_call(call.name, call.language or "user", call.parameters)
             if not p.startswith("warning")
         ]
         if problems:
-            raise TemplateError(f"template {call.name}: " + "; ".join(problems))
+            raise TemplateError("; ".join(problems))
 
     async def send(
         self, user: str, outgoing: Outgoing, *, now: float | None = None
@@ -89,13 +93,15 @@ class Outbound:
         if work is None:
             return []
         decisions: list[Decision] = []
-        sender = Sender(
+        sender = build_pipeline(
+            self.config,
             self.store,
             self.transport,
             registry=self.registry,
             policy=self.policy,
             on_decision=lambda _entry, decision: decisions.append(decision),
-        )
+        ).sender
+        assert sender is not None  # a transport always makes a sender
         try:
             await sender.drain(work.lease, work.record, work.outbox, when)
         finally:

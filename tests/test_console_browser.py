@@ -177,6 +177,7 @@ async def test_live_console_behind_the_token(tmp_path: Path) -> None:
             "WHATSAPP_TOKEN": meta,
             "WHATSAPP_PHONE_NUMBER_ID": PNID,
             "WHATSAPP_APP_SECRET": secret,
+            "WHATSAPP_VERIFY_TOKEN": "live-verify-token",
             "BOT_CONSOLE_TOKEN": token,
             "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
             "BOT_FLOWS_DIR": str(ROOT / "flows"),

@@ -136,9 +136,10 @@ async def test_reset_starts_the_user_over(sandbox: Sandbox) -> None:
     page = await sandbox.page(ANA)
     assert page["timeline"] == [] and page["clock_offset"] == 0
     assert (page["user"]["flow"], page["user"]["message_count"]) == ("", 0)
-    await sandbox.say(ANA, text="book")  # a new user: the greeting, whatever was typed
-    [greeting] = replies(await sandbox.page(ANA))
+    await sandbox.say(ANA, text="book")  # a new user: the greeting, then "book" is taken
+    greeting, booking = replies(await sandbox.page(ANA))
     assert "Welcome" in greeting["message"]["text"]
+    assert "What name" in booking["message"]["text"]
 
 
 async def test_a_bad_message_is_a_clear_400(sandbox: Sandbox) -> None:

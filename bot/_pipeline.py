@@ -1,0 +1,110 @@
+"""The one place a sender and a dispatcher are built from the config.
+
+``bot run`` (through :mod:`bot.app`), ``bot send`` / :class:`~bot.outbound.Outbound` and
+``bot chat`` all take the same way: each entry point hands over what it owns (store,
+transport, flows, registry) and gets the pipeline the config describes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+
+from bot.config import Config
+from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.jobs import JobDispatcher, job_policy
+from bot.metrics import Metrics
+from bot.models import OutboxEntry
+from bot.ratelimit import SharedRateLimiter
+from bot.retry import RetryPolicy
+from bot.scheduling import schedule_turn
+from bot.sender import Sender, Transport
+from bot.store.base import JobStore, Store
+from bot.templates import TemplateRegistry
+from bot.window import Decision, WindowPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """A dispatcher (not started), the sender it drains users through, if any, and the job
+    dispatcher (not started) that hands due reminders to it, if the store keeps jobs."""
+
+    sender: Sender | None
+    dispatcher: Dispatcher
+    jobs: JobDispatcher | None = None
+
+
+def build_pipeline(
+    config: Config,
+    store: Store,
+    transport: Transport | None,
+    *,
+    handler: Handler | None = None,
+    error_replies: ErrorReplies | None = None,
+    registry: TemplateRegistry | None = None,
+    policy: WindowPolicy | None = None,
+    metrics: Metrics | None = None,
+    on_decision: Callable[[OutboxEntry, Decision], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Pipeline:
+    """The sender and dispatcher for ``config`` on ``store``.
+
+    Args:
+        config: workers, retries and send grace come from it.
+        store: an opened (or about to be opened) store.
+        transport: the Cloud API client or a stand-in; ``None`` leaves replies queued.
+        handler: the flow engine's ``handle`` (``None``: messages are recorded only).
+        error_replies: the engine's ``error_replies``.
+        registry: the templates fallbacks may use.
+        policy: the window decision's settings (default: ``WindowPolicy()``).
+        metrics: shared by sender and dispatcher (default: a fresh one).
+        on_decision: told how each reply goes out (``bot send``, ``bot chat``).
+        clock: the dispatcher's clock (``bot chat`` moves it).
+    """
+    metrics = metrics or Metrics()
+    jobs_store = store if isinstance(store, JobStore) else None
+    sender = None
+    if transport is not None:
+        limiter = None  # the number's send rate, shared by every process on the store
+        if jobs_store is not None and config.whatsapp.send_rate:
+            limiter = SharedRateLimiter(jobs_store, config.whatsapp.send_rate)
+        sender = Sender(
+            store,
+            transport,
+            registry=registry,
+            policy=policy or WindowPolicy(),
+            metrics=metrics,
+            on_decision=on_decision,
+            retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
+            grace=config.workers.send_grace_seconds,
+            limiter=limiter,
+        )
+    workers = config.workers
+    dispatcher = Dispatcher(
+        store,
+        handler=handler,
+        drainer=sender,
+        error_replies=error_replies,
+        metrics=metrics,
+        concurrency=workers.concurrency,
+        lease_seconds=workers.lease_seconds,
+        sweep_seconds=workers.sweep_seconds,
+        retention=config.store.retention_days * 86400,
+        handling=replace(HANDLING, max_attempts=workers.max_handling_attempts),
+        clock=clock,
+        reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
+    )
+    jobs = None
+    if jobs_store is not None and sender is not None and config.jobs.enabled:
+        jobs = JobDispatcher(
+            jobs_store,
+            wake=dispatcher.notify,
+            registry=registry,
+            window=policy or WindowPolicy(),
+            policy=job_policy(config),
+            metrics=metrics,
+            clock=clock,
+        )
+    return Pipeline(sender, dispatcher, jobs)
