@@ -55,6 +55,7 @@ def bot_env(
         "BOT_FLOWS_DIR": str(ROOT / "flows"),
         "WHATSAPP_APP_SECRET": SECRET,
         "WHATSAPP_TOKEN": fake.token,
+        "WHATSAPP_VERIFY_TOKEN": "verify-me",
         "WHATSAPP_PHONE_NUMBER_ID": fake.phone_number_id,
         "WHATSAPP_API_URL": fake.url,
     }
