@@ -56,7 +56,7 @@ async def run(jobs: int, processes: int, rate: float) -> None:
             "BOT_LOG_LEVEL": "warning",
             "WHATSAPP_APP_SECRET": "bench",
             "WHATSAPP_TOKEN": fake.token,
-        "WHATSAPP_VERIFY_TOKEN": "verify-me",
+            "WHATSAPP_VERIFY_TOKEN": "verify-me",
             "WHATSAPP_PHONE_NUMBER_ID": fake.phone_number_id,
             "WHATSAPP_API_URL": fake.url,
         }
