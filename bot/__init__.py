@@ -13,14 +13,16 @@ from bot.errors import (
     CloudAPIError,
     ConfigError,
     FlowError,
+    ScheduleError,
     StoreError,
     StoreUnavailable,
     TemplateError,
     WebhookError,
 )
-from bot.models import InboundMessage, Outgoing, StatusUpdate, TemplateCall, UserRecord
+from bot.models import InboundMessage, Job, Outgoing, StatusUpdate, TemplateCall, UserRecord
 from bot.outbound import Outbound
 from bot.replies import buttons, image, list_, template, text
+from bot.scheduling import Scheduler
 from bot.store import Store, store_from_url
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI
@@ -37,9 +39,12 @@ __all__ = [
     "FlowError",
     "HookContext",
     "InboundMessage",
+    "Job",
     "Outbound",
     "Outgoing",
     "Reminder",
+    "ScheduleError",
+    "Scheduler",
     "StatusUpdate",
     "Store",
     "StoreError",

@@ -125,6 +125,7 @@ class FakeCloudAPI:
         delay: float = 0.0,
         port: int = 0,
         waba_id: str = "102290129340398",
+        throughput: float = 0.0,
     ) -> None:
         self.waba_id = waba_id
         #: The account's templates as Meta lists them (see :meth:`add_template`).
@@ -143,6 +144,11 @@ class FakeCloudAPI:
         self.emit_statuses = tuple(emit_statuses)
         self.retry_statuses = retry_statuses
         self.delay = delay
+        #: Most messages accepted in any 1 s (0: no limit); beyond, 130429 as Meta answers.
+        self.throughput = throughput
+        self.throttled = 0  # requests answered 130429 by the throughput limit
+        self._recent: deque[float] = deque()
+        self._user_failures: dict[str, deque[int]] = {}
         self.messages: list[SentMessage] = []
         self._arrived = asyncio.Event()
         self.requests: list[Any] = []  # every decoded request body, refused ones included
@@ -197,6 +203,25 @@ class FakeCloudAPI:
         for _ in range(n):
             self._failures.append(_Failure(status, code, timeout, message))
 
+    def fail_user(self, wa_id: str, code: int = 131056, n: int = 1) -> None:
+        """Answer the next ``n`` sends to ``wa_id`` (only) with ``code`` (pair rate limit)."""
+        self._user_failures.setdefault(wa_id, deque()).extend([code] * n)
+
+    def _throttle(self, to: str) -> None:
+        """Meta's limits: the number's throughput (130429) and per-user injected errors."""
+        queued = self._user_failures.get(to)
+        if queued:
+            raise _Problem(queued.popleft(), f"Too many messages sent to {to}")
+        if not self.throughput:
+            return
+        now = time.monotonic()
+        while self._recent and self._recent[0] <= now - 1.0:
+            self._recent.popleft()
+        if len(self._recent) >= self.throughput:
+            self.throttled += 1
+            raise _Problem(130429, "Cloud API message throughput has been reached")
+        self._recent.append(now)
+
     async def start(self) -> None:
         """Listen on a free loopback port."""
         app = web.Application()
@@ -221,17 +246,37 @@ class FakeCloudAPI:
         Raises ``AssertionError`` naming what arrived if they do not come ``within`` seconds
         (the bot answers asynchronously, after acknowledging the webhook).
         """
+
+        def short() -> str:
+            got = [m.type for m in self.messages_to(wa_id)]
+            return f"{wa_id} got {len(got)} of {count} messages: {got}"
+
+        await self._wait_until(lambda: len(self.messages_to(wa_id)) >= count, within, short)
+        return self.messages_to(wa_id)
+
+    async def wait_for_total(self, count: int, *, within: float = 10.0) -> list[SentMessage]:
+        """Wait until ``count`` messages were accepted, to anyone; return them all."""
+        await self._wait_until(
+            lambda: len(self.messages) >= count,
+            within,
+            lambda: f"{len(self.messages)} of {count} messages arrived",
+        )
+        return list(self.messages)
+
+    async def _wait_until(
+        self, done: Callable[[], bool], within: float, short: Callable[[], str]
+    ) -> None:
+        """Wake at every accepted message until ``done()``; ``AssertionError(short())`` if
+        that takes longer than ``within`` seconds."""
         self._arrived.clear()
         deadline = asyncio.get_running_loop().time() + within
-        while len(self.messages_to(wa_id)) < count:
+        while not done():
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                got = [m.type for m in self.messages_to(wa_id)]
-                raise AssertionError(f"{wa_id} got {len(got)} of {count} messages: {got}")
+                raise AssertionError(short())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
             self._arrived.clear()
-        return self.messages_to(wa_id)
 
     async def wait_for_read(self, message_id: str, *, within: float = 10.0) -> None:
         """Wait until ``message_id`` was marked read (receipts are sent on the side)."""
@@ -549,6 +594,7 @@ class FakeCloudAPI:
             if body.get("status") == "read":
                 return self._read(body)
             _check_message(body)
+            self._throttle(str(body.get("to", "")))
             if body.get("type") == "template" and self.registry is not None:
                 _check_template(body["template"], self.registry)
             if body.get("type") == "template":

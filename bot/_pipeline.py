@@ -10,15 +10,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from bot.config import Config
 from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.jobs import JobDispatcher, job_policy
 from bot.live_templates import LiveTemplates
 from bot.metrics import Metrics
 from bot.models import OutboxEntry, UserRecord
+from bot.ratelimit import SharedRateLimiter
 from bot.retry import RetryPolicy
+from bot.scheduling import schedule_turn
 from bot.sender import Sender, Transport
-from bot.store.base import Store
+from bot.store.base import JobStore, Store
 from bot.templates import TemplateRegistry
 from bot.typing_indicator import with_typing
 from bot.window import Decision, WindowPolicy
@@ -26,10 +30,12 @@ from bot.window import Decision, WindowPolicy
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
-    """A dispatcher (not started) and the sender it drains users through, if any."""
+    """A dispatcher (not started), the sender it drains users through, if any, and the job
+    dispatcher (not started) that hands due reminders to it, if the store keeps jobs."""
 
     sender: Sender | None
     dispatcher: Dispatcher
+    jobs: JobDispatcher | None = None
 
 
 def build_pipeline(
@@ -63,8 +69,12 @@ def build_pipeline(
             "typing…" through ``transport``, best effort).
     """
     metrics = metrics or Metrics()
+    jobs_store = store if isinstance(store, JobStore) else None
     sender = None
     if transport is not None:
+        limiter = None  # the number's send rate, shared by every process on the store
+        if jobs_store is not None and config.whatsapp.send_rate:
+            limiter = SharedRateLimiter(jobs_store, config.whatsapp.send_rate)
         sender = Sender(
             store,
             transport,
@@ -75,6 +85,7 @@ def build_pipeline(
             retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
             grace=config.workers.send_grace_seconds,
             live=LiveTemplates(store, registry, metrics),
+            limiter=limiter,
         )
         if handler is not None and typing is not None:
             handler = with_typing(handler, transport, typing)
@@ -91,5 +102,17 @@ def build_pipeline(
         retention=config.store.retention_days * 86400,
         handling=replace(HANDLING, max_attempts=workers.max_handling_attempts),
         clock=clock,
+        reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
     )
-    return Pipeline(sender, dispatcher)
+    jobs = None
+    if jobs_store is not None and sender is not None and config.jobs.enabled:
+        jobs = JobDispatcher(
+            jobs_store,
+            wake=dispatcher.notify,
+            registry=registry,
+            window=policy or WindowPolicy(),
+            policy=job_policy(config),
+            metrics=metrics,
+            clock=clock,
+        )
+    return Pipeline(sender, dispatcher, jobs)

@@ -22,6 +22,7 @@ from bot._pipeline import build_pipeline
 from bot.config import Config
 from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
+from bot.jobs import JobDispatcher
 from bot.live_templates import record_ledgers
 from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.metrics import Metrics, render_pricing
@@ -70,6 +71,7 @@ STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 SENDER = web.AppKey("sender", Sender)
+JOBS = web.AppKey("jobs", JobDispatcher)
 
 
 def create_app(config: Config, components: Components) -> web.Application:
@@ -152,6 +154,10 @@ def _dispatcher_ctx(
             dispatcher = app[DISPATCHER] = pipeline.dispatcher
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
+            if pipeline.jobs is not None:  # due reminders, handed to the users' workers
+                jobs = app[JOBS] = pipeline.jobs
+                await jobs.start()
+                stack.push_async_callback(jobs.stop)
             yield
 
     return ctx

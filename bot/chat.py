@@ -31,7 +31,8 @@ from bot.webhook import parse_message
 from bot.window import Decision, window_closes_at
 
 HELP = """Type a message and press Enter. Pick a button or list row by its number.
-  /wait 25h      move the clock (s, m, h, d) and send whatever reminders fall due
+  /wait 25h      move the clock (s, m, h, d); reminders due meanwhile go out at their time
+  /jobs          your reminders: when, key, state and why
   /late 25h TEXT a message written 25h ago that only arrives now (window already closed)
   /image [CAPTION]  /document  /audio  /location LAT LON   send media or a location
   /state         show the flow, state, variables and window
@@ -115,10 +116,19 @@ class ChatTransport:
         template = self.registry.get(name) if self.registry else None
         call = self._entry.outgoing.fallback if self._entry else None
         if template is not None and call is not None:
+            self.choices = [  # its quick-reply buttons, tapped by number
+                ("button", str(c["parameters"][0]["payload"]), b.text)
+                for c in body.get("components", [])
+                if c.get("sub_type") == "quick_reply"
+                for b in template.variants[language].buttons[int(c["index"]) : int(c["index"]) + 1]
+            ]
             try:
-                return _bubble(template.render(language, call), f"template {name} ({language})")
+                text = _bubble(template.render(language, call), f"template {name} ({language})")
             except BotError:
-                pass
+                return _bubble(str(body.get("components", "")), f"template {name} ({language})")
+            return text + "".join(
+                f"    {n}. {title}\n" for n, (_, _, title) in enumerate(self.choices, 1)
+            )
         return _bubble(str(body.get("components", "")), f"template {name} ({language})")
 
 
@@ -195,6 +205,7 @@ class ChatSession:
             clock=self.clock,
         )
         self.dispatcher = pipeline.dispatcher
+        self.jobs = pipeline.jobs  # reminders, fired by /wait at their time
 
     async def __aenter__(self) -> ChatSession:
         try:
@@ -236,7 +247,11 @@ class ChatSession:
         if line.isdigit() and 0 < int(line) <= len(self.transport.choices):
             kind, rid, title = self.transport.choices[int(line) - 1]
             self.out.write(f"  → [{title}]\n")
-            await self._inbound("interactive", {"type": kind, kind: {"id": rid, "title": title}})
+            if kind == "button":  # a template's quick-reply button
+                await self._inbound("button", {"payload": rid, "text": title})
+            else:
+                body = {"type": kind, kind: {"id": rid, "title": title}}
+                await self._inbound("interactive", body)
         else:
             await self._inbound("text", {"body": line})
         return True
@@ -254,11 +269,9 @@ class ChatSession:
                     "store (chat without --store to try time)\n"
                 )
             elif cmd == "/wait":
-                self.clock.offset += parse_duration(rest)
-                when = time.strftime("%a %d %b %H:%M UTC", time.gmtime(self.clock()))
-                self.out.write(f"  (clock moved to {when})\n")
-                await self.dispatcher.sweep()
-                await self.dispatcher.idle()
+                await self._wait(parse_duration(rest))
+            elif cmd == "/jobs":
+                await self._show_jobs()
             elif cmd == "/late":
                 ago, _, text = rest.partition(" ")
                 await self._inbound("text", {"body": text or "hello"}, ago=parse_duration(ago))
@@ -279,6 +292,39 @@ class ChatSession:
         except ValueError as exc:
             self.out.write(f"  {exc}\n")
         return True
+
+    async def _wait(self, seconds: float) -> None:
+        """Move the clock, stopping at each job that falls due meanwhile, in order, so each
+        goes out as that moment's window decision says."""
+        target = self.clock() + seconds
+        if self.jobs is None:
+            self._move_to(target)
+            await self._settle()
+            return
+        await self.jobs.run_until(
+            self.user, target, now=self.clock, move_to=self._move_to, settle=self._settle
+        )
+
+    def _move_to(self, when: float) -> None:
+        self.clock.offset = when - time.time()
+        shown = time.strftime("%a %d %b %H:%M UTC", time.gmtime(self.clock()))
+        self.out.write(f"  (clock moved to {shown})\n")
+
+    async def _settle(self) -> None:
+        await self.dispatcher.sweep()
+        await self.dispatcher.idle()
+
+    async def _show_jobs(self) -> None:
+        if self.jobs is None:
+            self.out.write("  (this store keeps no reminder jobs)\n")
+            return
+        found = await self.jobs.store.find_jobs(user=self.user)
+        if not found:
+            self.out.write("  (no reminders)\n")
+        for job in found:
+            when = time.strftime("%a %d %b %H:%M UTC", time.gmtime(job.send_at))
+            key = f" {job.key}" if job.key else ""
+            self.out.write(f"  {when}{key}: {job.state} — {job.reason}\n")
 
     async def _inbound(self, kind: str, body: JSON, *, ago: float = 0.0) -> None:
         self.count += 1

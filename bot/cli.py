@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("names", nargs="*", metavar="NAME", help="only these templates")
     tstatus = tsub.add_parser("status", help="the file next to Meta's live word (webhooks)")
     stats = sub.add_parser("stats", help="inbox counts and the pricing ledger")
-    for sp in (run, init, check, graph, chat, send, templates, pull, push, tstatus, stats):
+    from bot._remind_cli import add_parsers
+
+    reminders = add_parsers(sub)  # bot remind add|list|cancel, bot worker
+    commands = (run, init, check, graph, chat, send, templates, pull, push, tstatus, stats)
+    for sp in (*commands, *reminders):  # --config is accepted after the command too
         sp.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -131,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.record_only:
                 config = replace(config, flows=replace(config.flows, record_only=True))
             return _run(config, args.host, args.port, reload=args.reload)
+        if args.command in ("remind", "worker"):
+            from bot import _remind_cli
+
+            return _remind_cli.main(config, args)
         from bot import commands
 
         if args.command == "init":

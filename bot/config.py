@@ -119,6 +119,20 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsConfig:
+    """Reminder jobs: their dispatcher, quiet hours, time zones and Meta's messaging limit."""
+
+    enabled: bool = True
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    batch: int = 100
+    quiet_hours: str = ""
+    default_timezone: str = "UTC"
+    messaging_limit: int = 0
+    country_timezones: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging."""
 
@@ -137,6 +151,7 @@ class Config:
     window: WindowConfig = field(default_factory=WindowConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     source: str = "defaults"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -154,6 +169,7 @@ _SECTIONS: Mapping[str, type[Any]] = {
     "window": WindowConfig,
     "workers": WorkersConfig,
     "log": LogConfig,
+    "jobs": JobsConfig,
 }
 _LEVELS = ("debug", "info", "warning", "error")
 #: Keys earlier versions had, and what to do about them.
@@ -344,6 +360,32 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
         fail("workers.lease_seconds", "and workers.sweep_seconds must be positive")
     if config.window.margin_seconds < 0:
         fail("window.margin_seconds", "must be >= 0")
+    _validate_jobs(config.jobs, fail)
+
+
+def _validate_jobs(jobs: JobsConfig, fail: Any) -> None:
+    from bot._when import parse_quiet, zone
+    from bot.errors import ScheduleError
+
+    if jobs.messaging_limit not in (0, 250, 2000, 10_000, 100_000):
+        fail(
+            "jobs.messaging_limit",
+            "must be your number's messaging limit tier: 250, 2000, 10000, 100000, or 0 for "
+            f"unlimited, got {jobs.messaging_limit}",
+        )
+    if jobs.lease_seconds <= 0 or jobs.poll_seconds <= 0 or jobs.batch < 1:
+        fail("jobs.lease_seconds", "and jobs.poll_seconds must be positive, jobs.batch >= 1")
+    try:
+        parse_quiet(jobs.quiet_hours)
+    except ScheduleError as exc:
+        fail("jobs.quiet_hours", f"is invalid: {exc}")
+    for code, name in {"": jobs.default_timezone, **jobs.country_timezones}.items():
+        try:
+            zone(name)
+        except ScheduleError as exc:
+            if code:
+                fail("jobs.country_timezones", f"has an invalid zone for {code}: {exc}")
+            fail("jobs.default_timezone", f"is invalid: {exc}")
 
 
 def _mongo_database(url: str) -> str:

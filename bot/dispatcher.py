@@ -108,6 +108,9 @@ Handler = Callable[[UserRecord, InboundMessage, float], Awaitable[TurnResult]]
 
 ErrorReplies = Callable[[UserRecord, InboundMessage | None, float, str], Sequence[Outgoing]]
 
+#: Stores a turn's reminders as jobs (:func:`bot.jobs.schedule_turn`), before its commit.
+ReminderJobs = Callable[[UserRecord, InboundMessage, TurnResult, float], Awaitable[None]]
+
 
 @dataclass(frozen=True, slots=True)
 class Drained:
@@ -176,6 +179,8 @@ class Dispatcher:
         retention: seconds to keep finished work; older rows are purged hourly (0: never).
         handling: how often a failing turn is tried before the message is marked failed.
         clock: ``time.time`` unless a test moves time.
+        reminders: stores a turn's reminders as jobs; ``None`` queues them in the outbox
+            with their ``send_at``.
     """
 
     def __init__(
@@ -193,9 +198,11 @@ class Dispatcher:
         handling: RetryPolicy = HANDLING,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        reminders: ReminderJobs | None = None,
     ) -> None:
         self.store = store
         self.handler = handler
+        self.reminders = reminders
         self.drainer = drainer
         self.error_replies = error_replies
         self.metrics = metrics or Metrics()
@@ -519,7 +526,11 @@ class Dispatcher:
         if self.handler is None:
             return base, ()
         turn = await self.handler(base, message, now)
-        return turn.record, (*turn.outgoing, *_scheduled(turn))
+        if self.reminders is None:
+            return turn.record, (*turn.outgoing, *_scheduled(turn))
+        if turn.reminders or getattr(turn, "cancels", ()):
+            await self.reminders(base, message, turn, now)
+        return turn.record, tuple(turn.outgoing)
 
     async def _give_up(
         self,

@@ -56,6 +56,11 @@ class TemplateError(BotError, ValueError):
     """A template is unknown, not approved, or its parameters do not fit it."""
 
 
+class ScheduleError(BotError, ValueError):
+    """A reminder that cannot be scheduled as asked: a bad time, a recurring request, an
+    unknown time zone, a template it could never send."""
+
+
 class RenderError(BotError, ValueError):
     """A Jinja expression in a reply or a template parameter could not be rendered."""
 

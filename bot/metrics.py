@@ -19,7 +19,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.store.base import PricingCount
@@ -47,13 +47,27 @@ COUNTERS = {
         "template_variants_skipped",
         "Template sends where Meta's live view skipped a variant (paused, re-categorized).",
     ),
+    "jobs_claimed": ("jobs_claimed", "Reminder jobs claimed by this process's dispatcher."),
+    "jobs_queued": ("jobs_queued", "Reminder jobs handed to their user's outbox."),
+    "jobs_sent": ("jobs_sent", "Reminder jobs the Cloud API accepted."),
+    "jobs_failed": ("jobs_failed", "Reminder jobs the Cloud API refused."),
+    "jobs_expired": ("jobs_expired", "Reminder jobs expired before they could be sent."),
+    "jobs_waiting": ("jobs_waiting", "Times a due job was put back to wait (quiet hours, limit)."),
 }
 
 
 class Metrics:
     """Counters and the processing latency of one app, with their registry."""
 
-    __slots__ = (*COUNTERS, "latency", "registry")
+    __slots__ = (
+        *COUNTERS,
+        "dispatch_lag",
+        "jobs_due",
+        "jobs_skipped",
+        "latency",
+        "registry",
+        "tier_headroom",
+    )
 
     def __init__(self) -> None:
         self.received = 0
@@ -67,6 +81,16 @@ class Metrics:
         self.send_failures = 0
         self.rejected_requests = 0
         self.templates_skipped_live = 0
+        # reminder jobs (bot.jobs)
+        self.jobs_claimed = 0
+        self.jobs_queued = 0
+        self.jobs_sent = 0
+        self.jobs_failed = 0
+        self.jobs_expired = 0
+        self.jobs_waiting = 0
+        self.jobs_skipped: dict[str, int] = {}  # by reason
+        self.jobs_due = 0  # gauge: scheduled jobs due now, at the dispatcher's last look
+        self.tier_headroom = -1  # gauge: new users the messaging limit still allows (-1: none)
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -75,6 +99,12 @@ class Metrics:
             "windowbot_processing_latency_seconds",
             "Time from webhook receipt to the message's turn being stored.",
             buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.dispatch_lag = Histogram(
+            "windowbot_jobs_dispatch_lag_seconds",
+            "Time from a job's send_at to its hand-over to the outbox.",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
             registry=self.registry,
         )
 
@@ -94,6 +124,20 @@ class _Counters(Collector):
             yield CounterMetricFamily(
                 f"windowbot_{name}", help_text, value=getattr(self.metrics, attr)
             )
+        skipped = CounterMetricFamily(
+            "windowbot_jobs_skipped", "Reminder jobs not sent, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(self.metrics.jobs_skipped.items()):
+            skipped.add_metric([reason], count)
+        yield skipped
+        yield GaugeMetricFamily(
+            "windowbot_jobs_due", "Scheduled reminder jobs due now.", value=self.metrics.jobs_due
+        )
+        yield GaugeMetricFamily(
+            "windowbot_tier_headroom",
+            "New users the messaging limit tier allows in the rolling 24 h (-1: no limit).",
+            value=self.metrics.tier_headroom,
+        )
 
 
 def render_pricing(counts: Sequence[PricingCount]) -> str:

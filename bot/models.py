@@ -340,3 +340,64 @@ def delivery_status(current: str, new: str) -> str:
     if new in DELIVERY_RANK and current in DELIVERY_RANK:
         return new if DELIVERY_RANK[new] > DELIVERY_RANK[current] else current
     return new
+
+
+#: A job's life: ``scheduled`` until a dispatcher hands it to the user's outbox
+#: (``queued``), then what became of that message (``sent``, ``skipped``, ``failed``); or
+#: ``cancelled``, ``expired``, or ``skipped`` before it was queued (opted out, template).
+JobState = Literal["scheduled", "queued", "sent", "skipped", "failed", "cancelled", "expired"]
+JOB_STATES: tuple[str, ...] = (
+    "scheduled",
+    "queued",
+    "sent",
+    "skipped",
+    "failed",
+    "cancelled",
+    "expired",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A one-shot reminder for one user, tied to one event (see :mod:`bot.jobs`).
+
+    Attributes:
+        id: the job's id: ``user|key`` for a keyed job (scheduling the key again replaces
+            it), else random.
+        uid: new at every scheduling; the outbox entry the job becomes is named after it, so
+            a job handed over twice (a crash in between) is queued once.
+        user: the user's key (wa_id or business-scoped id).
+        outgoing: what to send: a session message and/or its template fallback.
+        send_at: when, unix seconds (not before).
+        key: the event it belongs to (``appt:8812``), unique per user; ``""`` for none.
+        expires_at: not sent after this time (0: never); then ``expired``.
+        resume: ``flow.state`` the user's reply to this message's buttons lands in.
+        quiet_hours: ``"21:00-08:00"`` for this job, ``"off"`` for none, ``""`` for the
+            configured ones.
+        state: see :data:`JobState`.
+        reason: why it was skipped, why it waits, how it was sent.
+        error_code: Meta's code when it failed.
+        wake_at: not looked at before this time (its ``send_at``, later while it waits).
+        claim_token / claim_until: the dispatcher holding it (handed over or settled only
+            under that token; taken over by another once ``claim_until`` passed).
+        entry_id: the outbox entry it became.
+    """
+
+    id: str
+    uid: str
+    user: str
+    outgoing: Outgoing
+    send_at: float
+    key: str = ""
+    expires_at: float = 0.0
+    resume: str = ""
+    quiet_hours: str = ""
+    state: str = "scheduled"
+    reason: str = ""
+    error_code: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    wake_at: float = 0.0
+    claim_token: str = ""
+    claim_until: float = 0.0
+    entry_id: str = ""

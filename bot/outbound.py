@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 
 from bot._pipeline import build_pipeline
 from bot.config import Config, resolve
-from bot.errors import TemplateError
-from bot.models import Outgoing
+from bot.errors import StoreError, TemplateError
+from bot.models import Job, Outgoing, TemplateCall
 from bot.runtime import load_registry, make_transport, window_policy
+from bot.scheduling import Scheduler
 from bot.sender import Transport
 from bot.store import Store, store_from_url
+from bot.store.base import JobStore
 from bot.templates import TemplateRegistry
 from bot.window import Decision, WindowPolicy
 
@@ -105,3 +107,45 @@ class Outbound:
         finally:
             await self.store.release([work.lease])
         return decisions
+
+    # --- reminder jobs (bot.jobs) -------------------------------------------------------
+
+    def scheduler(self) -> Scheduler:
+        """The job API on this store: schedule, cancel and list reminders."""
+        if not isinstance(self.store, JobStore):
+            raise StoreError(f"{self.store.description} does not keep reminder jobs")
+        return Scheduler(self.store, self.registry)
+
+    async def schedule(
+        self,
+        user: str,
+        what: Outgoing | TemplateCall | str,
+        *,
+        at: float | str,
+        key: str = "",
+        expires_after: float | str = 0.0,
+        resume: str = "",
+        quiet_hours: str = "",
+    ) -> Job:
+        """Schedule a one-shot reminder for ``user`` at ``at`` (unix seconds, or an
+        expression like ``"2026-12-02T10:00:00-03:00 - 1h"``); the same ``key`` again
+        replaces it. A running ``bot run`` or ``bot worker`` sends it when due."""
+        return await self.scheduler().schedule(
+            user,
+            what,
+            at=at,
+            key=key,
+            expires_after=expires_after,
+            resume=resume,
+            quiet_hours=quiet_hours,
+        )
+
+    async def cancel(self, key: str, *, user: str = "", prefix: bool = False) -> int:
+        """Cancel the scheduled reminders with ``key`` (every user's, unless ``user``)."""
+        return await self.scheduler().cancel(key, user=user, prefix=prefix)
+
+    async def jobs(
+        self, user: str = "", *, key: str = "", state: str = "", limit: int = 100
+    ) -> list[Job]:
+        """Reminders, upcoming and recent, with their outcome and reason."""
+        return await self.scheduler().jobs(user, key=key, state=state, limit=limit)

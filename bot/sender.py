@@ -47,8 +47,9 @@ from bot.models import (
     delivery_status,
     parse_callback_data,
 )
+from bot.ratelimit import SharedRateLimiter
 from bot.retry import RetryPolicy
-from bot.store.base import Lease, Store
+from bot.store.base import Lease, Store, is_job_entry
 from bot.templates import TemplateRegistry
 from bot.window import Decision, WindowPolicy, decide, decide_fallback
 
@@ -99,6 +100,7 @@ class Sender:
         grace: float = 60.0,
         jitter: Callable[[], float] = random.random,
         live: LiveTemplates | None = None,
+        limiter: SharedRateLimiter | None = None,
     ) -> None:
         self.live = live
         self.store = store
@@ -110,6 +112,7 @@ class Sender:
         self.retry = retry
         self.grace = grace
         self._jitter = jitter
+        self.limiter = limiter  # the number's send rate, shared by every process
         self._halted_until = 0.0  # 190/131048: no sends before this time, for every user
         self._unreachable: dict[str, bool] = {}  # users a send just found undeliverable
 
@@ -242,11 +245,15 @@ class Sender:
             self.metrics.replies_not_sent += 1
             await self._settle(lease, entry, "skipped", decision.reason, bound, count=False)
             return None
+        # the send slot first: waiting for it leaves no attempt in flight
+        slot = await self.limiter.acquire() if self.limiter is not None else 0.0
         if not (entry.inflight_at and entry.inflight_token == lease.token):
             started = await self.store.begin_send(lease, entry, now)
             if started is None:
                 return None  # a status showed it was sent meanwhile
             entry = started
+        if self.limiter is not None:
+            await self.limiter.still(slot)
         if not lease_ok():
             raise LeaseLost(f"user {lease.user}: lease not renewed in time; not sending")
         try:
@@ -272,6 +279,8 @@ class Sender:
             await self._fail(lease, entry, exc, bound)
             return None
         except (TransientError, RateLimited) as exc:
+            if exc.code == 130429 and self.limiter is not None:
+                await self.limiter.pause()  # the number's throughput: every process backs off
             delay = self.retry.delay(entry.attempts, self._jitter())
             if delay is None:
                 await self._fail(lease, entry, exc, bound)
@@ -294,6 +303,8 @@ class Sender:
             await self._fail(lease, entry, exc, bound)
             return None
         self.metrics.replies_sent += 1
+        if is_job_entry(entry.id):
+            self.metrics.jobs_sent += 1
         if decision.kind == "template":
             self.metrics.replies_as_template += 1
         bound.info(
@@ -324,6 +335,8 @@ class Sender:
     ) -> None:
         if isinstance(exc, Undeliverable):
             self._unreachable[entry.user] = True
+        if is_job_entry(entry.id):
+            self.metrics.jobs_failed += 1
         bound.warning(
             "reply_failed",
             code=exc.code,

@@ -6,7 +6,9 @@ runs anywhere. Times are relative to the day the message arrives (UTC).
 
 from __future__ import annotations
 
-from bot import HookContext, template, text
+from datetime import UTC, datetime
+
+from bot import HookContext
 
 DAY = 86_400
 _taken: set[str] = {"d2_0900"}  # pretend someone already booked this one
@@ -25,23 +27,15 @@ def slot_available(ctx: HookContext) -> bool:
 
 
 def book_slot(ctx: HookContext) -> None:
-    """Action: take the slot."""
+    """Action: take the slot and keep its time (``vars.slot_at``, for the reminder)."""
     _taken.add(str(ctx.vars["slot_id"]))
+    at = slot_time(str(ctx.vars["slot_id"]), ctx.now)
+    ctx.vars["slot_at"] = datetime.fromtimestamp(at, UTC).isoformat()
 
 
-async def schedule_reminder(ctx: HookContext) -> None:
-    """Action: remind the user one hour before the appointment (a template if the window
-    has closed by then, which it usually has)."""
-    name, slot = str(ctx.vars["name"]), str(ctx.vars["slot"])
-    ctx.schedule(
-        text(
-            f"Reminder: your appointment is at {slot}.",
-            # named parameters; its quick-reply button comes back as payload CONFIRM
-            fallback=template("appointment_reminder", name=name, slot=slot, buttons=["CONFIRM"]),
-            note="booking.reminder",
-        ),
-        at=slot_time(str(ctx.vars["slot_id"]), ctx.now) - 3600,
-    )
+def cancel_booking(ctx: HookContext) -> None:
+    """Action: free the slot (``cancel_reminder:`` cancels its reminder)."""
+    _taken.discard(str(ctx.vars.get("slot_id", "")))
 
 
 def opt_out(ctx: HookContext) -> None:

@@ -265,6 +265,46 @@ class TestChat:
         assert "[template: window closed" in text and "business_hours" in text
         assert text.count("[session:") >= 5
 
+    async def test_wait_sends_the_booking_reminder_at_its_time(self, tmp_path: Path) -> None:
+        """/wait fires the booking's reminder at its time: its session text while the window
+        is open then, its template once it has closed; rebooking replaces it; /jobs shows it."""
+        out = io.StringIO()
+        user = "15550009997"
+        async with ChatSession(config_for(tmp_path), user, "Ana", out) as chat:
+            for line in ["hi", "1", "Ana Souza", "1", "1"]:  # book Tomorrow 09:00
+                await chat.handle_line(line)
+            assert chat.jobs is not None
+            [job] = await chat.jobs.store.find_jobs(user=user)
+            assert (job.key, job.state, job.resume) == (
+                "appointment",
+                "scheduled",
+                "booking.reminded",
+            )
+            await chat.handle_line(f"/wait {int(job.send_at - chat.clock()) - 3 * 3600}s")
+            await chat.handle_line("hi")  # the user writes 3 h before: the window is open then
+            start = len(out.getvalue())
+            await chat.handle_line("/wait 4h")
+            at_time = out.getvalue()[start:]
+            shown = time.strftime("%H:%M UTC", time.gmtime(job.send_at))
+            assert (
+                f"(clock moved to {time.strftime('%a %d %b', time.gmtime(job.send_at))} {shown})"
+                in at_time
+            )
+            assert "[session: window open" in at_time
+            assert "Reminder: your appointment is at Tomorrow 09:00." in at_time
+            await chat.handle_line("/jobs")
+            assert "appointment: sent — sent as session" in out.getvalue()
+            for line in ["book", "Ana Souza", "5", "1"]:  # book again: Day after 14:00
+                await chat.handle_line(line)
+            [again] = await chat.jobs.store.find_jobs(user=user, key="appointment")
+            assert again.uid != job.uid and again.state == "scheduled"  # replaced
+            start = len(out.getvalue())
+            await chat.handle_line("/wait 4d")
+            later = out.getvalue()[start:]
+            assert "[template: window closed" in later and "appointment_reminder" in later
+            [done] = await chat.jobs.store.find_jobs(user=user, key="appointment")
+            assert done.state == "sent" and done.reason.startswith("sent as template")
+
     async def test_template_text_is_literal(self, tmp_path: Path) -> None:
         """A user typing Jinja gets it back literally, never evaluated."""
         out = io.StringIO()

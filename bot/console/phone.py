@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from bot.app import DISPATCHER, STORE
+from bot.app import DISPATCHER, JOBS, STORE
 from bot.console.core import bad_request, console_of, hours, json_body, sandbox_of, user_of
 from bot.console.sandbox import Sandbox
 from bot.console.takeover import change_user
@@ -51,8 +52,26 @@ async def sandbox_clock(request: web.Request) -> web.Response:
     seconds = hours((await json_body(request)).get("hours"), "hours")
     if seconds <= 0:
         raise bad_request("hours must be more than 0 (the clock only moves forward)")
-    offset = sandbox.clock.advance(user, seconds)
-    request.config_dict[DISPATCHER].notify(user)
+    dispatcher, jobs = request.config_dict[DISPATCHER], request.config_dict.get(JOBS)
+    start, wall = sandbox.clock.offset(user), time.time()
+    if jobs is not None:  # each reminder due meanwhile goes out at its own time
+
+        def move_to(when: float) -> None:
+            sandbox.clock.advance(user, (when - wall) - sandbox.clock.offset(user))
+
+        async def settle() -> None:
+            dispatcher.notify(user)
+            await dispatcher.idle()
+
+        await jobs.run_until(
+            user,
+            wall + start + seconds,
+            now=lambda: wall + sandbox.clock.offset(user),
+            move_to=move_to,
+            settle=settle,
+        )
+    offset = sandbox.clock.advance(user, start + seconds - sandbox.clock.offset(user))
+    dispatcher.notify(user)
     console.acted(request, "clock", user, hours=seconds / 3600, offset_hours=offset / 3600)
     return web.json_response({"offset_seconds": offset, "now": console.now(user)})
 
@@ -60,7 +79,7 @@ async def sandbox_clock(request: web.Request) -> web.Response:
 async def sandbox_fire(request: web.Request) -> web.Response:
     """Send the user's reminders that are due on their clock."""
     console, user = console_of(request), user_of(request)
-    sandbox_of(request)
+    await _due_jobs(request, sandbox_of(request), user)
     request.config_dict[DISPATCHER].notify(user)
     console.acted(request, "fire", user)
     return web.json_response({"ok": True})
@@ -84,6 +103,13 @@ async def sandbox_reset(request: web.Request) -> web.Response:
     sandbox.clock.reset(user)
     console.acted(request, "reset", user)
     return web.json_response({"ok": True})
+
+
+async def _due_jobs(request: web.Request, sandbox: Sandbox, user: str) -> None:
+    """Hand the user's reminder jobs due on their clock to their outbox (bot.jobs)."""
+    jobs = request.config_dict.get(JOBS)
+    if jobs is not None:
+        await jobs.run_once(now=sandbox.clock.at(user), user=user)
 
 
 async def _deliver(

@@ -22,6 +22,7 @@ from bot.console.core import CONSOLE, Console, console_of, log, own_url, user_of
 from bot.console.phone import sandbox_clock, sandbox_fire, sandbox_message, sandbox_reset
 from bot.console.takeover import handback, pause, reply
 from bot.models import UserRecord
+from bot.store.base import JobStore
 
 STATIC = Path(__file__).parent / "static"
 
@@ -162,6 +163,11 @@ async def user_page(request: web.Request) -> web.Response:
     items = views.timeline(
         inbox, outbox, record, console.registry, console.policy, user_time=user_time, sent=sent
     )
+    if isinstance(store, JobStore):  # reminder jobs not handed to the outbox yet
+        scheduled = await store.find_jobs(user=user, state="scheduled")
+        items += [
+            views.scheduled_job_view(j, record, console.registry, console.policy) for j in scheduled
+        ]
     return web.json_response(
         {
             "user": views.user_view(record, now, console.policy, inbox[-1] if inbox else None),

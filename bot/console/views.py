@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from bot.errors import BotError
-from bot.models import JSON, InboundMessage, OutboxEntry, TemplateCall, UserRecord
+from bot.models import JSON, InboundMessage, Job, OutboxEntry, TemplateCall, UserRecord
+from bot.scheduling import unmarked
 from bot.store.base import InboxItem
 from bot.templates import Template, TemplateRegistry, choose_language
 from bot.window import WindowPolicy, window_closes_at, window_open
@@ -211,7 +213,7 @@ def template_view(
         view["buttons"] = [
             {
                 "title": button.text,
-                "payload": call.buttons[i] if i < len(call.buttons) else "",
+                "payload": unmarked(call.buttons[i]) if i < len(call.buttons) else "",
                 "kind": button.kind,
             }
             for i, button in enumerate(variant.buttons)
@@ -279,6 +281,21 @@ def templates_offered(
             }
         )
     return offered
+
+
+def scheduled_job_view(
+    job: Job, record: UserRecord, registry: TemplateRegistry | None, policy: WindowPolicy
+) -> JSON:
+    """A reminder job still waiting for its time, shown like the reply it will become."""
+    entry = OutboxEntry(
+        id=job.id,
+        user=job.user,
+        seq=-1,
+        outgoing=replace(job.outgoing, send_at=job.send_at),
+        created_at=job.created_at,
+        reason=job.reason,
+    )
+    return outbound_view(entry, record, registry, policy)
 
 
 def timeline(

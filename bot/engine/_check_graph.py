@@ -12,7 +12,8 @@ def unreachable(project: ProjectSpec, default_flow: str) -> list[Finding]:
     """Warnings for flows never entered and states never reached.
 
     Edges are every ``to:``/``goto:`` of a state's rules and of the commands available in
-    it; the walk starts where new users start.
+    it, and the resume point of every reminder they schedule (a tap on it lands there); the
+    walk starts where new users start.
     """
     if default_flow not in project.flows:
         return []
@@ -27,6 +28,10 @@ def unreachable(project: ProjectSpec, default_flow: str) -> list[Finding]:
         state = flow.states[node[1]]
         commands = (*flow.commands, *project.commands) if state.commands else ()
         for rule in (*state.rules, *commands):
+            for reminder in rule.reminders:
+                target, _, name = reminder.resume.partition(".")
+                if target:
+                    queue.append((target, name))
             if rule.target is not None:
                 other = project.flows.get(rule.target.flow or flow.name)
                 if other is not None:

@@ -17,6 +17,7 @@ from bot.engine import hooks as hooks_mod
 from bot.engine._check_graph import unreachable
 from bot.engine._check_replies import FallbackChecker, ReplyChecker
 from bot.engine._check_rules import shadowed
+from bot.engine._remind import check_reminders
 from bot.engine.loader import load_project
 from bot.engine.render import Renderer
 from bot.engine.spec import (
@@ -209,6 +210,10 @@ class _Checker:
         self._hooks((*rule.conditions, *rule.unless, *rule.actions), file, hooks_module)
         for reply in rule.say:
             replies.reply(reply)
+        for reminder in rule.reminders:
+            check_reminders(self.p, reminder, file, replies)
+        for key in rule.cancels:
+            replies.jinja(key, rule.line)
         regex = [t for t in rule.triggers if t.kind == "regex"]
         for save in rule.saves:
             for reply in save.invalid:

@@ -34,6 +34,7 @@ from bot.engine.reply import CompiledReply
 from bot.errors import FlowError
 from bot.findings import Finding, format_findings
 from bot.models import InboundMessage, Outgoing, TemplateCall, UserRecord
+from bot.scheduling import resume_point
 
 log = structlog.get_logger("windowbot.engine")
 
@@ -55,6 +56,7 @@ class Turn:
             (the record named a flow or state that no longer exists), or ``paused`` (a human
             has the conversation: nothing is answered, see ``UserRecord.paused``).
         source_state: ``flow.state`` the user was in (``""`` for a new user).
+        cancels: keys of reminders to cancel (``ctx.cancel``, ``cancel_reminder:``).
     """
 
     record: UserRecord
@@ -62,6 +64,7 @@ class Turn:
     reminders: tuple[Reminder, ...]
     trigger: str
     source_state: str
+    cancels: tuple[str, ...] = ()
 
 
 class Engine:
@@ -226,11 +229,13 @@ class _Turn:
         self.vars: dict[str, Any] = dict(record.variables)
         self.out: list[Outgoing] = []
         self.reminders: list[Reminder] = []
+        self.cancels: list[str] = []
         self.user_changes: dict[str, Any] = {}  # record fields hooks changed (opt-out)
         self.user = user_context(record)
         self.msg = message_context(message)
 
     async def run(self) -> Turn:
+        self.resume()
         record, flows = self.record, self.engine.flows
         source = f"{record.flow}.{record.state}" if record.flow or record.state else ""
         flow = flows.get(record.flow)
@@ -246,7 +251,22 @@ class _Turn:
         new = dataclasses.replace(
             record, flow=self.flow, state=self.state, variables=self.vars, **self.user_changes
         )
-        return Turn(new, tuple(self.out), tuple(self.reminders), trigger, source)
+        return Turn(
+            new, tuple(self.out), tuple(self.reminders), trigger, source, tuple(self.cancels)
+        )
+
+    def resume(self) -> None:
+        """A tap on a reminder's button continues in the job's resume point (bot.jobs)."""
+        point = resume_point(self.message)
+        if point is None:
+            return
+        flow, state, self.message = point
+        if flow in self.engine.flows and state in self.engine.flows[flow].states:
+            self.record = dataclasses.replace(self.record, flow=flow, state=state)
+            self.flow, self.state = flow, state
+        else:
+            log.warning("resume_point_unknown", flow=flow, state=state, user=self.record.key)
+        self.msg = message_context(self.message)
 
     async def dispatch(self, state: CompiledState) -> str:
         view = View.of(self.message)
@@ -285,6 +305,7 @@ class _Turn:
             extra += _replies(await call(action, ctx), f"{state.flow}.{state.name}")
         self.vars = scratch
         self.reminders += ctx.reminders
+        self.cancels += ctx.cancels
         self.user_changes.update(ctx.user_changes)
         self.say(rule.say, const, groups)
         self.out += extra
@@ -321,6 +342,7 @@ class _Turn:
             for action in state.enter:
                 self.out += _replies(await call(action, ctx), f"{flow_name}.{state_name}")
             self.reminders += ctx.reminders
+            self.cancels += ctx.cancels
             self.user_changes.update(ctx.user_changes)
         self.say(state.say, flow.constants)
 

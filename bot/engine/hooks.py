@@ -29,16 +29,23 @@ Hook = Callable[["HookContext"], Any]
 
 @dataclass(frozen=True, slots=True)
 class Reminder:
-    """A message to send later, asked for by a hook; the caller stores and schedules it.
+    """A message to send later, asked for by a hook; stored as a job (see :mod:`bot.jobs`).
 
     Exactly one of ``outgoing`` (a session message, possibly with its template fallback) and
-    ``template`` (a business-initiated template) is set. ``at`` is unix seconds.
+    ``template`` (a business-initiated template) is set. ``at`` is unix seconds. ``key``
+    names the event (the same key again replaces the job), ``expires_after`` (seconds after
+    ``at``) when it is no longer worth sending, ``resume`` the ``flow.state`` a tap on its
+    buttons lands in, ``quiet_hours`` this job's own (``"off"`` for none).
     """
 
     at: float
     outgoing: Outgoing | None = None
     template: TemplateCall | None = None
     note: str = ""
+    key: str = ""
+    expires_after: float = 0.0
+    resume: str = ""
+    quiet_hours: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,7 @@ class HookContext:
     state: str
     match: Mapping[str, str] = field(default_factory=dict)
     reminders: list[Reminder] = field(default_factory=list, repr=False, compare=False)
+    cancels: list[str] = field(default_factory=list, repr=False, compare=False)
     user_changes: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def opt_out(self) -> None:
@@ -93,12 +101,19 @@ class HookContext:
         at: float | None = None,
         delay: float | None = None,
         note: str = "",
+        key: str = "",
+        expires_after: float = 0.0,
+        resume: str = "",
+        quiet_hours: str = "",
     ) -> Reminder:
         """Ask for ``what`` to be sent at ``at`` (unix seconds) or ``delay`` seconds from now.
 
         A string is sent as a text message; a :class:`TemplateCall` as a template (works
         outside the 24 h window); an :class:`Outgoing` as given (give it a ``fallback`` so it
-        still reaches the user when the window has closed).
+        still reaches the user when the window has closed). ``key`` names the event
+        (``"appt:8812"``): scheduling it again replaces the reminder, :meth:`cancel` drops
+        it. ``expires_after``: seconds after ``at`` beyond which it is not sent. ``resume``:
+        the ``flow.state`` a tap on its buttons continues in.
         """
         if (at is None) == (delay is None):
             raise ValueError("schedule() needs exactly one of at= or delay=")
@@ -106,12 +121,23 @@ class HookContext:
         note = note or f"{self.flow}.{self.state}:reminder"
         if isinstance(what, str):
             what = text(what)
-        if isinstance(what, TemplateCall):
-            reminder = Reminder(at=when, template=what, note=note)
-        else:
-            reminder = Reminder(at=when, outgoing=what, note=note)
+        template = what if isinstance(what, TemplateCall) else None
+        reminder = Reminder(
+            at=when,
+            outgoing=None if isinstance(what, TemplateCall) else what,
+            template=template,
+            note=note,
+            key=key,
+            expires_after=expires_after,
+            resume=resume,
+            quiet_hours=quiet_hours,
+        )
         self.reminders.append(reminder)
         return reminder
+
+    def cancel(self, key: str) -> None:
+        """Cancel this user's scheduled reminder ``key`` (nothing happens if there is none)."""
+        self.cancels.append(key)
 
 
 async def call(hook: Hook, ctx: HookContext) -> Any:

@@ -12,6 +12,7 @@ from pathlib import Path
 from yaml.nodes import Node, ScalarNode
 
 from bot._yaml import Reader, compose, line_of
+from bot.engine._remind import read_reminders
 from bot.engine._replies import MEDIA_KINDS, ReplyReader
 from bot.engine.spec import (
     ANY,
@@ -61,7 +62,9 @@ TRIGGER_KEYS: tuple[TriggerKind, ...] = (
     "location",
     "else",
 )
-RULE_KEYS = frozenset({*TRIGGER_KEYS, "if", "unless", "do", "save", "say", "to", "goto"})
+RULE_KEYS = frozenset(
+    {*TRIGGER_KEYS, "if", "unless", "do", "save", "say", "to", "goto", "remind", "cancel_reminder"}
+)
 SAVE_KEYS = frozenset({"var", "from", "pattern", "choices", "min", "max", "invalid"})
 #: Where ``save: {from: ...}`` can take a value from (plus ``match.<group>`` for regex groups).
 SOURCES = frozenset(
@@ -331,6 +334,10 @@ class _FlowReader:
             say=self.replies.replies(m["say"][1], state) if "say" in m else (),
             target=target,
             command=command,
+            reminders=read_reminders(self.replies, m["remind"][1], state) if "remind" in m else (),
+            cancels=r.texts(m["cancel_reminder"][1], "a reminder key")
+            if "cancel_reminder" in m
+            else (),
         )
 
     def trigger(self, kind: TriggerKind, key: Node, node: Node) -> TriggerSpec | None:

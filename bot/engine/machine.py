@@ -23,6 +23,7 @@ from transitions import State
 from transitions.extensions.diagrams import GraphMachine, TransitionGraphSupport
 
 from bot.engine import hooks as hooks_mod
+from bot.engine._remind import compile_cancel, compile_reminder
 from bot.engine.render import Renderer
 from bot.engine.reply import CompiledReply, compile_reply
 from bot.engine.spec import ANY, FlowSpec, ProjectSpec, ReplySpec, RuleSpec, SaveSpec, TriggerSpec
@@ -333,7 +334,17 @@ class Compiler:
             matchers=tuple(_matcher(t) for t in spec.triggers),
             conditions=tuple(self._hook(h.name, hooks) for h in spec.conditions),
             unless=tuple(self._hook(h.name, hooks) for h in spec.unless),
-            actions=tuple(self._hook(h.name, hooks) for h in spec.actions),
+            actions=(
+                *(self._hook(h.name, hooks) for h in spec.actions),
+                *(
+                    compile_reminder(self.renderer, r, f"{flow.file}:{r.line}", note)
+                    for r in spec.reminders
+                ),
+                *(
+                    compile_cancel(self.renderer, k, f"{flow.file}:{spec.line}")
+                    for k in spec.cancels
+                ),
+            ),
             saves=tuple(Save(s, self._replies(s.invalid, flow, note)) for s in spec.saves),
             say=self._replies(spec.say, flow, note),
             target=target,
@@ -370,6 +381,10 @@ class Compiler:
         self, specs: tuple[ReplySpec, ...], flow: FlowSpec, note: str
     ) -> tuple[CompiledReply, ...]:
         return tuple(compile_reply(self.renderer, s, f"{flow.file}:{s.line}", note) for s in specs)
+
+    @staticmethod
+    def _where(flow: FlowSpec, spec: RuleSpec) -> str:
+        return f"{flow.file}:{spec.line}"
 
     def _hook(self, name: str, module: str) -> hooks_mod.Hook:
         hook = hooks_mod.resolve(self.modules[module], name)

@@ -161,6 +161,25 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class RemindSpec:
+    """``remind:``: a one-shot reminder job the rule schedules (see :mod:`bot.jobs`).
+
+    ``at`` and ``key`` are Jinja text (``"{{ vars.slot_at }} - 1h"``); what to send is a
+    reply (``say:``, with its template fallback) or a template alone (``template:``...).
+    """
+
+    at: str
+    line: int
+    key: str = ""
+    expires_after: str = ""
+    resume: str = ""
+    resume_line: int = 0
+    quiet_hours: str = ""
+    reply: ReplySpec | None = None
+    template: FallbackSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSpec:
     """One entry of ``on:`` or ``commands:``: triggers (any may match) and what follows."""
 
@@ -173,6 +192,9 @@ class RuleSpec:
     say: tuple[ReplySpec, ...] = ()
     target: Target | None = None
     command: bool = False
+    reminders: tuple[RemindSpec, ...] = ()
+    #: ``cancel_reminder:``: keys (Jinja text) of this user's reminders to cancel.
+    cancels: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from bot.models import (
     InboundMessage,
+    Job,
     OutboxEntry,
     Outgoing,
     StatusUpdate,
@@ -651,9 +652,11 @@ def count_pricing(rows: Sequence[Mapping[str, Any]]) -> list[PricingCount]:
 __all__ = [
     "Committed",
     "InboxItem",
+    "JobStore",
     "Lease",
     "LiveVariant",
     "PricingCount",
+    "Reach",
     "Store",
     "TemplateView",
     "Work",
@@ -662,6 +665,10 @@ __all__ = [
     "dumps",
     "inbound_from_json",
     "inbound_to_json",
+    "is_job_entry",
+    "job_entry_id",
+    "job_from_json",
+    "job_to_json",
     "live_from_json",
     "live_to_json",
     "merge_saved",
@@ -672,8 +679,167 @@ __all__ = [
     "outgoing_from_json",
     "outgoing_to_json",
     "pricing_row",
+    "resolve_job",
     "status_from_json",
     "status_to_json",
     "user_from_json",
     "user_to_json",
 ]
+
+
+# --- reminder jobs (see bot.jobs) ------------------------------------------------------------
+
+#: Job states that a queued job takes from its outbox entry (see :func:`resolve_job`).
+OUTCOMES = frozenset({"queued", "sent", "skipped", "failed"})
+#: Rolling period of Meta's messaging limit: unique users reached per 24 hours.
+REACH_SECONDS = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """What :meth:`JobStore.reserve_reach` decided under the messaging limit.
+
+    Attributes:
+        allowed: the users that may be reached now (already reached in the last 24 h, or
+            reserved now).
+        headroom: how many more new users fit in the rolling 24 h after this call.
+        room_at: when the oldest reach leaves the 24 h (0 when there is room).
+    """
+
+    allowed: frozenset[str]
+    headroom: int
+    room_at: float = 0.0
+
+
+@runtime_checkable
+class JobStore(Store, Protocol):
+    """A store that also keeps reminder jobs (:class:`~bot.models.Job`); both backends are.
+
+    A keyed job's id is ``user|key``: scheduling the key again replaces the job atomically,
+    whatever state it was in. Jobs are claimed like users are: a claim sets a token and a
+    deadline; handing over and settling are fenced by the token, and a claim whose deadline
+    passed may be taken by anyone.
+    """
+
+    async def schedule_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """Store ``jobs`` (state ``scheduled``), replacing jobs with the same id."""
+
+    async def cancel_jobs(
+        self, now: float, *, key: str = "", prefix: str = "", user: str = ""
+    ) -> int:
+        """Cancel the scheduled jobs matching every filter given; how many were cancelled."""
+
+    async def find_jobs(
+        self,
+        *,
+        user: str = "",
+        key: str = "",
+        prefix: str = "",
+        state: str = "",
+        limit: int = 100,
+    ) -> list[Job]:
+        """Jobs matching every filter given, by ``send_at`` (newest last).
+
+        A queued job comes back with what became of its outbox entry (:func:`resolve_job`),
+        and ``state`` filters on that.
+        """
+
+    async def claim_jobs(
+        self, owner: str, now: float, until: float, limit: int, *, user: str = ""
+    ) -> list[Job]:
+        """Claim up to ``limit`` scheduled jobs whose ``wake_at`` passed (``user``: only
+        theirs), oldest ``send_at`` first; each is claimed by one caller only. Jobs come back
+        with their claim token."""
+
+    async def hand_over(self, job: Job, outgoing: Outgoing, now: float) -> OutboxEntry | None:
+        """Append ``outgoing`` to the user's outbox as entry :func:`job_entry_id` and mark
+        the job ``queued``, in one step as far as any reader can tell; ``None`` (nothing
+        changed) if the claim was lost. Idempotent: an entry of that id is appended once."""
+
+    async def settle_job(
+        self, job: Job, now: float, *, state: str, reason: str, wake_at: float = 0.0
+    ) -> bool:
+        """Under the job's claim: set a final state with its reason, or (``scheduled``)
+        release it to wait until ``wake_at`` saying why; whether the claim still held."""
+
+    async def reserve_reach(self, users: Sequence[str], now: float, limit: int) -> Reach:
+        """Count ``users`` as reached by business-initiated messages now, in order, as long
+        as at most ``limit`` unique users are reached in any rolling 24 h."""
+
+    async def reserve_sends(self, count: int, interval: float, now: float) -> float:
+        """Take ``count`` consecutive send slots ``interval`` apart, shared by every process
+        on the store; the time of the first (never before ``now``)."""
+
+    async def due_jobs(self, now: float) -> int:
+        """How many scheduled jobs are due by ``now`` (waiting ones included)."""
+
+
+def job_entry_id(job: Job) -> str:
+    """The id of the outbox entry a job becomes (one per scheduling, see ``Job.uid``)."""
+    return f"{job.user}:job:{job.uid}"
+
+
+def is_job_entry(entry_id: str) -> bool:
+    """Whether an outbox entry is a job's (see :func:`job_entry_id`)."""
+    return ":job:" in entry_id
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    """A :class:`~bot.models.Job` as plain JSON data."""
+    return {
+        "id": job.id,
+        "uid": job.uid,
+        "user": job.user,
+        "outgoing": outgoing_to_json(job.outgoing),
+        "send_at": job.send_at,
+        "key": job.key,
+        "expires_at": job.expires_at,
+        "resume": job.resume,
+        "quiet_hours": job.quiet_hours,
+        "state": job.state,
+        "reason": job.reason,
+        "error_code": job.error_code,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "wake_at": job.wake_at,
+        "claim_token": job.claim_token,
+        "claim_until": job.claim_until,
+        "entry_id": job.entry_id,
+    }
+
+
+def job_from_json(data: Mapping[str, Any]) -> Job:
+    """The inverse of :func:`job_to_json`."""
+    return Job(
+        id=data["id"],
+        uid=data["uid"],
+        user=data["user"],
+        outgoing=outgoing_from_json(data["outgoing"]),
+        send_at=float(data["send_at"]),
+        key=data.get("key", ""),
+        expires_at=float(data.get("expires_at", 0.0)),
+        resume=data.get("resume", ""),
+        quiet_hours=data.get("quiet_hours", ""),
+        state=data.get("state", "scheduled"),
+        reason=data.get("reason", ""),
+        error_code=int(data.get("error_code", 0)),
+        created_at=float(data.get("created_at", 0.0)),
+        updated_at=float(data.get("updated_at", 0.0)),
+        wake_at=float(data.get("wake_at", 0.0)),
+        claim_token=data.get("claim_token", ""),
+        claim_until=float(data.get("claim_until", 0.0)),
+        entry_id=data.get("entry_id", ""),
+    )
+
+
+def resolve_job(job: Job, entry: OutboxEntry | None) -> Job:
+    """A queued job as what became of its outbox entry: ``sent`` (how), ``skipped`` (why),
+    ``failed`` (Meta's code), or still ``queued``."""
+    if job.state != "queued" or entry is None:
+        return job
+    if entry.status in ("sent", "delivered", "read"):
+        how = f"sent as {entry.sent_as}" + (f" ({entry.reason})" if entry.reason else "")
+        return replace(job, state="sent", reason=how)
+    if entry.status in ("skipped", "failed"):
+        return replace(job, state=entry.status, reason=entry.reason, error_code=entry.error_code)
+    return job

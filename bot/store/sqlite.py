@@ -34,6 +34,7 @@ from bot.errors import LeaseLost, StoreUnavailable, VersionConflict
 from bot.models import (
     DELIVERY_RANK,
     InboundMessage,
+    Job,
     OutboxEntry,
     Outgoing,
     StatusUpdate,
@@ -43,16 +44,22 @@ from bot.models import (
     parse_callback_data,
 )
 from bot.store.base import (
+    OUTCOMES,
+    REACH_SECONDS,
     Committed,
     InboxItem,
     Lease,
     PricingCount,
+    Reach,
     TemplateView,
     Work,
     apply_template_event,
     dumps,
     inbound_from_json,
     inbound_to_json,
+    job_entry_id,
+    job_from_json,
+    job_to_json,
     live_from_json,
     live_to_json,
     merge_saved,
@@ -60,6 +67,7 @@ from bot.store.base import (
     outbox_from_json,
     outbox_to_json,
     pricing_row,
+    resolve_job,
     status_from_json,
     status_to_json,
     user_from_json,
@@ -94,6 +102,20 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(user, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_wamid ON outbox(wamid) WHERE wamid != '';
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+"""
+_JOB_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, uid TEXT NOT NULL, user TEXT NOT NULL, key TEXT NOT NULL,
+    state TEXT NOT NULL, send_at REAL NOT NULL, wake_at REAL NOT NULL, created_at REAL NOT NULL,
+    claim_token TEXT NOT NULL DEFAULT '', claim_until REAL NOT NULL DEFAULT 0,
+    entry_id TEXT NOT NULL DEFAULT '', data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(wake_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, send_at);
+CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key, send_at);
+CREATE TABLE IF NOT EXISTS reach (user TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS reach_at ON reach(at);
+CREATE TABLE IF NOT EXISTS send_slots (name TEXT PRIMARY KEY, next REAL NOT NULL);
 """
 #: Lease columns on ``users``, added to files made before leases fenced writes.
 _LEASE_COLUMNS = (
@@ -155,6 +177,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             conn.executescript(_SCHEMA)
+            conn.executescript(_JOB_SCHEMA)
             have = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
             for name, decl in _LEASE_COLUMNS:
                 if name not in have:
@@ -487,41 +510,7 @@ class SQLiteStore:
         self, user: str, outgoing: Sequence[Outgoing], now: float
     ) -> list[OutboxEntry]:
         payloads = list(outgoing)
-        blank = dumps(user_to_json(_blank_user(user, version=1)))
-
-        def op(c: sqlite3.Connection) -> list[OutboxEntry]:
-            row = c.execute(
-                "SELECT version, next_seq, data FROM users WHERE key = ?", (user,)
-            ).fetchone()
-            next_seq = 0 if row is None else row[1]
-            entries = new_outbox_entries(user, next_seq, payloads, now)
-            c.executemany(
-                "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
-                "VALUES (?, ?, ?, 'pending', ?, '', ?)",
-                [
-                    (e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e)))
-                    for e in entries
-                ],
-            )
-            if row is None:
-                c.execute(
-                    "INSERT INTO users (key, version, next_seq, data) VALUES (?, 1, ?, ?)",
-                    (user, len(entries), blank),
-                )
-            elif not row[2]:  # claimed but never committed: the record is born here
-                c.execute(
-                    "UPDATE users SET version = 1, next_seq = ?, data = ? WHERE key = ?",
-                    (next_seq + len(entries), blank, user),
-                )
-            else:
-                c.execute(
-                    "UPDATE users SET version = version + 1, next_seq = ?, "
-                    "data = json_set(data, '$.version', version + 1) WHERE key = ?",
-                    (next_seq + len(entries), user),
-                )
-            return entries
-
-        return await self._call(op)
+        return await self._call(lambda c: _append(c, user, payloads, now))
 
     async def begin_send(self, lease: Lease, entry: OutboxEntry, now: float) -> OutboxEntry | None:
         def op(c: sqlite3.Connection) -> int | None:
@@ -738,6 +727,176 @@ class SQLiteStore:
 
         return await self._ledger_call(op)
 
+    # --- reminder jobs ------------------------------------------------------------------
+
+    async def schedule_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        rows = [_job_row(job) for job in jobs]
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "INSERT OR REPLACE INTO jobs (id, uid, user, key, state, send_at, wake_at, "
+                "created_at, claim_token, claim_until, entry_id, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._call(op)
+        return list(jobs)
+
+    async def cancel_jobs(
+        self, now: float, *, key: str = "", prefix: str = "", user: str = ""
+    ) -> int:
+        where, args = _job_filter(user=user, key=key, prefix=prefix, state="scheduled")
+
+        def op(c: sqlite3.Connection) -> int:
+            return int(
+                c.execute(
+                    "UPDATE jobs SET state = 'cancelled', claim_token = '', data = json_set("
+                    "data, '$.state', 'cancelled', '$.reason', 'cancelled', '$.updated_at', ?, "
+                    f"'$.claim_token', '') WHERE {where}",
+                    (now, *args),
+                ).rowcount
+            )
+
+        return await self._call(op)
+
+    async def find_jobs(
+        self,
+        *,
+        user: str = "",
+        key: str = "",
+        prefix: str = "",
+        state: str = "",
+        limit: int = 100,
+    ) -> list[Job]:
+        outcome = state in OUTCOMES  # stored as queued until its entry says otherwise
+        where, args = _job_filter(
+            user=user, key=key, prefix=prefix, state="" if outcome else state, table="j."
+        )
+        if outcome:
+            where += " AND j.state IN ('queued', ?)"
+            args.append(state)
+
+        def op(c: sqlite3.Connection) -> list[tuple[str, str | None]]:
+            rows = c.execute(
+                "SELECT * FROM (SELECT j.data, o.data, j.send_at, j.rowid FROM jobs j "
+                "LEFT JOIN outbox o ON o.id = j.entry_id AND j.entry_id != '' "
+                f"WHERE {where} ORDER BY j.send_at DESC, "
+                "j.rowid DESC LIMIT ?) ORDER BY 3, 4",
+                (*args, -1 if outcome else limit),
+            ).fetchall()
+            return [(r[0], r[1]) for r in rows]
+
+        found = [
+            resolve_job(
+                job_from_json(json.loads(job)),
+                None if entry is None else outbox_from_json(json.loads(entry)),
+            )
+            for job, entry in await self._call(op)
+        ]
+        if outcome:
+            found = [j for j in found if j.state == state][-limit:]
+        return found
+
+    async def claim_jobs(
+        self, owner: str, now: float, until: float, limit: int, *, user: str = ""
+    ) -> list[Job]:
+        token = f"{owner}:{uuid.uuid4().hex[:12]}"
+        only = "AND user = ? " if user else ""
+
+        def op(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "UPDATE jobs SET claim_token = ?, claim_until = ?, data = json_set(data, "
+                "'$.claim_token', ?, '$.claim_until', ?) WHERE id IN (SELECT id FROM jobs "
+                f"WHERE state = 'scheduled' AND wake_at <= ? AND claim_until < ? {only}"
+                "ORDER BY send_at, created_at LIMIT ?) RETURNING data",
+                (token, until, token, until, now, now, *([user] if user else []), limit),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        jobs = [job_from_json(json.loads(d)) for d in await self._call(op)]
+        return sorted(jobs, key=lambda j: (j.send_at, j.created_at))
+
+    async def hand_over(self, job: Job, outgoing: Outgoing, now: float) -> OutboxEntry | None:
+        entry_id = job_entry_id(job)
+
+        def op(c: sqlite3.Connection) -> OutboxEntry | None:
+            if not _job_held(c, job):
+                return None
+            appended = _append(c, job.user, [outgoing], now, entry_id)
+            c.execute(
+                "UPDATE jobs SET state = 'queued', claim_token = '', claim_until = 0, "
+                "entry_id = ?, data = json_set(data, '$.state', 'queued', '$.entry_id', ?, "
+                "'$.claim_token', '', '$.claim_until', 0, '$.updated_at', ?, '$.reason', ?) "
+                "WHERE id = ?",
+                (entry_id, entry_id, now, "queued in the user's outbox", job.id),
+            )
+            return appended[0] if appended else None
+
+        return await self._call(op)
+
+    async def settle_job(
+        self, job: Job, now: float, *, state: str, reason: str, wake_at: float = 0.0
+    ) -> bool:
+        wake = wake_at or job.wake_at
+
+        def op(c: sqlite3.Connection) -> bool:
+            if not _job_held(c, job):
+                return False
+            c.execute(
+                "UPDATE jobs SET state = ?, wake_at = ?, claim_token = '', claim_until = 0, "
+                "data = json_set(data, '$.state', ?, '$.wake_at', ?, '$.reason', ?, "
+                "'$.updated_at', ?, '$.claim_token', '', '$.claim_until', 0) WHERE id = ?",
+                (state, wake, state, wake, reason, now, job.id),
+            )
+            return True
+
+        return await self._call(op)
+
+    async def reserve_reach(self, users: Sequence[str], now: float, limit: int) -> Reach:
+        since = now - REACH_SECONDS
+
+        def op(c: sqlite3.Connection) -> Reach:
+            count = c.execute("SELECT COUNT(*) FROM reach WHERE at > ?", (since,)).fetchone()[0]
+            allowed = set()
+            for user in users:
+                row = c.execute("SELECT at FROM reach WHERE user = ?", (user,)).fetchone()
+                if row is not None and row[0] > since:
+                    allowed.add(user)
+                elif count < limit:
+                    c.execute("INSERT OR REPLACE INTO reach (user, at) VALUES (?, ?)", (user, now))
+                    allowed.add(user)
+                    count += 1
+            room_at = 0.0
+            if count >= limit:
+                oldest = c.execute("SELECT MIN(at) FROM reach WHERE at > ?", (since,)).fetchone()
+                room_at = float(oldest[0] or now) + REACH_SECONDS
+            return Reach(frozenset(allowed), max(0, limit - count), room_at)
+
+        return await self._call(op)
+
+    async def reserve_sends(self, count: int, interval: float, now: float) -> float:
+        def op(c: sqlite3.Connection) -> float:
+            row = c.execute("SELECT next FROM send_slots WHERE name = 'sends'").fetchone()
+            start = max(now, row[0] if row else 0.0)
+            c.execute(
+                "INSERT OR REPLACE INTO send_slots (name, next) VALUES ('sends', ?)",
+                (start + count * interval,),
+            )
+            return start
+
+        return await self._call(op)
+
+    async def due_jobs(self, now: float) -> int:
+        def op(c: sqlite3.Connection) -> int:
+            return int(
+                c.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'scheduled' AND send_at <= ?", (now,)
+                ).fetchone()[0]
+            )
+
+        return await self._call(op)
+
     # --- read-only views for the console ----------------------------------------------------
 
     async def list_users(self, limit: int = 100) -> list[UserRecord]:
@@ -873,6 +1032,90 @@ def _blank_user(user: str, version: int = 0) -> UserRecord:
     return UserRecord(
         key=user, wa_id=user if phone else "", user_id="" if phone else user, version=version
     )
+
+
+def _append(
+    c: sqlite3.Connection, user: str, payloads: Sequence[Outgoing], now: float, entry_id: str = ""
+) -> list[OutboxEntry]:
+    """Append business-initiated entries to a user's outbox (see ``Store.enqueue``).
+
+    ``entry_id`` names the one entry appended (a job's); an entry of that id already stored
+    is not appended again.
+    """
+    row = c.execute("SELECT version, next_seq, data FROM users WHERE key = ?", (user,)).fetchone()
+    next_seq = 0 if row is None else row[1]
+    entries = new_outbox_entries(user, next_seq, payloads, now)
+    if entry_id:
+        if c.execute("SELECT 1 FROM outbox WHERE id = ?", (entry_id,)).fetchone():
+            return []
+        entries = [replace(e, id=entry_id) for e in entries]
+    c.executemany(
+        "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
+        "VALUES (?, ?, ?, 'pending', ?, '', ?)",
+        [(e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e))) for e in entries],
+    )
+    if row is None:
+        blank = dumps(user_to_json(_blank_user(user, version=1)))
+        c.execute(
+            "INSERT INTO users (key, version, next_seq, data) VALUES (?, 1, ?, ?)",
+            (user, len(entries), blank),
+        )
+    elif not row[2]:  # claimed but never committed: the record is born here
+        blank = dumps(user_to_json(_blank_user(user, version=1)))
+        c.execute(
+            "UPDATE users SET version = 1, next_seq = ?, data = ? WHERE key = ?",
+            (next_seq + len(entries), blank, user),
+        )
+    else:
+        c.execute(
+            "UPDATE users SET version = version + 1, next_seq = ?, "
+            "data = json_set(data, '$.version', version + 1) WHERE key = ?",
+            (next_seq + len(entries), user),
+        )
+    return entries
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.uid,
+        job.user,
+        job.key,
+        job.state,
+        job.send_at,
+        job.wake_at,
+        job.created_at,
+        job.claim_token,
+        job.claim_until,
+        job.entry_id,
+        dumps(job_to_json(job)),
+    )
+
+
+def _job_filter(
+    *, user: str, key: str, prefix: str, state: str, table: str = ""
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (and its arguments) matching every filter given."""
+    clauses: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    for column, value in (("user", user), ("key", key), ("state", state)):
+        if value:
+            clauses.append(f"{table}{column} = ?")
+            args.append(value)
+    if prefix:
+        clauses.append(f"substr({table}key, 1, ?) = ?")
+        args += [len(prefix), prefix]
+    return " AND ".join(clauses), args
+
+
+def _job_held(c: sqlite3.Connection, job: Job) -> bool:
+    """Whether ``job`` (this scheduling of it) is still scheduled under its claim token."""
+    row = c.execute(
+        "SELECT 1 FROM jobs WHERE id = ? AND uid = ? AND state = 'scheduled' "
+        "AND claim_token = ? AND claim_token != ''",
+        (job.id, job.uid, job.claim_token),
+    ).fetchone()
+    return row is not None
 
 
 def _check_lease(c: sqlite3.Connection, lease: Lease) -> None:

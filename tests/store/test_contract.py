@@ -13,6 +13,7 @@ import pytest
 from bot.errors import LeaseLost, VersionConflict
 from bot.models import (
     InboundMessage,
+    Job,
     OutboxEntry,
     Outgoing,
     StatusUpdate,
@@ -20,7 +21,8 @@ from bot.models import (
     UserRecord,
     callback_data,
 )
-from bot.store.base import Committed, Lease, Store, Work, outbox_id
+from bot.scheduling import build_job
+from bot.store.base import Committed, JobStore, Lease, Store, Work, job_entry_id, outbox_id
 from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_message, parse_status
 from tests.store.conftest import Backend
@@ -1281,6 +1283,167 @@ class TestDurability:
             assert [m.id for m in (await claim(other)).inbound] == ["wamid.1"]
         finally:
             await other.close()
+
+
+# --- reminder jobs -----------------------------------------------------------------------------
+
+
+def job(
+    key: str = "",
+    user: str = ANA,
+    *,
+    at: float = NOW,
+    expires_after: float = 0.0,
+    created: float = NOW - 100,
+) -> Job:
+    """A job with a text reminder due at ``at``."""
+    return build_job(
+        user, reply(key or "r"), at=at, now=created, key=key, expires_after=expires_after
+    )
+
+
+def jobs_store(store: Store) -> JobStore:
+    """The store as the job dispatcher sees it (every backend is one)."""
+    assert isinstance(store, JobStore)
+    return store
+
+
+class TestJobs:
+    async def test_a_job_is_stored_as_scheduled(self, store: Store) -> None:
+        """A scheduled job comes back with everything it was given."""
+        s = jobs_store(store)
+        made = job("appt:1", expires_after=600)
+        await s.schedule_jobs([made])
+        [found] = await s.find_jobs(user=ANA)
+        assert found == made
+        assert (found.state, found.expires_at, found.id) == (
+            "scheduled",
+            NOW + 600,
+            f"{ANA}|appt:1",
+        )
+
+    async def test_the_same_key_again_replaces_the_job(self, store: Store) -> None:
+        """Scheduling a key twice leaves one job: the later."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("appt:1", at=NOW)])
+        later = job("appt:1", at=NOW + 3600)
+        await s.schedule_jobs([later])
+        found = await s.find_jobs(key="appt:1")
+        assert [(j.uid, j.send_at) for j in found] == [(later.uid, NOW + 3600)]
+
+    async def test_keys_are_per_user(self, store: Store) -> None:
+        """Two users' jobs with the same key are two jobs."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("appt:1"), job("appt:1", user=BIA)])
+        assert len(await s.find_jobs(key="appt:1")) == 2
+        assert await s.cancel_jobs(NOW, key="appt:1", user=BIA) == 1
+        assert [j.state for j in await s.find_jobs(user=ANA)] == ["scheduled"]
+
+    async def test_cancel_by_key_and_prefix(self, store: Store) -> None:
+        """Cancelled jobs are never claimed; a prefix cancels a campaign."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("camp:1"), job("camp:2", user=BIA), job("other")])
+        assert await s.cancel_jobs(NOW, prefix="camp:") == 2
+        claimed = await s.claim_jobs("w1", NOW, NOW + 30, 10)
+        assert [j.key for j in claimed] == ["other"]
+        states = {j.key: j.state for j in await s.find_jobs()}
+        assert states == {"camp:1": "cancelled", "camp:2": "cancelled", "other": "scheduled"}
+
+    async def test_claims_due_jobs_oldest_first_once(self, store: Store) -> None:
+        """Only due jobs are claimed, by send_at, and a claimed job is not claimed again."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("b", at=NOW - 5), job("a", at=NOW - 10), job("c", at=NOW + 5)])
+        first = await s.claim_jobs("w1", NOW, NOW + 30, 10)
+        assert [j.key for j in first] == ["a", "b"]
+        assert all(j.claim_token for j in first)
+        assert await s.claim_jobs("w2", NOW + 1, NOW + 31, 10) == []
+
+    async def test_concurrent_claimers_share_jobs_without_overlap(self, store: Store) -> None:
+        """Ten claimers at once: every job is claimed by exactly one of them."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job(f"k{i}", user=f"1555{i:07d}") for i in range(40)])
+        got = await asyncio.gather(*(s.claim_jobs(f"w{n}", NOW, NOW + 30, 7) for n in range(10)))
+        got.append(await s.claim_jobs("late", NOW, NOW + 30, 40))  # whatever races left
+        ids = [j.id for batch in got for j in batch]
+        assert len(ids) == len(set(ids)) == 40
+
+    async def test_an_expired_claim_is_taken_over(self, store: Store) -> None:
+        """A crashed claimer's jobs are claimed by another once its lease ran out."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("k")])
+        [old] = await s.claim_jobs("w1", NOW, NOW + 30, 10)
+        assert await s.claim_jobs("w2", NOW + 29, NOW + 59, 10) == []
+        [new] = await s.claim_jobs("w2", NOW + 31, NOW + 61, 10)
+        assert new.claim_token != old.claim_token
+        assert await s.hand_over(old, old.outgoing, NOW + 31) is None  # fenced
+        assert await s.settle_job(old, NOW + 31, state="skipped", reason="x") is False
+        entry = await s.hand_over(new, new.outgoing, NOW + 31)
+        assert entry is not None and entry.id == job_entry_id(new)
+
+    async def test_hand_over_appends_to_the_outbox_and_marks_queued(self, store: Store) -> None:
+        """A handed-over job is a pending outbox entry of its user, once, and queued."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("k")])
+        [claimed] = await s.claim_jobs("w1", NOW, NOW + 30, 10)
+        entry = await s.hand_over(claimed, claimed.outgoing, NOW)
+        assert entry is not None
+        [queued] = await pending(store)
+        assert (queued.id, queued.outgoing.message) == (entry.id, claimed.outgoing.message)
+        assert queued.next_attempt_at == 0.0
+        [found] = await s.find_jobs(user=ANA)
+        assert (found.state, found.entry_id) == ("queued", entry.id)
+        assert await s.hand_over(claimed, claimed.outgoing, NOW) is None
+        assert len(await pending(store)) == 1
+
+    async def test_a_queued_job_reports_its_entrys_outcome(self, store: Store) -> None:
+        """Once sent, skipped or failed, the job says so with the entry's reason."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("k")])
+        [claimed] = await s.claim_jobs("w1", NOW, NOW + 30, 10)
+        entry = await s.hand_over(claimed, claimed.outgoing, NOW)
+        assert entry is not None
+        lease = (await claim(store)).lease
+        sent = dataclasses.replace(
+            entry, status="sent", wamid="wamid.j", sent_as="template", reason="window closed"
+        )
+        await store.save_outbox(lease, sent)
+        [found] = await s.find_jobs(state="sent")
+        assert found.reason == "sent as template (window closed)"
+        assert await s.find_jobs(state="queued") == []
+
+    async def test_settle_final_and_waiting(self, store: Store) -> None:
+        """A settled job keeps its reason; a waiting one is claimed again at its wake time."""
+        s = jobs_store(store)
+        await s.schedule_jobs([job("gone"), job("later")])
+        gone, later = await s.claim_jobs("w1", NOW, NOW + 30, 10)
+        assert await s.settle_job(gone, NOW, state="expired", reason="expired: too late")
+        assert await s.settle_job(
+            later, NOW, state="scheduled", reason="waiting: quiet hours", wake_at=NOW + 600
+        )
+        assert await s.claim_jobs("w1", NOW + 599, NOW + 630, 10) == []
+        [again] = await s.claim_jobs("w1", NOW + 600, NOW + 630, 10)
+        assert (again.key, again.reason) == ("later", "waiting: quiet hours")
+        [expired] = await s.find_jobs(state="expired")
+        assert expired.reason == "expired: too late"
+        assert await s.due_jobs(NOW + 600) == 1
+
+    async def test_reach_never_exceeds_the_limit(self, store: Store) -> None:
+        """The messaging limit: new users beyond it are refused; users reached are free."""
+        s = jobs_store(store)
+        first = await s.reserve_reach(["a", "b", "c"], NOW, 4)
+        assert (set(first.allowed), first.headroom) == ({"a", "b", "c"}, 1)
+        second = await s.reserve_reach(["a", "d", "e"], NOW + 10, 4)
+        assert second.allowed == {"a", "d"}
+        assert (second.headroom, second.room_at) == (0, NOW + 86_400)
+        later = await s.reserve_reach(["e"], NOW + 86_401, 4)
+        assert later.allowed == {"e"}
+
+    async def test_send_slots_are_consecutive_across_callers(self, store: Store) -> None:
+        """Reserved send slots never overlap, whoever asks, and never start in the past."""
+        s = jobs_store(store)
+        starts = [await s.reserve_sends(8, 0.0125, NOW) for _ in range(3)]
+        assert starts == pytest.approx([NOW, NOW + 0.1, NOW + 0.2])
+        assert await s.reserve_sends(1, 0.0125, NOW + 5) == NOW + 5
 
 
 class TestConsoleViews:

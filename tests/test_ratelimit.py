@@ -1,0 +1,91 @@
+"""The send rate shared through the store: slots taken in batches, handed out in order."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+from bot.ratelimit import SharedRateLimiter
+from bot.store.sqlite import SQLiteStore
+
+
+class Clock:
+    """A clock that moves only when someone sleeps on it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class TestSharedRateLimiter:
+    async def test_two_processes_share_the_rate(self, tmp_path: Path) -> None:
+        """Two limiters on one store never send faster than the rate between them."""
+        stores = [SQLiteStore(tmp_path / "bot.db") for _ in range(2)]
+        for store in stores:
+            await store.open()
+        clock = Clock()
+        limiters = [
+            SharedRateLimiter(s, 10.0, batch=3, clock=clock, sleep=clock.sleep) for s in stores
+        ]
+        times = []
+        for n in range(12):
+            await limiters[n % 2].acquire()
+            times.append(clock.now)
+        for store in stores:
+            await store.close()
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0.1 - 1e-9  # never faster than 10/s, whichever process sends
+
+    async def test_one_store_write_per_batch(self, tmp_path: Path) -> None:
+        """A busy process pays one store round trip per batch of sends, not one per send."""
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        clock = Clock()
+        limiter = SharedRateLimiter(store, 80.0, batch=8, clock=clock, sleep=clock.sleep)
+        await asyncio.gather(*(limiter.acquire() for _ in range(32)))
+        await store.close()
+        assert limiter.reservations <= 5  # the first caller, alone then, takes one slot
+        assert abs(clock.now - (1000.0 + 31 / 80)) < 1e-6
+
+    async def test_a_130429_pauses_every_process(self, tmp_path: Path) -> None:
+        """After a pause taken by one process, the other's next send waits a second."""
+        stores = [SQLiteStore(tmp_path / "bot.db") for _ in range(2)]
+        for store in stores:
+            await store.open()
+        clock = Clock()
+        one, other = (SharedRateLimiter(s, 80.0, clock=clock, sleep=clock.sleep) for s in stores)
+        await one.pause(1.0)
+        await other.acquire()
+        for store in stores:
+            await store.close()
+        assert clock.now >= 1001.0 - 1e-9
+
+    async def test_a_stale_slot_is_replaced(self, tmp_path: Path) -> None:
+        """A slot that went stale before the send (a slow store write) gives way to a new one."""
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        clock = Clock()
+        limiter = SharedRateLimiter(store, 10.0, batch=1, clock=clock, sleep=clock.sleep)
+        slot = await limiter.acquire()
+        await limiter.still(slot)
+        assert limiter.reservations == 1  # fresh: kept
+        clock.now += 0.5
+        await limiter.still(slot)
+        await store.close()
+        assert limiter.reservations == 2
+
+    async def test_zero_means_unlimited(self, tmp_path: Path) -> None:
+        """Rate 0: no waiting and no store writes."""
+        store = SQLiteStore(tmp_path / "bot.db")
+        limiter = SharedRateLimiter(store, 0.0)
+        assert await limiter.acquire() == 0.0 and limiter.reservations == 0
+        await limiter.still(-100.0)
+        assert limiter.reservations == 0
