@@ -24,7 +24,7 @@ from bot.models import JOB_STATES, Job, Outgoing, TemplateCall
 from bot.outbound import Outbound
 from bot.scheduling import Scheduler, build_job
 
-log = structlog.get_logger("windowbot.cli")
+log = structlog.get_logger("windowbot.remind_cli")
 
 _PHONE = re.compile(r"^[1-9]\d{7,14}$")  # E.164 without '+': 8 to 15 digits
 _RESERVED_COLUMNS = ("user", "wa_id", "at", "key")

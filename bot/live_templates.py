@@ -23,7 +23,7 @@ from bot.store.base import LiveVariant, Store, TemplateView
 from bot.templates import Template, TemplateRegistry
 from bot.window import Decision
 
-log = structlog.get_logger("windowbot.templates")
+log = structlog.get_logger("windowbot.live_templates")
 
 #: Meta's statuses under which a variant still sends (FLAGGED: quality is falling, not paused).
 SENDABLE = frozenset({"APPROVED", "REINSTATED", "FLAGGED"})

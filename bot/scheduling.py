@@ -25,7 +25,7 @@ from bot.models import InboundMessage, Job, Outgoing, TemplateCall, UserRecord
 from bot.store.base import JobStore
 from bot.templates import TemplateRegistry
 
-log = structlog.get_logger("windowbot.jobs")
+log = structlog.get_logger("windowbot.scheduling")
 
 #: Button payloads and ids of a job with a resume point: ``wbr1:<flow>.<state>:<payload>``.
 RESUME_PREFIX = "wbr1:"

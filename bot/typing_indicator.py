@@ -15,7 +15,7 @@ import structlog
 from bot.dispatcher import Handler, TurnResult
 from bot.models import InboundMessage, UserRecord
 
-log = structlog.get_logger("windowbot.typing")
+log = structlog.get_logger("windowbot.typing_indicator")
 
 
 def with_typing(
