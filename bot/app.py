@@ -23,7 +23,7 @@ from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.metrics import Metrics
 from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
-from bot.store.base import Store
+from bot.store.base import Added, Store
 from bot.templates import TemplateRegistry
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
 from bot.window import WindowPolicy
@@ -203,8 +203,15 @@ async def receive(request: web.Request) -> web.Response:
     now = time.time()
     try:
         async with asyncio.timeout(config.server.store_timeout_seconds):
-            fresh = await store.add_inbound(delivery.messages, now) if delivery.messages else []
-            seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
+            # Re-keys first: the delivery's messages may already use the new id.
+            changes = delivery.identity_changes
+            rekeyed = await store.add_identity_changes(changes, now) if changes else []
+            fresh = (
+                await store.add_inbound(delivery.messages, now) if delivery.messages else Added()
+            )
+            seen = (
+                await store.add_statuses(delivery.statuses, now) if delivery.statuses else Added()
+            )
     except (StoreError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {config.server.store_timeout_seconds:g}s"
         app[HEALTH].failed(error)
@@ -212,17 +219,19 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=503, text="store unavailable; retry later")
     app[HEALTH].succeeded()
     dispatcher = app[DISPATCHER]
-    for message, new in zip(delivery.messages, fresh, strict=True):
+    for change, user in zip(delivery.identity_changes, rekeyed, strict=True):
+        log.info("user_id_changed", wa_id=user, previous=change.previous, user_id=change.user_id)
+    for message, new, user in zip(delivery.messages, fresh, fresh.users, strict=True):
         if new:
             metrics.received += 1
-            dispatcher.notify(message.user, started, message.id)
+            dispatcher.notify(user, started, message.id)
         else:
             metrics.duplicates += 1
-            log.info("message_duplicate", wa_id=message.user, message_id=message.id)
-    for status, new in zip(delivery.statuses, seen, strict=True):
+            log.info("message_duplicate", wa_id=user, message_id=message.id)
+    for status, new, user in zip(delivery.statuses, seen, seen.users, strict=True):
         if new:
             metrics.statuses += 1
-            dispatcher.status_arrived(status.recipient, failed=status.status == "failed")
+            dispatcher.status_arrived(user, failed=status.status == "failed")
     return web.Response(text="OK")
 
 

@@ -23,9 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from bot.errors import LeaseLost, StoreUnavailable, VersionConflict
 from bot.models import (
     DELIVERY_RANK,
+    IdentityChange,
     InboundMessage,
     OutboxEntry,
     Outgoing,
@@ -35,21 +38,33 @@ from bot.models import (
     parse_callback_data,
 )
 from bot.store.base import (
+    Added,
+    AliasCache,
     Committed,
+    Identity,
     Lease,
+    Resolved,
     Work,
+    change_identity,
     dumps,
+    filed,
+    filed_status,
     inbound_from_json,
     inbound_to_json,
     merge_saved,
+    message_identity,
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
+    resolve_identities,
     status_from_json,
+    status_identity,
     status_to_json,
     user_from_json,
     user_to_json,
 )
+
+log = structlog.get_logger("windowbot.store")
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -79,6 +94,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(user, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_wamid ON outbox(wamid) WHERE wamid != '';
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+-- every id a user is known by (phone number, business-scoped ids) -> their canonical key
+CREATE TABLE IF NOT EXISTS aliases (id TEXT PRIMARY KEY, user TEXT NOT NULL) WITHOUT ROWID;
 """
 #: Lease columns on ``users``, added to files made before leases fenced writes.
 _LEASE_COLUMNS = (
@@ -117,6 +134,7 @@ class SQLiteStore:
         self._busy_ms = max(0, int(busy_timeout * 1000))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._aliases = AliasCache()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -225,10 +243,16 @@ class SQLiteStore:
 
     # --- inbox and statuses -------------------------------------------------------------
 
-    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
-        rows = [(m.id, m.user, m.timestamp, now, dumps(inbound_to_json(m))) for m in messages]
+    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> Added:
+        identities = [message_identity(m) for m in messages]
 
-        def op(c: sqlite3.Connection) -> list[bool]:
+        def rows(users: Sequence[str]) -> list[tuple[Any, ...]]:
+            return [
+                (m.id, user, m.timestamp, now, dumps(inbound_to_json(filed(m, user))))
+                for m, user in zip(messages, users, strict=True)
+            ]
+
+        def insert(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
             out = []
             for row in rows:
                 cur = c.execute(
@@ -239,17 +263,22 @@ class SQLiteStore:
                 out.append(cur.rowcount == 1)
             return out
 
-        return await self._call(op)
+        return await self._filed(identities, rows, insert)
 
-    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
-        items = [
-            (s, (s.id, s.status, s.recipient, s.timestamp, now, dumps(status_to_json(s))))
-            for s in statuses
-        ]
+    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
+        identities = [status_identity(s) for s in statuses]
 
-        def op(c: sqlite3.Connection) -> list[bool]:
+        def rows(users: Sequence[str]) -> list[tuple[Any, ...]]:
             out = []
-            for status, row in items:
+            for s, user in zip(statuses, users, strict=True):
+                status = filed_status(s, user)
+                data = dumps(status_to_json(status))
+                out.append((status, (s.id, s.status, user, s.timestamp, now, data)))
+            return out
+
+        def insert(c: sqlite3.Connection, rows: list[Any]) -> list[bool]:
+            out = []
+            for status, row in rows:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO statuses (wamid, status, user, ts, received_at, data) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -264,7 +293,65 @@ class SQLiteStore:
                     )
             return out
 
-        return await self._call(op)
+        return await self._filed(identities, rows, insert)
+
+    async def _filed(
+        self,
+        identities: list[Identity],
+        rows: Callable[[Sequence[str]], list[Any]],
+        insert: Callable[[sqlite3.Connection, list[Any]], list[bool]],
+    ) -> Added:
+        """Insert items under their users' canonical keys, resolved in the same write.
+
+        When the process has seen every id before (the usual case), the keys come from its
+        cache and the rows are encoded here; otherwise the aliases are read and the new ones
+        written inside the insert's own transaction.
+        """
+        if not self._aliases.missing(identities):
+            users = self._aliases.resolve(identities).users
+            ready = rows(users)
+            return Added(await self._call(lambda c: insert(c, ready)), users)
+
+        def op(c: sqlite3.Connection) -> tuple[list[bool], Resolved, dict[str, str]]:
+            resolved, known = _resolve_aliases(c, identities)
+            return insert(c, rows(resolved.users)), resolved, known
+
+        new, resolved, known = await self._call(op)
+        self._learn(known, resolved)
+        return Added(new, resolved.users)
+
+    def _learn(self, known: dict[str, str], resolved: Resolved) -> None:
+        self._aliases.learn(known)
+        self._aliases.learn(resolved.new)
+        for kept, other in resolved.conflicts:
+            log.warning(
+                "identity_conflict",
+                user=kept,
+                other_user=other,
+                action="filed under the first; the two records are not merged",
+            )
+
+    async def add_identity_changes(
+        self, changes: Sequence[IdentityChange], now: float
+    ) -> list[str]:
+        identities = [change_identity(c) for c in changes]
+
+        def op(c: sqlite3.Connection) -> tuple[Resolved, dict[str, str]]:
+            resolved, known = _resolve_aliases(c, identities)
+            for identity, user in zip(identities, resolved.users, strict=True):
+                fields = [("$.user_id", identity.user_id), ("$.wa_id", identity.wa_id)]
+                paths = [(path, value) for path, value in fields if value]
+                sets = "".join(f", '{path}', ?" for path, _ in paths)
+                c.execute(
+                    "UPDATE users SET version = version + 1, data = json_set(data"
+                    f"{sets}, '$.version', version + 1) WHERE key = ? AND data != ''",
+                    (*(value for _, value in paths), user),
+                )
+            return resolved, known
+
+        resolved, known = await self._call(op)
+        self._learn(known, resolved)
+        return resolved.users
 
     # --- leases -------------------------------------------------------------------------
 
@@ -582,6 +669,26 @@ class SQLiteStore:
             return counts
 
         return await self._call(op)
+
+
+def _resolve_aliases(
+    c: sqlite3.Connection, identities: Sequence[Identity]
+) -> tuple[Resolved, dict[str, str]]:
+    """Resolve ``identities`` against the aliases table and record the new aliases.
+
+    Runs inside the writer's ``BEGIN IMMEDIATE`` transaction: no other process can record
+    an alias in between. Returns the aliases read too (for the cache).
+    """
+    ids = list(dict.fromkeys(alias for item in identities for alias in item.ids))
+    known: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found = c.execute(f"SELECT id, user FROM aliases WHERE id IN ({marks})", chunk)
+        known.update(found.fetchall())
+    resolved = resolve_identities(identities, known)
+    c.executemany("INSERT OR IGNORE INTO aliases (id, user) VALUES (?, ?)", resolved.new.items())
+    return resolved, known
 
 
 #: What :func:`_read_pending` reads: inbox, statuses and outbox rows as stored JSON.
