@@ -37,6 +37,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from bot.models import (
     IdentityChange,
     InboundMessage,
@@ -47,6 +49,8 @@ from bot.models import (
     UserRecord,
     delivery_status,
 )
+
+_log = structlog.get_logger("windowbot.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +365,17 @@ def resolve_identities(items: Sequence[Identity], known: Mapping[str, str]) -> R
     return out
 
 
+def report_conflicts(resolved: Resolved) -> None:
+    """Log each conflict :func:`resolve_identities` found (nothing is merged or lost)."""
+    for kept, other in resolved.conflicts:
+        _log.warning(
+            "identity_conflict",
+            user=kept,
+            other_user=other,
+            action="filed under the first; the two records are not merged",
+        )
+
+
 class AliasCache:
     """The aliases one process has seen: they never change, so a hit needs no store work.
 
@@ -638,6 +653,7 @@ __all__ = [
     "outbox_to_json",
     "outgoing_from_json",
     "outgoing_to_json",
+    "report_conflicts",
     "resolve_identities",
     "status_from_json",
     "status_identity",

@@ -60,7 +60,6 @@ from dataclasses import replace
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
-import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -104,6 +103,7 @@ from bot.store.base import (
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
+    report_conflicts,
     status_from_json,
     status_identity,
     status_to_json,
@@ -112,7 +112,6 @@ from bot.store.base import (
 )
 
 Doc = dict[str, Any]
-log = structlog.get_logger("windowbot.store")
 
 _DUPLICATE_KEY = 11000
 _NO_INDEX = frozenset({26, 27})  # NamespaceNotFound, IndexNotFound
@@ -313,13 +312,7 @@ class MongoStore:
                 break
         else:
             raise StoreError(f"MongoDB at {self.description}: aliases kept changing; retry")
-        for kept, other in resolved.conflicts:
-            log.warning(
-                "identity_conflict",
-                user=kept,
-                other_user=other,
-                action="filed under the first; the two records are not merged",
-            )
+        report_conflicts(resolved)
         return resolved
 
     async def add_identity_changes(

@@ -23,8 +23,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import structlog
-
 from bot.errors import LeaseLost, StoreUnavailable, VersionConflict
 from bot.models import (
     DELIVERY_RANK,
@@ -56,6 +54,7 @@ from bot.store.base import (
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
+    report_conflicts,
     resolve_identities,
     status_from_json,
     status_identity,
@@ -63,8 +62,6 @@ from bot.store.base import (
     user_from_json,
     user_to_json,
 )
-
-log = structlog.get_logger("windowbot.store")
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -323,13 +320,7 @@ class SQLiteStore:
     def _learn(self, known: dict[str, str], resolved: Resolved) -> None:
         self._aliases.learn(known)
         self._aliases.learn(resolved.new)
-        for kept, other in resolved.conflicts:
-            log.warning(
-                "identity_conflict",
-                user=kept,
-                other_user=other,
-                action="filed under the first; the two records are not merged",
-            )
+        report_conflicts(resolved)
 
     async def add_identity_changes(
         self, changes: Sequence[IdentityChange], now: float
