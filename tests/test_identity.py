@@ -19,12 +19,13 @@ from aiohttp.test_utils import TestClient
 
 from bot.app import DISPATCHER, Components
 from bot.engine import Reminder
+from bot.errors import InvalidRequest
 from bot.models import InboundMessage, OutboxEntry, Outgoing, TemplateCall, UserRecord
 from bot.store.base import Store
 from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.templates import TemplateRegistry
-from bot.testing import FakeCloudAPI, text_message
+from bot.testing import FakeCloudAPI, text_message, user_id_update
 from bot.whatsapp import CloudAPI
 from tests.conftest import SECRET, MakeClient, signed
 from tests.mongo_server import MONGO_SERVER_NAMES, mongo_database
@@ -180,3 +181,48 @@ class TestSending:
         assert entry.status == "skipped"
         assert "needs a phone number" in entry.reason and BOB_ID in entry.reason
         assert rig.fake.messages_to(BOB_ID) == []
+
+
+class TestBadInput:
+    async def test_malformed_user_id_update_is_400_with_the_reason(self, rig: Rig) -> None:
+        """A ``user_id_update`` without its current id is refused, saying so, never a 500."""
+        body = user_id_update(ANA_ID, ANA_NEW_ID)
+        body["entry"][0]["changes"][0]["value"]["user_id_update"][0]["user_id"].pop("current")
+        raw, headers = signed(body)
+        response = await rig.client.post("/webhook", data=raw, headers=headers)
+        assert response.status == 400
+        assert "needs both 'previous' and 'current'" in await response.text()
+
+
+class TestFakeCloudAPI:
+    async def test_recipient_sends_and_the_authentication_rule(self, tmp_path: Path) -> None:
+        """The fake takes ``recipient`` sends and refuses authentication templates without
+        a phone number, as Meta does; a request with neither address is a 100."""
+        (tmp_path / "templates.yaml").write_text(TEMPLATES)
+        registry = TemplateRegistry.load(tmp_path / "templates.yaml")
+        async with FakeCloudAPI(registry=registry, enforce_window=False) as fake:
+            api = CloudAPI(
+                phone_number_id=fake.phone_number_id, token=fake.token, base_url=fake.url
+            )
+            async with api:
+                text = {"type": "text", "text": {"body": "hi"}}
+                await api.send(BOB_ID, text)
+                code = {
+                    "type": "template",
+                    "template": {
+                        "name": "login_code",
+                        "language": {"code": "en_US"},
+                        "components": [
+                            {"type": "body", "parameters": [{"type": "text", "text": "1"}]}
+                        ],
+                    },
+                }
+                with pytest.raises(InvalidRequest, match="needs a phone number"):
+                    await api.send(BOB_ID, code)
+                await api.send(ANA, code)
+            assert [(m.to, m.type) for m in fake.messages] == [
+                (BOB_ID, "text"),
+                (ANA, "template"),
+            ]
+            assert fake.messages[0].body["recipient"] == BOB_ID
+            assert fake.messages[1].body["to"] == ANA
