@@ -136,7 +136,7 @@ def parse_envelope(data: Any) -> Delivery:
             if field == "user_id_update":
                 changes.extend(_identity_changes(value, cwhere + ".value"))
                 continue
-            _parse_value(value, cwhere + ".value", messages, statuses)
+            _parse_value(value, cwhere + ".value", messages, statuses, changes)
     return Delivery(
         messages=tuple(messages), statuses=tuple(statuses), identity_changes=tuple(changes)
     )
@@ -147,6 +147,7 @@ def _parse_value(
     where: str,
     messages: list[InboundMessage],
     statuses: list[StatusUpdate],
+    changes: list[IdentityChange],
 ) -> None:
     metadata = value.get("metadata") or {}
     pnid = str(metadata.get("phone_number_id", "")) if isinstance(metadata, dict) else ""
@@ -171,6 +172,8 @@ def _parse_value(
         if not wa_id and not user_id:
             wa_id = str(item.get("from", ""))
         user_id = user_id or from_user_id
+        if item.get("type") == "system":
+            wa_id, user_id = _system_ids(item, iwhere, wa_id, user_id, changes)
         try:
             message = parse_message(
                 item, wa_id=wa_id, user_id=user_id, profile_name=name, phone_number_id=pnid
@@ -337,6 +340,29 @@ def _user_id(value: Any, where: str, key: str) -> str:
         f"{place} must be a business-scoped user id like 'US.13491208655302741918' "
         f"(letters, digits and dots), got {_show(value)}"
     )
+
+
+def _system_ids(
+    item: dict[str, Any], where: str, wa_id: str, user_id: str, changes: list[IdentityChange]
+) -> tuple[str, str]:
+    """A system message's user (it has no contacts, and may have no ``from``).
+
+    ``user_changed_user_id`` and ``user_changed_number`` name the new ids in ``system`` and,
+    since August 2026, the previous business-scoped id as ``previous_user_id``: that is a
+    re-key, as a ``user_id_update`` is.
+    """
+    system = item.get("system")
+    if not isinstance(system, dict):
+        return wa_id, user_id
+    new_id = _user_id(system.get("user_id"), where, "system.user_id")
+    previous = _user_id(system.get("previous_user_id"), where, "system.previous_user_id")
+    new_phone = system.get("wa_id")
+    new_phone = new_phone if isinstance(new_phone, str) and new_phone.isdigit() else ""
+    if previous and new_id:
+        changes.append(IdentityChange(previous, new_id, new_phone))
+    if not wa_id and not user_id:  # filed under the user's new id (the re-key links it)
+        return new_phone, new_id
+    return wa_id, user_id
 
 
 def _identity_changes(value: dict[str, Any], where: str) -> list[IdentityChange]:

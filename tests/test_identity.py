@@ -25,7 +25,7 @@ from bot.store.base import Store
 from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.templates import TemplateRegistry
-from bot.testing import FakeCloudAPI, text_message, user_id_update
+from bot.testing import FakeCloudAPI, envelope, text_message, user_id_update
 from bot.whatsapp import CloudAPI
 from tests.conftest import SECRET, MakeClient, signed
 from tests.mongo_server import MONGO_SERVER_NAMES, mongo_database
@@ -149,6 +149,32 @@ class TestOneUser:
         assert record is not None
         assert (record.variables, record.user_id, record.message_count) == ({"n": 3}, ANA_NEW_ID, 3)
         assert await rig.store.get_user(ANA_ID) is None
+        assert await rig.store.get_user(ANA_NEW_ID) is None
+
+
+class TestSystemRekey:
+    async def test_user_changed_user_id_system_message_rekeys(self, rig: Rig) -> None:
+        """Meta's ``user_changed_user_id`` system message links the new id to the same user."""
+        await rig.post(text_message(ANA, "one", user_id=ANA_ID))
+        await rig.fake.wait_for(ANA, 1)
+        system = {
+            "id": "wamid.sys",
+            "timestamp": str(int(time.time())),
+            "type": "system",
+            "system": {
+                "body": f"User changed from {ANA_ID} to {ANA_NEW_ID}",
+                "type": "user_changed_user_id",
+                "user_id": ANA_NEW_ID,
+                "previous_user_id": ANA_ID,
+            },
+        }
+        await rig.post(envelope(messages=[system]))
+        await rig.post(text_message(ANA_NEW_ID, "three"))
+        await rig.outbox(
+            ANA, lambda es: len(es) == 3 and all(e.wamid for e in es)
+        )  # the system message is a turn too
+        record = await rig.store.get_user(ANA)
+        assert record is not None and record.user_id == ANA_NEW_ID
         assert await rig.store.get_user(ANA_NEW_ID) is None
 
 

@@ -673,3 +673,28 @@ class TestIdentityFields:
         body["entry"][0]["changes"][0]["value"]["user_id_update"] = [item]
         with pytest.raises(PayloadError, match=re.escape(reason)):
             parse_envelope(body)
+
+
+class TestSystemRekey:
+    def test_user_changed_user_id_without_from_is_a_rekey(self) -> None:
+        """Meta's ``user_changed_user_id`` system message (no ``from``, no contacts) parses,
+        filed under the new id, and carries the re-key from ``previous_user_id``."""
+        item = {
+            "id": "wamid.sys",
+            "timestamp": str(TS),
+            "type": "system",
+            "system": {
+                "body": "User changed from BR.1 to BR.2",
+                "type": "user_changed_user_id",
+                "user_id": "BR.2",
+                "previous_user_id": "BR.1",
+            },
+        }
+        delivery = parse_envelope(testing.envelope(messages=[item]))
+        (msg,) = delivery.messages
+        assert (msg.user, msg.type, msg.text) == (
+            "BR.2",
+            "system",
+            "User changed from BR.1 to BR.2",
+        )
+        assert delivery.identity_changes == (IdentityChange("BR.1", "BR.2"),)
