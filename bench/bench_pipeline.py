@@ -116,6 +116,7 @@ def server_env(sink_url: str, store: Path) -> dict[str, str]:
         WHATSAPP_PHONE_NUMBER_ID=PNID,
         WHATSAPP_API_URL=sink_url,
         WHATSAPP_APP_SECRET=SECRET,
+        WHATSAPP_VERIFY_TOKEN="bench",
         BOT_SEND_RATE="0",
         BOT_LOG_LEVEL="warning",
         BOT_FLOWS_DIR=str(BENCH / "flows"),

@@ -117,12 +117,14 @@ async def main() -> None:
                     await wait_http(f"{fake_url}/_fake/count")
                     env.update(
                         WHATSAPP_TOKEN="bench-token",
+                        WHATSAPP_VERIFY_TOKEN="bench",
                         WHATSAPP_PHONE_NUMBER_ID="PNID",
                         WHATSAPP_API_URL=fake_url,
                         BOT_SEND_RATE="0",
                     )
                 else:
                     env["BOT_FLOWS_DIR"] = str(Path(tmp.name) / "no-flows")
+                    env["BOT_RECORD_ONLY"] = "1"
                 cmd = [
                     sys.executable,
                     "-m",

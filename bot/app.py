@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bot._pipeline import build_pipeline
 from bot.config import Config
-from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.dispatcher import Dispatcher, ErrorReplies, Handler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.metrics import Metrics
-from bot.retry import RetryPolicy
 from bot.sender import Sender, Transport
 from bot.store.base import Added, Store
 from bot.templates import TemplateRegistry
@@ -43,6 +44,9 @@ class Components:
             ``None`` leaves replies queued in the outbox.
         registry: the templates fallbacks may use.
         policy: the window decision's settings.
+        clock: the dispatcher's time (the sandbox console moves it per user).
+        sandbox_cloud: in sandbox mode, send replies to a fake Cloud API inside the process
+            (the console shows them as WhatsApp would) instead of ``transport``.
     """
 
     store: Store
@@ -51,6 +55,8 @@ class Components:
     transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
     registry: TemplateRegistry | None = None
     policy: WindowPolicy = field(default_factory=WindowPolicy)
+    clock: Callable[[], float] = time.time
+    sandbox_cloud: bool = False
 
 
 CONFIG = web.AppKey("config", Config)
@@ -68,12 +74,23 @@ def create_app(config: Config, components: Components) -> web.Application:
             "dashboard → App settings → Basic → App secret); only sandbox mode (no "
             "WHATSAPP_TOKEN) accepts unsigned webhooks"
         )
+    if not config.whatsapp.verify_token and not config.sandbox:
+        raise ConfigError(
+            "WHATSAPP_VERIFY_TOKEN is not set: Meta's webhook handshake cannot succeed. Set "
+            "it to a string of your choice and give Meta the same one (WhatsApp → "
+            "Configuration → Webhook → Verify token)"
+        )
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = components.store
     app[METRICS] = Metrics()
     app[HEALTH] = WriteHealth()
     app.cleanup_ctx.append(_store_ctx)
+    from bot.console import mount_console  # it reads this module's app keys
+
+    components = mount_console(
+        app, config, components, token=os.environ.get("BOT_CONSOLE_TOKEN", "")
+    )
     app.cleanup_ctx.append(_dispatcher_ctx(components))
     path = config.server.path
     app.router.add_get(path, verify)
@@ -109,30 +126,23 @@ def _dispatcher_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         async with contextlib.AsyncExitStack() as stack:
-            drainer = None
+            transport: Transport | None = None
             if components.transport is not None:
                 transport = await stack.enter_async_context(components.transport())
-                drainer = app[SENDER] = Sender(
-                    app[STORE],
-                    transport,
-                    registry=components.registry,
-                    policy=components.policy,
-                    metrics=app[METRICS],
-                    retry=RetryPolicy(max_attempts=config.whatsapp.max_retries + 1),
-                    grace=config.workers.send_grace_seconds,
-                )
-            dispatcher = app[DISPATCHER] = Dispatcher(
+            pipeline = build_pipeline(
+                config,
                 app[STORE],
+                transport,
                 handler=components.handler,
-                drainer=drainer,
                 error_replies=components.error_replies,
+                registry=components.registry,
+                policy=components.policy,
                 metrics=app[METRICS],
-                concurrency=config.workers.concurrency,
-                lease_seconds=config.workers.lease_seconds,
-                sweep_seconds=config.workers.sweep_seconds,
-                retention=config.store.retention_days * 86400,
-                handling=replace(HANDLING, max_attempts=config.workers.max_handling_attempts),
+                clock=components.clock,
             )
+            if pipeline.sender is not None:
+                app[SENDER] = pipeline.sender
+            dispatcher = app[DISPATCHER] = pipeline.dispatcher
             await dispatcher.start()
             stack.push_async_callback(dispatcher.stop)
             yield
@@ -145,7 +155,15 @@ async def verify(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     challenge = verify_challenge(request.query, config.whatsapp.verify_token)
     if challenge is None:
-        log.warning("webhook_verification_refused", mode=request.query.get("hub.mode", ""))
+        if not config.whatsapp.verify_token:
+            reason = "WHATSAPP_VERIFY_TOKEN is not set: no handshake can succeed; set it"
+        elif request.query.get("hub.mode") != "subscribe":
+            reason = "hub.mode is not 'subscribe'"
+        else:
+            reason = "hub.verify_token does not match WHATSAPP_VERIFY_TOKEN (or no challenge)"
+        log.warning(
+            "webhook_verification_refused", mode=request.query.get("hub.mode", ""), reason=reason
+        )
         return web.Response(status=403, text="verification failed")
     log.info("webhook_verified")
     return web.Response(text=challenge)
@@ -207,7 +225,9 @@ async def receive(request: web.Request) -> web.Response:
             changes = delivery.identity_changes
             rekeyed = await store.add_identity_changes(changes, now) if changes else []
             fresh = (
-                await store.add_inbound(delivery.messages, now) if delivery.messages else Added()
+                await app[DISPATCHER].receive(delivery.messages, now, started)
+                if delivery.messages
+                else Added()
             )
             seen = (
                 await store.add_statuses(delivery.statuses, now) if delivery.statuses else Added()
@@ -224,7 +244,6 @@ async def receive(request: web.Request) -> web.Response:
     for message, new, user in zip(delivery.messages, fresh, fresh.users, strict=True):
         if new:
             metrics.received += 1
-            dispatcher.notify(user, started, message.id)
         else:
             metrics.duplicates += 1
             log.info("message_duplicate", wa_id=user, message_id=message.id)

@@ -1,8 +1,12 @@
 """``bot chat``: talk to your flows in the terminal, through the real pipeline.
 
-Every line you type becomes an inbound message in the configured store, is handled by the
-same dispatcher, engine and sender as under ``bot run``, and each reply is printed as it
-would be sent: as a session message or as its template fallback, and why.
+Every line you type becomes an inbound message, is handled by the same dispatcher, engine
+and sender as under ``bot run``, and each reply is printed as it would be sent: as a session
+message or as its template fallback, and why.
+
+The conversation lives in a throwaway SQLite store, deleted at the end, so neither the
+chat's fake clock (``/wait``) nor its made-up user ever reach the bot's real store.
+``--store URL`` chats in a real store instead; ``/wait`` is then refused.
 """
 
 from __future__ import annotations
@@ -10,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
+from bot._pipeline import build_pipeline
 from bot.config import Config
-from bot.dispatcher import Dispatcher
 from bot.errors import BotError
+from bot.log import configure_logging
 from bot.models import JSON, OutboxEntry, UserRecord
 from bot.runtime import load_engine, window_policy
-from bot.sender import Sender
 from bot.store import store_from_url
 from bot.templates import TemplateRegistry
 from bot.webhook import parse_message
@@ -60,7 +65,7 @@ class ChatTransport:
         """Remember how the next send goes out; print replies that are not sent."""
         self._entry = entry
         if decision.kind == "skip":
-            self.out.write(f"  (not sent: {decision.reason})\n")
+            self.out.write(f"  ({decision.reason})\n")
         else:
             self.out.write(f"  [{decision.kind}: {decision.reason}]\n")
 
@@ -89,24 +94,20 @@ class ChatTransport:
     def _interactive(self, body: dict[str, Any]) -> str:
         text = _bubble(body.get("body", {}).get("text", ""))
         action = body.get("action", {})
-        self.choices = []
-        if body.get("type") == "button":
-            for button in action.get("buttons", []):
-                reply = button["reply"]
-                self.choices.append(("button_reply", reply["id"], reply["title"]))
-        else:
-            text += f"  ☰ {action.get('button', '')}\n"
-            for section in action.get("sections", []):
-                if section.get("title"):
-                    text += f"    {section['title']}\n"
-                for row in section.get("rows", []):
-                    self.choices.append(("list_reply", row["id"], row["title"]))
-                    about = f" — {row['description']}" if row.get("description") else ""
-                    text += f"      {len(self.choices)}. {row['title']}{about}\n"
+        self.choices = choices_of(body)
         if body.get("type") == "button":
             return text + "".join(
                 f"    {n}. {title}\n" for n, (_, _, title) in enumerate(self.choices, 1)
             )
+        text += f"  ☰ {action.get('button', '')}\n"
+        number = 0
+        for section in action.get("sections", []):
+            if section.get("title"):
+                text += f"    {section['title']}\n"
+            for row in section.get("rows", []):
+                number += 1
+                about = f" — {row['description']}" if row.get("description") else ""
+                text += f"      {number}. {row['title']}{about}\n"
         return text
 
     def _template(self, body: dict[str, Any]) -> str:
@@ -121,50 +122,109 @@ class ChatTransport:
         return _bubble(str(body.get("components", "")), f"template {name} ({language})")
 
 
+def choices_of(body: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The (reply kind, id, title) a user can pick in an interactive message body, in order."""
+    action = body.get("action", {})
+    if body.get("type") == "button":
+        return [
+            ("button_reply", b["reply"]["id"], b["reply"]["title"])
+            for b in action.get("buttons", [])
+        ]
+    return [
+        ("list_reply", row["id"], row["title"])
+        for section in action.get("sections", [])
+        for row in section.get("rows", [])
+    ]
+
+
+def _paused(record: UserRecord) -> str:
+    """Why a human has the user, and how they get the bot back."""
+    return f"{record.paused_reason}; hand back in the console (/console)"
+
+
 def _bubble(text: str, label: str = "") -> str:
     head = f"bot ({label}): " if label else "bot: "
     lines = str(text).splitlines() or [""]
     return head + lines[0] + "\n" + "".join(f"     {line}\n" for line in lines[1:])
 
 
+class FakeClock:
+    """The wall clock plus however far ``/wait`` moved it."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
 class ChatSession:
     """One terminal user talking to the flows; ``handle_line`` is one line of input."""
 
-    def __init__(self, config: Config, user: str, name: str, out: TextIO) -> None:
+    def __init__(
+        self,
+        config: Config,
+        user: str,
+        name: str,
+        out: TextIO,
+        *,
+        store_url: str | None = None,
+        clock: FakeClock | None = None,
+    ) -> None:
         self.config, self.user, self.name, self.out = config, user, name, out
-        self.offset = 0.0
+        self.clock = clock or FakeClock()
         self.count = 0
-        self.store = store_from_url(config.store.url, base_dir=config.base_dir)
-        engine, registry = load_engine(config)
-        if engine is None:
-            raise BotError(f"no flows to chat with in {config.flows.dir}")
+        engine, registry = load_engine(config)  # first: a refusal leaves nothing behind
+        self.real_store = store_url is not None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        if store_url is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="windowbot-chat-")
+            store_url = f"sqlite:///{Path(self._scratch.name) / 'chat.db'}"
+        self.store = store_from_url(store_url, base_dir=config.base_dir)
+        self.where = "a throwaway store" if not self.real_store else self.store.description
         self.transport = ChatTransport(out, registry)
-        self.sender = Sender(
+        pipeline = build_pipeline(
+            config,
             self.store,
             self.transport,
+            handler=engine.handle,
+            error_replies=engine.error_replies,
             registry=registry,
             policy=window_policy(config),
             on_decision=self.transport.on_decision,
-        )
-        self.dispatcher = Dispatcher(
-            self.store,
-            handler=engine.handle,
-            drainer=self.sender,
-            error_replies=engine.error_replies,
             clock=self.clock,
         )
-
-    def clock(self) -> float:
-        """Wall time moved by ``/wait``."""
-        return time.time() + self.offset
+        self.dispatcher = pipeline.dispatcher
 
     async def __aenter__(self) -> ChatSession:
-        await self.store.open()
+        try:
+            await self.store.open()
+            await self._restore_choices()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.dispatcher.stop()
-        await self.store.close()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the dispatcher, close the store, delete a throwaway one."""
+        try:
+            await self.dispatcher.stop()
+            await self.store.close()
+        finally:
+            if self._scratch is not None:
+                self._scratch.cleanup()
+                self._scratch = None
+
+    async def _restore_choices(self) -> None:
+        """Make the buttons of the last interactive reply pickable again (a real store)."""
+        for entry in reversed(await self.store.outbox_of(self.user, limit=20)):
+            message = entry.outgoing.message
+            if entry.sent_as == "session" and message and message.get("type") == "interactive":
+                self.transport.choices = choices_of(message.get("interactive") or {})
+                return
 
     async def handle_line(self, line: str) -> bool:
         """Act on one line of input; ``False`` when the user wants to quit."""
@@ -188,8 +248,13 @@ class ChatSession:
                 return False
             if cmd == "/help":
                 self.out.write(HELP + "\n")
+            elif cmd == "/wait" and self.real_store:
+                self.out.write(
+                    f"  /wait is off in {self.where}: the chat's clock must not reach a real "
+                    "store (chat without --store to try time)\n"
+                )
             elif cmd == "/wait":
-                self.offset += parse_duration(rest)
+                self.clock.offset += parse_duration(rest)
                 when = time.strftime("%a %d %b %H:%M UTC", time.gmtime(self.clock()))
                 self.out.write(f"  (clock moved to {when})\n")
                 await self.dispatcher.sweep()
@@ -229,11 +294,14 @@ class ChatSession:
         await self.store.add_inbound([message], self.clock())
         self.dispatcher.notify(self.user)
         await self.dispatcher.idle()
+        record = await self.store.get_user(self.user)
+        if record is not None and record.paused:
+            self.out.write(f"  (the bot is paused for you: {_paused(record)})\n")
 
     async def _show_state(self) -> None:
         record = await self.store.get_user(self.user)
-        if record is None:
-            self.out.write("  (new user: nothing stored yet)\n")
+        if record is None or not record.flow:
+            self.out.write("  (new user: no flow or state yet; your next message starts one)\n")
             return
         closes = window_closes_at(record)
         left = closes - self.clock()
@@ -242,6 +310,8 @@ class ChatSession:
             f"  flow {record.flow}, state {record.state}, window {window}\n"
             f"  variables {dict(record.variables)}\n"
         )
+        if record.paused:
+            self.out.write(f"  paused: {_paused(record)}\n")
 
     async def _reset(self) -> None:
         now = self.clock()
@@ -259,22 +329,33 @@ class ChatSession:
         self.out.write("  (starting over as a new user)\n")
 
 
-async def chat(
-    config: Config,
-    user: str,
-    name: str,
-    *,
-    read_line: Callable[[], str] | None = None,
-    out: TextIO = sys.stdout,
-) -> int:
-    """The ``bot chat`` loop; ``read_line`` (default: ``input``) raises EOFError to end."""
-    reader = read_line or (lambda: input("you: "))
-    async with ChatSession(config, user, name, out) as session:
-        out.write(f"Chatting as {name} ({user}) with the flows in {config.flows.dir}. /help\n")
-        while True:
-            try:
-                line = await asyncio.to_thread(reader)
-            except EOFError:
-                return 0
-            if not await session.handle_line(line):
-                return 0
+def run_chat(config: Config, user: str, name: str, *, store_url: str | None = None) -> int:
+    """The ``bot chat`` loop on the terminal; Ctrl-C or Ctrl-D ends it at once.
+
+    Lines are read between turns, outside the event loop (nothing runs while the chat waits
+    for you), so Ctrl-C interrupts the read itself instead of waiting for Enter.
+    """
+    out, clock = sys.stdout, FakeClock()
+    level = config.log.level if config.log.level in ("warning", "error") else "warning"
+    configure_logging(level, config.log.format, clock=clock)  # keep the conversation readable
+    with asyncio.Runner() as runner:
+        session = ChatSession(config, user, name, out, store_url=store_url, clock=clock)
+        runner.run(session.__aenter__())
+        try:
+            out.write(
+                f"Chatting as {name} ({user}) with the flows in {config.flows.dir}, "
+                f"in {session.where}. /help\n"
+            )
+            while True:
+                try:
+                    line = input("you: ")
+                except EOFError:
+                    out.write("\n")
+                    return 0
+                except KeyboardInterrupt:
+                    out.write("\n")
+                    return 130
+                if not runner.run(session.handle_line(line)):
+                    return 0
+        finally:
+            runner.run(session.close())

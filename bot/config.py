@@ -40,6 +40,7 @@ ENVIRONMENT: Mapping[str, tuple[str, str]] = {
     "WHATSAPP_API_VERSION": ("whatsapp", "api_version"),
     "BOT_STORE_URL": ("store", "url"),
     "BOT_FLOWS_DIR": ("flows", "dir"),
+    "BOT_RECORD_ONLY": ("flows", "record_only"),
     "BOT_LOG_LEVEL": ("log", "level"),
     "BOT_LOG_FORMAT": ("log", "format"),
     "BOT_SANDBOX": ("server", "sandbox"),
@@ -89,6 +90,7 @@ class FlowsConfig:
 
     dir: Path = Path("flows")
     default_flow: str = ""  # "": _project.yaml's default_flow, else "welcome"
+    record_only: bool = False  # store every message, answer none (no flows are loaded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +313,12 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
             "must start with sqlite:/// or mongodb:// "
             f"(got {config.store.url.split('://')[0]}://…)",
         )
+    if config.store.url.startswith("mongodb") and not _mongo_database(config.store.url):
+        fail(
+            "store.url",
+            "names no database: add it as the URL's path, as in "
+            "mongodb://host:27017/windowbot (before any ?options)",
+        )
     if config.store.retention_days and config.store.retention_days < 8:
         fail(
             "store.retention_days",
@@ -334,6 +342,12 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
         fail("workers.lease_seconds", "and workers.sweep_seconds must be positive")
     if config.window.margin_seconds < 0:
         fail("window.margin_seconds", "must be >= 0")
+
+
+def _mongo_database(url: str) -> str:
+    """The database a MongoDB URL names in its path ('' for none)."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    return rest.rpartition("@")[2].partition("/")[2]
 
 
 def resolve(config: Config, path: Path) -> Path:

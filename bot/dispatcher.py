@@ -1,11 +1,13 @@
 """Draining the inbox: one worker per user, users in parallel, leases across processes.
 
-The webhook handler stores messages and calls :meth:`Dispatcher.notify`; a worker task for
-that user claims the user in the store — the lease and all the user's pending work in one
-round trip — then applies status items, sends replies left pending, and handles the pending
-messages in arrival order, each one a single atomic, lease-fenced ``commit_turn`` followed by
-the sends of its replies, until the store has nothing left for the user. No message waits
-for anything but the one before it.
+The webhook handler stores messages through :meth:`Dispatcher.receive`, which claims their
+users in the same store operation where the store can (SQLite): the lease and all the user's
+pending work come back with the insert, and a worker task for each claimed user starts with
+them. Other users (another process holds them, or the store cannot claim cheaply: Mongo)
+get a worker that claims them itself. A worker then applies status items, sends replies
+left pending, and handles the pending messages in arrival order, each one a single atomic,
+lease-fenced ``commit_turn`` followed by the sends of its replies, until the store has
+nothing left for the user. No message waits for anything but the one before it.
 
 Leases are renewed in the background, one batched write for every user this process holds,
 however long a turn or a send takes; a worker whose lease was lost stops before its next
@@ -42,7 +44,7 @@ from bot.models import (
     UserRecord,
 )
 from bot.retry import RetryPolicy
-from bot.store.base import Committed, Lease, Store, Work
+from bot.store.base import Added, Committed, Lease, Store, Work
 
 log = structlog.get_logger("windowbot.dispatcher")
 
@@ -263,9 +265,62 @@ class Dispatcher:
             return
         self._active[user] = False
         self._idle.clear()
-        task = asyncio.create_task(self._work(user), name=f"windowbot-user-{user}")
+        self._start(user)
+
+    def _start(self, user: str, work: Work | None = None) -> None:
+        task = asyncio.create_task(self._work(user, work), name=f"windowbot-user-{user}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def receive(
+        self, messages: Sequence[InboundMessage], now: float, received_at: float
+    ) -> Added:
+        """Store a webhook's ``messages`` and start their users' workers; which were new.
+
+        Workers start for the users the store filed the messages under (``Added.users``:
+        a message carrying only a business-scoped id may belong to a user keyed by phone).
+
+        The users nobody works on in this process are claimed in the insert's own store
+        operation where the store can (:meth:`Store.add_and_claim`): their workers start
+        with their work in hand. They are marked busy first, so a webhook arriving
+        meanwhile leaves them to the worker about to start.
+        """
+        users = list(dict.fromkeys(m.user for m in messages if m.user not in self._active))
+        for user in users:
+            self._active[user] = False
+        if users:
+            self._idle.clear()
+        try:
+            fresh, works = await self.store.add_and_claim(
+                messages,
+                now,
+                owner=self.owner,
+                until=now + self._lease,
+                users=users,
+                limit=_BATCH,
+            )
+        except BaseException:
+            self._unreserve(users, set())
+            raise
+        for work in works:
+            self._leases.hold(work.lease)
+            self._start(work.lease.user, work)
+        started = {work.lease.user for work in works}
+        self._unreserve(users, started)
+        for message, new, user in zip(messages, fresh, fresh.users, strict=True):
+            if new:
+                self._received[message.id] = received_at
+                if user not in started:  # its worker claims it (or finds it held)
+                    self.notify(user)
+        return fresh
+
+    def _unreserve(self, users: Sequence[str], started: set[str]) -> None:
+        """Give up the users marked busy for a claim that did not start their worker."""
+        for user in users:
+            if user not in started and self._active.pop(user, False):
+                self.notify(user)  # work arrived meanwhile: the usual worker claims it
+        if not self._active:
+            self._idle.set()
 
     def status_arrived(self, user: str, *, failed: bool) -> None:
         """A status item for ``user`` was stored.
@@ -328,13 +383,13 @@ class Dispatcher:
 
     # --- one user's worker --------------------------------------------------------------
 
-    async def _work(self, user: str) -> None:
+    async def _work(self, user: str, work: Work | None = None) -> None:
         # Each worker is its own task with its own context: every log line written while
         # handling this user (engine, hooks, sender, store) carries these keys.
         structlog.contextvars.bind_contextvars(wa_id=user)
         try:
             async with self._slots:
-                await self._work_user(user)
+                await self._work_user(user, work)
         except asyncio.CancelledError:
             raise
         except LeaseLost as exc:
@@ -348,13 +403,14 @@ class Dispatcher:
             if not self._active:
                 self._idle.set()
 
-    async def _work_user(self, user: str) -> None:
-        now = self._clock()
-        work = await self.store.claim(user, self.owner, now + self._lease, now, limit=_BATCH)
-        if work is None:
-            return  # another process has the user; its worker or a later sweep takes this
+    async def _work_user(self, user: str, work: Work | None) -> None:
+        if work is None:  # else claimed with the webhook's insert, and already held
+            now = self._clock()
+            work = await self.store.claim(user, self.owner, now + self._lease, now, limit=_BATCH)
+            if work is None:
+                return  # another process has the user; its worker or a later sweep takes this
+            self._leases.hold(work.lease)
         lease = work.lease
-        self._leases.hold(lease)
         try:
             while work is not None:
                 work = await self._step(lease, work)

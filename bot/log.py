@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -34,6 +35,14 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _stamp(clock: Callable[[], float]) -> Callable[..., MutableMapping[str, Any]]:
+    def stamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event["timestamp"] = datetime.fromtimestamp(clock(), UTC).isoformat()
+        return event
+
+    return stamp
+
+
 class _Stderr:
     """Whatever ``sys.stderr`` is at the time of writing (tests and tools swap it)."""
 
@@ -48,7 +57,12 @@ class _Stderr:
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, cache: bool = False
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    *,
+    cache: bool = False,
+    clock: Callable[[], float] | None = None,
 ) -> None:
     """Set up structlog once, at start-up.
 
@@ -58,6 +72,8 @@ def configure_logging(
         stream: where lines go (default stderr).
         cache: bind each logger once, on first use (``bot run``: much cheaper per line);
             leave it off where logging is reconfigured later (tests, ``bot chat``).
+        clock: stamp lines with this clock instead of the wall clock (``bot chat``'s
+            clock, which ``/wait`` moves).
     """
     out = stream or _Stderr()
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -70,7 +86,9 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.TimeStamper(fmt="iso", utc=True)
+            if clock is None
+            else _stamp(clock),
             _redact,
             structlog.processors.format_exc_info if not console else structlog.dev.set_exc_info,
             renderer,

@@ -195,7 +195,8 @@ class UserRecord:
     ``version`` increases by one with every write; writers pass the version they read and the
     store refuses the write if someone else got there first (no lost update).
     ``last_inbound_at`` is the ``timestamp`` of the newest inbound message (unix seconds):
-    the customer-service window closes 24 h after it.
+    the customer-service window closes 24 h after it. Records stored before a field existed
+    load with its default.
     """
 
     key: str
@@ -211,6 +212,11 @@ class UserRecord:
     opted_out: bool = False
     undeliverable: bool = False  # WhatsApp answered 131026; cleared when the user writes
     version: int = 0
+    #: A human has taken the conversation over (the console, or a hook's ``ctx.handoff``):
+    #: the flow records the user's messages and sends nothing until they are handed back.
+    paused: bool = False
+    paused_reason: str = ""  # why, as the operator or the hook said it
+    paused_at: float = 0.0  # when (unix seconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,13 +20,14 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from bot._pipeline import build_pipeline
 from bot.config import Config, resolve
 from bot.errors import TemplateError
 from bot.models import Outgoing
 from bot.runtime import load_registry, make_transport, window_policy
-from bot.sender import Sender, Transport
+from bot.sender import Transport
 from bot.store import Store, store_from_url
 from bot.templates import TemplateRegistry
 from bot.window import Decision, WindowPolicy
@@ -42,6 +43,7 @@ class Outbound:
     transport: Transport
     registry: TemplateRegistry | None
     policy: WindowPolicy
+    config: Config = field(default_factory=Config)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -52,7 +54,7 @@ class Outbound:
         await store.open()
         try:
             async with make_transport(config) as transport:
-                yield cls(store, transport, registry, window_policy(config))
+                yield cls(store, transport, registry, window_policy(config), config)
         finally:
             await store.close()
 
@@ -62,14 +64,16 @@ class Outbound:
         if call is None:
             return
         if self.registry is None:
-            raise TemplateError(f"template {call.name}: no valid templates.yaml is loaded")
+            raise TemplateError(
+                f"template {call.name}: no valid templates.yaml is loaded (run `bot check`)"
+            )
         problems = [
             p
             for p in self.registry.check_call(call.name, call.language or "user", call.parameters)
             if not p.startswith("warning")
         ]
         if problems:
-            raise TemplateError(f"template {call.name}: " + "; ".join(problems))
+            raise TemplateError("; ".join(problems))
 
     async def send(
         self, user: str, outgoing: Outgoing, *, now: float | None = None
@@ -87,13 +91,15 @@ class Outbound:
         if work is None:
             return []
         decisions: list[Decision] = []
-        sender = Sender(
+        sender = build_pipeline(
+            self.config,
             self.store,
             self.transport,
             registry=self.registry,
             policy=self.policy,
             on_decision=lambda _entry, decision: decisions.append(decision),
-        )
+        ).sender
+        assert sender is not None  # a transport always makes a sender
         try:
             await sender.drain(work.lease, work.record, work.outbox, when)
         finally:

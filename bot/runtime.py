@@ -12,7 +12,8 @@ from aiohttp import web
 from bot.app import Components, create_app
 from bot.config import Config, resolve
 from bot.engine import Engine, FallbackSpec
-from bot.errors import FlowError
+from bot.engine.loader import flow_files
+from bot.errors import ConfigError, FlowError
 from bot.findings import Finding
 from bot.sender import LogTransport, Transport
 from bot.store import store_from_url
@@ -37,17 +38,33 @@ def load_registry(flows_dir: Path) -> tuple[TemplateRegistry | None, list[Findin
         return None, findings
 
 
-def fallback_checker(registry: TemplateRegistry | None) -> Callable[[FallbackSpec], list[str]]:
-    """How ``bot check`` validates a reply's template fallback against the registry."""
+def fallback_checker(
+    registry: TemplateRegistry | None, *, broken: bool = False
+) -> Callable[[FallbackSpec], list[str]]:
+    """How ``bot check`` validates a reply's template fallback against the registry.
+
+    Only errors are returned: a template's status warnings are findings of the template
+    file. ``broken``: the folder has a template file that did not load; fallbacks are then
+    not checked (its own findings say why).
+    """
+
+    missing = not broken  # said once, at the first fallback: one cause, one finding
 
     def check(spec: FallbackSpec) -> list[str]:
+        nonlocal missing
         if registry is None:
+            if not missing:
+                return []  # the template file's own errors, or the first fallback, say it
+            missing = False
             return [
-                f"template fallback {spec.template!r}: no valid {TEMPLATES_FILE} in the flows "
-                "folder declares it (see `bot check` for that file's own errors)"
+                f"template fallback {spec.template!r}: the flows folder has no {TEMPLATES_FILE} "
+                "to declare it (add one; flows/README.md shows its format); no other "
+                "fallback is checked until it exists"
             ]
         params: int | tuple[str, ...] = spec.names if spec.named else len(spec.params)
-        return registry.check_call(spec.template, spec.language or "user", params)
+        problems = registry.check_call(spec.template, spec.language or "user", params)
+        # A status warning (PENDING) is the template file's own finding: said there, once.
+        return [p for p in problems if not p.startswith("warning: ")]
 
     return check
 
@@ -79,12 +96,32 @@ async def make_transport(config: Config) -> AsyncIterator[Transport]:
         yield api
 
 
-def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]:
-    """Load and check the flows and templates; raise ``FlowError`` with the whole report."""
+RECORD_ONLY_HINT = (
+    "to record messages without ever answering them, say so: `bot run --record-only` "
+    "(or BOT_RECORD_ONLY=1, [flows] record_only = true)"
+)
+
+
+def flows_folder(config: Config) -> Path:
+    """The config's flows folder; ``ConfigError`` when it is missing or holds no flow."""
     flows_dir = resolve(config, config.flows.dir)
     if not flows_dir.is_dir():
-        log.warning("no_flows", flows=str(flows_dir), effect="messages are stored, not answered")
-        return None, None
+        raise ConfigError(
+            f"flows folder {flows_dir} does not exist (set [flows] dir or BOT_FLOWS_DIR)"
+        )
+    if not flow_files(flows_dir):
+        raise ConfigError(f"flows folder {flows_dir} holds no flow file (*.yaml)")
+    return flows_dir
+
+
+def load_engine(config: Config) -> tuple[Engine, TemplateRegistry | None]:
+    """Load and check the flows and templates; raise ``FlowError`` with the whole report.
+
+    Raises:
+        ConfigError: the flows folder is missing or holds no flow file.
+        FlowError: a flow or the template file has errors (``findings`` holds them).
+    """
+    flows_dir = flows_folder(config)
     registry, findings = load_registry(flows_dir)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
@@ -111,6 +148,20 @@ def load_engine(config: Config) -> tuple[Engine | None, TemplateRegistry | None]
 
 def build_app(config: Config) -> web.Application:
     """The application ``bot run`` serves, with everything the config names."""
+    engine: Engine | None = None
+    registry: TemplateRegistry | None = None
+    if config.flows.record_only:
+        log.warning(
+            "record_only",
+            effect="messages are recorded and never answered (no flows are loaded)",
+            flows=str(resolve(config, config.flows.dir)),
+        )
+        registry, _ = load_registry(resolve(config, config.flows.dir))
+    else:
+        try:
+            engine, registry = load_engine(config)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {RECORD_ONLY_HINT}") from None
     store = store_from_url(
         config.store.url, base_dir=config.base_dir, timeout=config.server.store_timeout_seconds
     )
@@ -128,7 +179,6 @@ def build_app(config: Config) -> web.Application:
             reason="sandbox mode and no WHATSAPP_APP_SECRET",
             effect="ANY caller can post webhooks: set WHATSAPP_APP_SECRET before going live",
         )
-    engine, registry = load_engine(config)
     return create_app(
         config,
         Components(
@@ -138,5 +188,6 @@ def build_app(config: Config) -> web.Application:
             transport=lambda: make_transport(config),
             registry=registry,
             policy=window_policy(config),
+            sandbox_cloud=config.sandbox,
         ),
     )

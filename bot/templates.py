@@ -234,7 +234,7 @@ def _param_problems(
             return [f"template {name} is positional: give {len(want)} value(s) in order, not names"]
         count = params if isinstance(params, int) else len(params)
         if count != len(want):
-            return [f"template {name} takes {len(want)} parameter(s), the flow gives {count}"]
+            return [f"template {name} takes {len(want)} parameter(s), {count} given"]
         return []
     if isinstance(params, int):
         return [f"template {name} takes named parameters {', '.join(want)}; give them by name"]

@@ -374,11 +374,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     Standalone, the fake cannot see the users' messages, so the 24-hour rule is off unless
     ``--enforce-window`` is given (then tell it with ``POST /_fake/inbound``).
     """
-    parser = argparse.ArgumentParser(prog="python -m bot.testing", description=main.__doc__)
-    parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--token", default="test-token")
+    parser = argparse.ArgumentParser(
+        prog="python -m bot.testing",
+        description="Run windowbot's fake WhatsApp Cloud API until interrupted. Standalone, "
+        "the fake cannot see the users' messages, so the 24-hour rule is off unless "
+        "--enforce-window is given (then tell it with POST /_fake/inbound).",
+    )
+    parser.add_argument("--port", type=int, default=8081, help="port (default 8081)")
+    parser.add_argument("--token", default="test-token", help="access token it accepts")
     parser.add_argument("--phone-number-id", default="*", help="default: accept any")
-    parser.add_argument("--enforce-window", action="store_true")
+    parser.add_argument(
+        "--enforce-window",
+        action="store_true",
+        help="refuse session messages (131047) to users the fake was not told about",
+    )
     parser.add_argument("--webhook-url", help="post status webhooks to the bot here")
     parser.add_argument("--app-secret", help="sign them with this app secret")
     parser.add_argument(

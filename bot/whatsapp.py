@@ -178,7 +178,8 @@ class CloudAPI:
     async def start(self) -> None:
         """Create the HTTP session unless one was passed in."""
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # Our own session carries the token and the timeout: nothing to merge per request.
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
             self._own_session = True
 
     async def close(self) -> None:
@@ -243,10 +244,15 @@ class CloudAPI:
         if self._session is None:
             raise RuntimeError("CloudAPI is not started: use 'async with CloudAPI(...)' first")
         try:
-            async with self._session.post(
-                self._url, json=payload, headers=self._headers, timeout=self._timeout
-            ) as response:
-                status, text = response.status, await response.text()
+            request = (
+                self._session.post(self._url, json=payload)
+                if self._own_session
+                else self._session.post(
+                    self._url, json=payload, headers=self._headers, timeout=self._timeout
+                )
+            )
+            async with request as response:
+                status, body = response.status, await response.read()
         except TimeoutError:
             raise OutcomeUnknown(
                 f"no answer from the Cloud API within {self.timeout}s (it may have accepted"
@@ -262,7 +268,7 @@ class CloudAPI:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         try:
-            data = json.loads(text)
+            data = json.loads(body)
         except ValueError:
             data = None
         if 200 <= status < 300:

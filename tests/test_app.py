@@ -45,6 +45,30 @@ class TestVerification:
         )
         assert resp.status == 403
 
+    async def test_handshake_without_verify_token_logs_why(
+        self, make_client: MakeClient, tmp_path: Path
+    ) -> None:
+        """With no WHATSAPP_VERIFY_TOKEN (sandbox) the 403 is logged with the reason to fix."""
+        from structlog.testing import capture_logs
+
+        client = await make_client(make_config(tmp_path, WHATSAPP_VERIFY_TOKEN=""))
+        with capture_logs() as logs:
+            resp = await client.get(
+                "/webhook",
+                params={"hub.mode": "subscribe", "hub.verify_token": "x", "hub.challenge": "1"},
+            )
+        assert resp.status == 403
+        [refused] = [e for e in logs if e["event"] == "webhook_verification_refused"]
+        assert "WHATSAPP_VERIFY_TOKEN is not set" in refused["reason"]
+
+    async def test_no_verify_token_outside_sandbox_refuses_to_start(self, tmp_path: Path) -> None:
+        """With a token and app secret but no verify token the app is not built, saying why."""
+        cfg = make_config(
+            tmp_path, WHATSAPP_VERIFY_TOKEN="", WHATSAPP_TOKEN="t", WHATSAPP_PHONE_NUMBER_ID="1"
+        )
+        with pytest.raises(ConfigError, match="WHATSAPP_VERIFY_TOKEN"):
+            create_app(cfg, Components(store=SQLiteStore(tmp_path / "x.db")))
+
 
 class TestBadInput:
     async def test_missing_signature_is_401_and_stores_nothing(

@@ -6,6 +6,7 @@ import io
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,12 +33,13 @@ def config_for(tmp_path: Path, flows: Path = ROOT / "flows", **env: str) -> Conf
 
 
 class TestCheck:
-    def test_example_flows_pass(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """bot check on the shipped flows exits 0 and reports no error."""
+    def test_example_flows_are_clean(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot check on the shipped flows exits 0 with no error and no warning."""
         code = main(["--config", str(ROOT / "config.example.toml"), "check"])
         out = capsys.readouterr().out
         assert code == 0, out
-        assert "0 error(s)" in out and "PENDING" in out  # spring_sale is awaiting approval
+        assert out.splitlines()[-1].endswith("2 flow file(s), 0 error(s), 0 warning(s)"), out
+        assert len(out.splitlines()) == 1, out
 
     def test_broken_flow_fails_with_file_and_line(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -68,6 +70,65 @@ class TestCheck:
         assert main(["check"]) == 1
         out = capsys.readouterr().out
         assert "business_hours" in out and "2 parameter" in out
+
+    @pytest.mark.parametrize("folder", ["flowz", "empty"])
+    def test_missing_or_empty_folder_is_an_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], folder: str
+    ) -> None:
+        """bot check on a folder that is missing or holds no flow exits 1 saying so."""
+        (tmp_path / "empty").mkdir()
+        assert main(["check", str(tmp_path / folder)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1 and str(tmp_path / folder) in out
+
+    def test_broken_template_file_is_one_root_cause_first(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One MARKETING template used to give 8 errors, the cause 5th: now it is the only
+        error, printed first, and no line says 'error: warning:'."""
+        from tests.example_templates import with_pending
+
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        with_pending(flows)
+        path = flows / "templates.yaml"
+        text = path.read_text().replace(
+            "category: ALERT\n    status: PENDING", "category: MARKETING\n    status: PENDING"
+        )
+        path.write_text(text)
+        assert main(["check", str(flows)]) == 1
+        out = capsys.readouterr().out
+        assert out.splitlines()[0].startswith(f"{path}:") and "MARKETING" in out.splitlines()[0]
+        assert "1 error(s)" in out and "error: warning:" not in out
+
+    def test_missing_template_file_is_one_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Without templates.yaml the seven fallbacks of the example give one error, not seven."""
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        (flows / "templates.yaml").unlink()
+        assert main(["check", str(flows)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("error:") == 1 and "has no templates.yaml" in out, out
+
+    def test_pending_fallback_is_one_warning(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A fallback naming a PENDING template is warned about once (by the template file),
+        never as 'error: warning: ...' at every fallback."""
+        from tests.example_templates import with_pending
+
+        flows = tmp_path / "flows"
+        shutil.copytree(ROOT / "flows", flows)
+        with_pending(flows)
+        welcome = flows / "welcome.yaml"
+        welcome.write_text(
+            welcome.read_text().replace("template: business_hours", "template: spring_sale")
+        )
+        assert main(["check", str(flows)]) == 0
+        out = capsys.readouterr().out
+        assert "error" not in out.replace("0 error(s)", "") and "3 warning(s)" in out, out
 
     def test_bot_run_refuses_broken_flows(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -146,7 +207,7 @@ class TestSend:
     async def test_text_outside_window_is_not_sent(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """bot send --text to a user whose window is closed is recorded as not sent, with why."""
+        """bot send --text to a closed window exits 1 (nothing went out), saying why once."""
         async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
             cfg = config_for(
                 tmp_path,
@@ -154,9 +215,28 @@ class TestSend:
                 WHATSAPP_PHONE_NUMBER_ID="PN",
                 WHATSAPP_API_URL=fake.url,
             )
-            assert await send(cfg, "15550001234", "hello", None, [], "") == 0
+            assert await send(cfg, "15550001234", "hello", None, [], "") == 1
             assert fake.messages == []
-        assert "not sent" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert out.startswith("not sent: window closed") and out.count("not sent") == 1, out
+
+    def test_recipient_that_is_not_a_number_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """bot send not-a-number is one line, exit 1, and nothing is queued for it."""
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+        assert main(["send", "not-a-number", "--text", "hi"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "'not-a-number' is not a WhatsApp number" in err
+        assert not (tmp_path / "bot.db").exists()
+
+    async def test_wrong_parameter_count_is_worded_once(self, tmp_path: Path) -> None:
+        """The parameter error names the template once, not 'template X: template X ...'."""
+        from bot.errors import BotError
+
+        with pytest.raises(BotError) as info:
+            await send(config_for(tmp_path), "15550001234", None, "appointment_update", ["A"], "")
+        assert str(info.value) == "template appointment_update takes 2 parameter(s), 1 given"
 
     async def test_unknown_template_is_refused_before_queuing(self, tmp_path: Path) -> None:
         """A template not in the registry is refused with a clear error; nothing is queued."""
@@ -261,3 +341,62 @@ class TestSendText:
         """bot send without --text or --template is a usage error."""
         assert main(["send", "15550001"]) == 2
         assert "--text" in capsys.readouterr().err
+
+
+class TestRunNeedsFlows:
+    @pytest.mark.parametrize("folder", ["flowz", "empty"])
+    def test_missing_or_empty_flows_folder_refuses_to_start(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+        folder: str,
+    ) -> None:
+        """bot run with a missing or empty flows folder exits 1 in one line (it used to answer
+        every webhook 200 and never reply)."""
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("BOT_FLOWS_DIR", str(tmp_path / folder))
+        monkeypatch.setenv("BOT_STORE_URL", f"sqlite:///{tmp_path / 'bot.db'}")
+        assert main(["run", "--host", "127.0.0.1", "--port", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / folder) in err, err
+        assert "--record-only" in err and "cannot listen" not in err
+        assert not (tmp_path / "bot.db").exists()
+
+    async def test_record_only_stores_without_flows(
+        self, tmp_path: Path, aiohttp_client: Any
+    ) -> None:
+        """Record-only, asked for explicitly, starts without flows, records every message
+        and answers none."""
+        from bot.app import DISPATCHER
+        from bot.runtime import build_app
+        from tests.conftest import make_config, recorded, signed
+
+        cfg = make_config(tmp_path, BOT_RECORD_ONLY="1")
+        client = await aiohttp_client(build_app(cfg))
+        raw, headers = signed(recorded("text.json"))
+        assert (await client.post("/webhook", data=raw, headers=headers)).status == 200
+        await client.app[DISPATCHER].idle()
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        assert await store.inbox_counts() == {"pending": 0, "done": 1, "failed": 0}
+        assert await store.outbox_of("5511999990000") == []  # recorded, never answered
+        await store.close()
+
+
+class TestHelp:
+    def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot --version prints the distribution's version and exits 0."""
+        with pytest.raises(SystemExit) as info:
+            main(["--version"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out.startswith("windowbot ")
+
+    def test_help_lists_every_command_in_one_line(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """bot --help names each command with a one-line description."""
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        out = capsys.readouterr().out.splitlines()
+        for command in ("run", "check", "graph", "chat", "send"):
+            [line] = [x for x in out if x.split()[:1] == [command]]
+            assert len(line.split()) > 2, line

@@ -36,6 +36,16 @@ class TestLoad:
                 above = [x for x in lines[:i] if x.strip()]
                 assert above[-1].startswith("#") or "=" in above[-1], line
 
+    def test_example_names_every_environment_variable(self) -> None:
+        """config.example.toml names each variable load_config reads (it once omitted
+        BOT_LOG_FORMAT and BOT_CONFIG) and the record_only key."""
+        from bot.config import ENVIRONMENT
+
+        text = (ROOT / "config.example.toml").read_text()
+        for var in (*ENVIRONMENT, "BOT_CONFIG"):
+            assert var in text, var
+        assert "record_only = false" in text
+
     def test_environment_overrides_file(self, tmp_path: Path) -> None:
         """Environment variables win over the file, and secrets come only from them."""
         path = write(
@@ -119,3 +129,17 @@ class TestErrors:
         """A config path that does not exist is named."""
         with pytest.raises(ConfigError, match="no such config file"):
             load_config(tmp_path / "nope.toml", environ={})
+
+    @pytest.mark.parametrize(
+        "url", ["mongodb://db.internal", "mongodb://u:p@h1,h2:27018/?replicaSet=rs0"]
+    )
+    def test_mongo_url_without_database_is_an_error(self, url: str) -> None:
+        """A Mongo URL naming no database used to use 'windowbot' silently; now it says so."""
+        with pytest.raises(ConfigError, match="names no database") as info:
+            load_config(None, environ={"BOT_STORE_URL": url})
+        assert "environment BOT_STORE_URL" in str(info.value) and ":p@" not in str(info.value)
+
+    def test_mongo_url_with_database_is_accepted(self) -> None:
+        """The database is the URL's path, before any options."""
+        url = "mongodb://u:p@h1,h2:27018/bot?replicaSet=rs0"
+        assert load_config(None, environ={"BOT_STORE_URL": url}).store.url == url

@@ -44,6 +44,7 @@ def bot_env(tmp_path: Path, store_url: str, fake: FakeCloudAPI, **workers: float
         "BOT_FLOWS_DIR": str(ORDER_FLOWS),
         "WHATSAPP_APP_SECRET": SECRET,
         "WHATSAPP_TOKEN": fake.token,
+        "WHATSAPP_VERIFY_TOKEN": "verify-me",
         "WHATSAPP_PHONE_NUMBER_ID": fake.phone_number_id,
         "WHATSAPP_API_URL": fake.url,
         "BOT_SEND_RATE": "0",

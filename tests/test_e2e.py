@@ -54,6 +54,7 @@ async def bot(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[B
         {
             "WHATSAPP_APP_SECRET": SECRET,
             "WHATSAPP_TOKEN": TOKEN,
+            "WHATSAPP_VERIFY_TOKEN": "verify-me",
             "WHATSAPP_PHONE_NUMBER_ID": PNID,
             "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
             "BOT_FLOWS_DIR": str(ROOT / "flows"),
@@ -126,7 +127,7 @@ async def test_131047_from_the_api_sends_the_fallback_once(bot: Bot) -> None:
     """The fake refuses the session message with 131047; the bot sends the fallback once."""
     user, now = "15551230002", time.time()
     bot.fake.user_wrote(user, now - 30 * 3600)  # Meta's view: the window closed long ago
-    await bot.post(text_message(user, "hours", name="Cy", timestamp=now))
+    await bot.post(text_message(user, "hi", name="Cy", timestamp=now))
     replies = await bot.replies(user, 1)
     assert [r["type"] for r in replies] == ["template"]
     assert replies[0]["template"]["name"] == "business_hours"
@@ -137,7 +138,7 @@ async def test_131047_as_failed_status_sends_the_fallback_once(bot: Bot) -> None
     """Accepted, then a signed 'failed' status with 131047: the fallback goes out once."""
     user, now = "15551230003", time.time()
     bot.fake.user_wrote(user, now - 30 * 3600)
-    await bot.post(text_message(user, "hours", name="Di", timestamp=now))
+    await bot.post(text_message(user, "hi", name="Di", timestamp=now))
     replies = await bot.replies(user, 2)
     assert [r["type"] for r in replies] == ["interactive", "template"]
     assert bot.fake.messages_to(user)[0].error_code == 131047

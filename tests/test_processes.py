@@ -59,6 +59,7 @@ def env_for(tmp_path: Path, store_url: str = "") -> dict[str, str]:
         "WHATSAPP_APP_SECRET": SECRET,
         "BOT_STORE_URL": store_url or f"sqlite:///{tmp_path / 'bot.db'}",
         "BOT_FLOWS_DIR": str(tmp_path / "no-flows"),
+        "BOT_RECORD_ONLY": "1",
     }
 
 
@@ -165,7 +166,7 @@ async def fifty(
     random wamids, as Meta's whole-second timestamps and wamids are.
     """
     url, store = shared_store
-    env = {**env_for(tmp_path, url), "BOT_FLOWS_DIR": str(ORDER_FLOWS)}
+    env = {**env_for(tmp_path, url), "BOT_FLOWS_DIR": str(ORDER_FLOWS), "BOT_RECORD_ONLY": "0"}
     servers = [BotProcess(env, tmp_path / f"bot{i}.log") for i in range(processes)]
     user, ts = "15552000001", int(time.time())
     rng = random.Random(processes)

@@ -470,3 +470,14 @@ class TestFakeControlRoutes:
                 body = await r.json()
         assert r.status == 400 and body["error"]["code"] == 100
         assert "999" in body["error"]["error_data"]["details"]
+
+
+def test_command_line_help_is_plain_text() -> None:
+    """python -m bot.testing --help prints no reStructuredText markup (':class:', '``')."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bot.testing", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "fake WhatsApp Cloud API" in out and ":class:" not in out and "``" not in out

@@ -29,8 +29,8 @@ from bot.models import JSON, TemplateCall
 from bot.templates import TemplateRegistry, build_template_message
 from bot.testing import FakeCloudAPI
 from bot.whatsapp import CloudAPI, RateLimiter, error_from_response
+from tests.example_templates import EXAMPLE, registry_with_pending
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "flows" / "templates.yaml"
 USER = "5511999990000"
 TOKEN = "EAAG-secret-token-value-1234567890"
 TEXT: JSON = {"type": "text", "text": {"body": "hi", "preview_url": False}}
@@ -50,8 +50,8 @@ class Sleeps:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeCloudAPI]:
-    async with FakeCloudAPI(token=TOKEN, registry=TemplateRegistry.load(EXAMPLE)) as server:
+async def fake(tmp_path: Path) -> AsyncIterator[FakeCloudAPI]:
+    async with FakeCloudAPI(token=TOKEN, registry=registry_with_pending(tmp_path)) as server:
         server.user_wrote(USER)
         yield server
 

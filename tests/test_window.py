@@ -20,8 +20,8 @@ from bot.window import (
     window_closes_at,
     window_open,
 )
+from tests.example_templates import EXAMPLE, registry_with_pending
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "flows" / "templates.yaml"
 NOW = 1_764_000_000.0
 HOUR = 3600
 POLICY = WindowPolicy(country_languages={"55": "pt_BR", "52": "es_MX", "1": "en_US"})
@@ -185,10 +185,10 @@ class TestDecideFallback:
             "not sent: window closed and the reply has no template fallback"
         )
 
-    def test_pending_template_is_never_sent(self, registry: TemplateRegistry) -> None:
+    def test_pending_template_is_never_sent(self, tmp_path: Path) -> None:
         """A PENDING template is skipped, naming its status."""
         call = TemplateCall("spring_sale", ("Ana", "Mar 20"))
-        decision = run(user(25), Outgoing(TEXT, call), registry)
+        decision = run(user(25), Outgoing(TEXT, call), registry_with_pending(tmp_path))
         assert decision.kind == "skip"
         assert decision.reason == "not sent: template spring_sale is PENDING"
 

@@ -12,6 +12,8 @@ from bot.engine.spec import ANY, FallbackSpec, ReplySpec, RuleSpec
 from bot.findings import Finding
 
 FallbackChecker = Callable[[FallbackSpec], list[str]]
+"""Checks a fallback; each string is an error, or a warning when it starts with ``WARNING``."""
+WARNING = "warning: "
 _TEMPLATE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -217,4 +219,9 @@ class ReplyChecker:
                 f"{type(exc).__name__}: {exc}"
             ]
         for problem in problems:
-            self.error(spec.line, problem)
+            if problem.startswith(WARNING):
+                self.findings.append(
+                    Finding(self.file, spec.line, problem.removeprefix(WARNING), "warning")
+                )
+            else:
+                self.error(spec.line, problem)

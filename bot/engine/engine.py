@@ -49,9 +49,11 @@ class Turn:
         outgoing: the replies, in order.
         reminders: messages hooks asked to send later.
         trigger: what fired, for logs: a rule's label (``reply book``, ``text hi``...),
-            ``start`` (new user), ``restart`` (message in a final state), ``reprompt`` (no
+            ``start`` (new user), ``restart`` (message in a final state), either followed
+            by ``, <rule>`` when the first message was also matched, ``reprompt`` (no
             rule matched), ``invalid <rule>`` (a ``save:`` refused the input) or ``reset``
-            (the record named a flow or state that no longer exists).
+            (the record named a flow or state that no longer exists), or ``paused`` (a human
+            has the conversation: nothing is answered, see ``UserRecord.paused``).
         source_state: ``flow.state`` the user was in (``""`` for a new user).
     """
 
@@ -146,15 +148,21 @@ class Engine:
         """Run one message: at most one transition, its actions, and the replies.
 
         A record with an empty ``flow`` or ``state`` is a new user: the message enters the
-        default flow's initial state and gets that state's replies (it is not matched
-        against rules). Otherwise commands, then the state's rules, are tried in order; the
-        first whose trigger matches and whose ``if:`` hooks agree fires. When none does, a
-        final state starts the user over in the default flow and any other state repeats
-        its ``say:`` replies.
+        default flow's initial state and gets that state's replies; then, unless that flow
+        says ``first_message: greet``, it is tried against the state's specific rules (not
+        commands, not ``else:`` or ``"*"``), so a first message that already answers the
+        greeting is taken as the answer. Otherwise commands, then the state's rules, are
+        tried in order; the first whose trigger matches and whose ``if:`` hooks agree fires.
+        When none does, a final state starts the user over in the default flow (as for a
+        new user) and any other state repeats its ``say:`` replies.
 
         Raises:
             RenderError: a reply could not be rendered (the checker prevents most causes).
         """
+        if record.paused:  # a human has the conversation: record the message, say nothing
+            log.info("turn_paused", reason=record.paused_reason, message_id=message.id)
+            source = f"{record.flow}.{record.state}" if record.flow else ""
+            return Turn(record, (), (), "paused", source)
         return await _Turn(self, record, message, now).run()
 
     def error_replies(
@@ -219,8 +227,7 @@ class _Turn:
         flow = flows.get(record.flow)
         state = flow.states.get(record.state) if flow is not None else None
         if not record.flow or not record.state:
-            trigger = "start"
-            await self.enter_default()
+            trigger = await self.start("start")
         elif state is None:
             log.warning("state_unknown", flow=record.flow, state=record.state, user=record.key)
             trigger = "reset"
@@ -242,8 +249,7 @@ class _Turn:
             if trigger is not None:
                 return trigger
         if state.final:
-            await self.enter_default()
-            return "restart"
+            return await self.start("restart")
         self.say(state.say, self.engine.flows[state.flow].constants)
         return "reprompt"
 
@@ -276,6 +282,22 @@ class _Turn:
         if rule.target is not None:
             await self.enter(*rule.target)
         return rule.label
+
+    async def start(self, trigger: str) -> str:
+        """Greet with the default flow's initial state, then (``first_message: match``) try
+        the message against that state's specific rules, so a first message that already
+        answers the greeting is taken as the answer."""
+        await self.enter_default()
+        state = self.engine.flows[self.flow].states[self.state]
+        view = View.of(self.message)
+        for rule in state.first:
+            groups = rule.match(view)
+            if groups is None:
+                continue
+            fired = await self.fire(rule, state, groups)
+            if fired is not None:
+                return f"{trigger}, {fired}"
+        return trigger
 
     async def enter_default(self) -> None:
         default = self.engine.flows[self.engine.default_flow]

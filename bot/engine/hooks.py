@@ -76,6 +76,15 @@ class HookContext:
         """The user welcomes business-initiated messages again."""
         self.user_changes["opted_out"] = False
 
+    def handoff(self, reason: str = "") -> None:
+        """Hand the user to a human: the bot stops answering them (this turn's replies still
+        go out) until an operator hands them back in the console."""
+        self.user_changes.update(
+            paused=True,
+            paused_reason=reason or f"handoff in {self.flow}.{self.state}",
+            paused_at=self.now,
+        )
+
     def schedule(
         self,
         what: Outgoing | TemplateCall | str,

@@ -33,8 +33,20 @@ PROJECT_FILE = "_project.yaml"
 NOT_FLOWS = frozenset({"templates.yaml", "templates.yml"})
 
 FLOW_KEYS = frozenset(
-    {"flow", "initial", "states", "commands", "constants", "vars", "hooks", "on_error"}
+    {
+        "flow",
+        "initial",
+        "states",
+        "commands",
+        "constants",
+        "vars",
+        "hooks",
+        "on_error",
+        "first_message",
+    }
 )
+#: What ``first_message:`` may say (see FlowSpec.first_message).
+FIRST_MESSAGE = ("match", "greet")
 PROJECT_KEYS = frozenset({"default_flow", "commands", "constants", "vars", "hooks", "on_error"})
 STATE_KEYS = frozenset({"say", "on", "final", "do", "commands"})
 TRIGGER_KEYS: tuple[TriggerKind, ...] = (
@@ -194,10 +206,19 @@ class _FlowReader:
                     f"hooks must name a module file in the flows "
                     f"folder without .py (like 'hooks'), not '{hooks}'",
                 )
+        first = "match"
+        if "first_message" in m:
+            first = self.r.text(m["first_message"][1], "first_message") or "match"
+            if first not in FIRST_MESSAGE:
+                self.r.report(
+                    m["first_message"][1],
+                    f"first_message must be match or greet, not '{first}'",
+                )
         return FlowSpec(
             name=name,
             file=self.file,
             line=line_of(node),
+            first_message=first,
             initial=initial,
             initial_line=initial_line,
             states=states,

@@ -189,6 +189,8 @@ class Rule:
     target: tuple[str, str] | None  # (flow, state); None = stay, say nothing more
     flow: str  # whose constants the rule's replies see
     where: str
+    specific: bool = True  # a trigger names something (not only else: or "*")
+    event: str = MESSAGE_EVENT  # COMMAND_EVENT for commands
 
     def match(self, view: View) -> Groups | None:
         """The regex groups (possibly empty) if a trigger matches, else ``None``."""
@@ -209,6 +211,9 @@ class CompiledState:
     enter: tuple[hooks_mod.Hook, ...]
     final: bool
     dispatch: tuple[Rule, ...]
+    #: What a conversation's first message is tried against after this state's greeting:
+    #: the state's own specific rules (``first_message: match``), else nothing.
+    first: tuple[Rule, ...] = ()
 
 
 class FlowTransition(TransitionGraphSupport):
@@ -288,6 +293,8 @@ class Compiler:
                 for t in machine.events[event].transitions.get(name, [])
                 if isinstance(t, FlowTransition)
             )
+            own = [r for r in dispatch if r.event == MESSAGE_EVENT]  # not the commands
+            first = tuple(r for r in own if r.specific) if flow.first_message == "match" else ()
             states[name] = CompiledState(
                 flow=flow.name,
                 name=name,
@@ -295,6 +302,7 @@ class Compiler:
                 enter=tuple(self._hook(h.name, flow.hooks) for h in state.enter),
                 final=state.final,
                 dispatch=dispatch,
+                first=first,
             )
         constants = MappingProxyType({**self.p.constants, **flow.constants})
         return FlowMachine(
@@ -331,6 +339,8 @@ class Compiler:
             target=target,
             flow=flow.name,
             where=f"{flow.file}:{spec.line}",
+            specific=any(t.kind != "else" and ANY not in t.values for t in spec.triggers),
+            event=event,
         )
         machine.add_transition(
             event,

@@ -12,8 +12,11 @@ from dataclasses import asdict
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, meta, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from bot.engine._check_sandbox import sandbox_problems
 from bot.engine._replies import is_template
 from bot.errors import RenderError
 from bot.findings import did_you_mean
@@ -111,13 +114,42 @@ def blank_message_context() -> dict[str, Any]:
     }
 
 
+MAX_RENDERED = 20_000
+"""Most characters one string may render to (WhatsApp's longest field takes 4,096)."""
+
+
+class Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, plus a bound on what ``*``, ``**`` and ``%`` may build.
+
+    ``('x' * 20000000)`` would otherwise allocate the whole string before anything could
+    look at its size; intercepted operators are also never folded at compile time.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """``left operator right``, refused when the result would be too large."""
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_RENDERED:
+                    raise SecurityError(
+                        f"the result would be {len(seq) * times} long; at most {MAX_RENDERED}"
+                    )
+        ints = isinstance(left, int) and isinstance(right, int)
+        if operator == "**" and ints and right > 0 and left.bit_length() * right > MAX_RENDERED * 4:
+            raise SecurityError(f"{left} ** {right} is too large a number")
+        result = super().call_binop(context, operator, left, right)
+        if operator == "%" and isinstance(result, str) and len(result) > MAX_RENDERED:
+            raise SecurityError(f"the result is {len(result)} long; at most {MAX_RENDERED}")
+        return result
+
+
 class Renderer:
     """One sandboxed environment; compiles strings once and checks them."""
 
     def __init__(self) -> None:
-        self.env = ImmutableSandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
-        )
+        self.env = Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
         # Jinja copies its globals into every render's context; keep only what replies use.
         self.env.globals = {"range": self.env.globals["range"]}
         self._templates: dict[str, Template] = {}
@@ -137,9 +169,14 @@ class Renderer:
 
         def render(ctx: Mapping[str, Any]) -> str:
             try:
-                return template.render(ctx)
-            except TemplateError as exc:
-                raise RenderError(f"{where}: {exc}") from exc
+                out = template.render(ctx)
+            except Exception as exc:  # Jinja's errors, and ZeroDivisionError & co. of the values
+                raise _render_error(where, exc) from exc
+            if len(out) > MAX_RENDERED:
+                raise RenderError(
+                    f"{where}: rendered to {len(out)} characters; at most {MAX_RENDERED}"
+                )
+            return out
 
         return render
 
@@ -151,9 +188,14 @@ class Renderer:
 
         def evaluate(ctx: Mapping[str, Any]) -> str:
             try:
-                return str(expr(**ctx))
-            except TemplateError as exc:
-                raise RenderError(f"{where}: {exc}") from exc
+                out = str(expr(**ctx))
+            except Exception as exc:  # Jinja's errors, and ZeroDivisionError & co. of the values
+                raise _render_error(where, exc) from exc
+            if len(out) > MAX_RENDERED:
+                raise RenderError(
+                    f"{where}: rendered to {len(out)} characters; at most {MAX_RENDERED}"
+                )
+            return out
 
         path = _PATH.fullmatch(source.strip())
         if path is None:
@@ -191,7 +233,7 @@ class Renderer:
             lineno = getattr(exc, "lineno", 1) or 1
             message = getattr(exc, "message", None) or str(exc)
             return [(lineno, f"Jinja syntax error: {message}")]
-        out = []
+        out = sandbox_problems(self.env, ast)
         for name in sorted(meta.find_undeclared_variables(ast) - ROOTS - set(self.env.globals)):
             out.append(
                 (
@@ -215,6 +257,11 @@ class Renderer:
                     hint = " (declare it under constants:)"
                 out.append((lineno, f"unknown {what} '{root}.{attr}'{hint}"))
         return out
+
+
+def _render_error(where: str, exc: Exception) -> RenderError:
+    what = str(exc) if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
+    return RenderError(f"{where}: {what}")
 
 
 def _root_lookups(ast: nodes.Template) -> list[tuple[str, str, int]]:

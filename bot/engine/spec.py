@@ -216,6 +216,10 @@ class FlowSpec:
     #: ``on_error:`` replies for users in this flow; ``None`` when the flow declares none
     #: (the project's apply), ``()`` when it declares an empty list (no error reply here).
     on_error: tuple[ReplySpec, ...] | None = None
+    #: ``match``: a message that starts a conversation (a new user's first, or the next one
+    #: after a final state) is greeted by the initial state and then tried against that
+    #: state's specific rules; ``greet``: it only gets the greeting.
+    first_message: str = "match"
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,24 @@ class Store(Protocol):
         it carries in the same write, and the ids not known yet are recorded as aliases.
         """
 
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[Added, list[Work]]:
+        """:meth:`add_inbound`, and :meth:`claim` of ``users`` in the same step where cheap.
+
+        The webhook's path: a store that can claim in the insert's own transaction saves the
+        worker a round trip. Returns the insert's flags and the work of each user claimed;
+        a store may claim none (the caller then claims as usual) but never claims a user
+        another owner holds, nor one no message was filed under (``Added.users``).
+        """
+
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
         """Insert status items; for each, ``True`` if new, ``False`` if seen before.
 
@@ -269,6 +287,31 @@ class Store(Protocol):
 
     async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
         """The user's outbox entries in ``seq`` order, whatever their status (newest last)."""
+
+    # --- read-only views for the console --------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        """Users with a record, the one who wrote last first (ties by key); at most ``limit``."""
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        """The user's newest ``limit`` inbox messages in arrival order, whatever their status."""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One inbox message as the console shows it.
+
+    Attributes:
+        message: the message as parsed from Meta's item.
+        status: ``pending``, ``done`` or ``failed``.
+        reason: why it failed ('' otherwise).
+        received_at: when the webhook stored it (unix seconds).
+    """
+
+    message: InboundMessage
+    status: str
+    reason: str
+    received_at: float
 
 
 def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> str:
@@ -415,9 +458,12 @@ def filed_status(status: StatusUpdate, user: str) -> StatusUpdate:
 # --- serialisation shared by the backends ----------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON for storage."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON for storage (one encoder for all: ``json.dumps`` builds one per call)."""
+    return _ENCODER.encode(value)
 
 
 def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
@@ -478,6 +524,9 @@ def user_to_json(record: UserRecord) -> dict[str, Any]:
         "opted_out": record.opted_out,
         "undeliverable": record.undeliverable,
         "version": record.version,
+        "paused": record.paused,
+        "paused_reason": record.paused_reason,
+        "paused_at": record.paused_at,
     }
 
 
@@ -497,6 +546,9 @@ def user_from_json(data: Mapping[str, Any]) -> UserRecord:
         opted_out=bool(data.get("opted_out", False)),
         undeliverable=bool(data.get("undeliverable", False)),
         version=int(data.get("version", 0)),
+        paused=bool(data.get("paused", False)),
+        paused_reason=str(data.get("paused_reason") or ""),
+        paused_at=float(data.get("paused_at") or 0.0),
     )
 
 
@@ -635,6 +687,7 @@ __all__ = [
     "AliasCache",
     "Committed",
     "Identity",
+    "InboxItem",
     "Lease",
     "Resolved",
     "Store",

@@ -89,6 +89,7 @@ from bot.store.base import (
     AliasCache,
     Committed,
     Identity,
+    InboxItem,
     Lease,
     Resolved,
     Work,
@@ -328,6 +329,20 @@ class MongoStore:
                     {"$set": {k: v for k, v in fields.items() if v}, "$inc": {"version": 1}},
                 )
         return resolved.users
+
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[Added, list[Work]]:
+        # A claim here takes several round trips of its own: the webhook's answer would wait
+        # for them. The worker claims instead, after the acknowledgement.
+        return await self.add_inbound(messages, now), []
 
     def _arrival(self, now: float) -> float:
         """``now``, made strictly greater than the last arrival this process stored."""
@@ -833,12 +848,40 @@ class MongoStore:
         return deleted
 
     async def inbox_counts(self) -> dict[str, int]:
-        names = ("pending", "done", "failed")
+        # One pass over the inbox: separate counts per status would count a message twice
+        # that moved from pending to done between them.
+        counts = {"pending": 0, "done": 0, "failed": 0}
         with self._translate("inbox_counts"):
-            counts = await asyncio.gather(
-                *(self._inbox.count_documents({"status": name}) for name in names)
+            cursor: Any = self._inbox.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            if inspect.isawaitable(cursor):  # PyMongo's aggregate is a coroutine, motor's not
+                cursor = await cursor
+            async for row in cursor:
+                counts[str(row["_id"])] = int(row["n"])
+        return counts
+
+    # --- read-only views for the console ----------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        with self._translate("list_users"):
+            cursor = self._users.find({"key": {"$exists": True}}).sort(
+                [("last_inbound_at", DESCENDING), ("_id", ASCENDING)]
             )
-        return dict(zip(names, counts, strict=True))
+            docs = await cursor.limit(limit).to_list(None)
+        return [user_from_json(doc) for doc in docs]
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        with self._translate("inbox_of"):
+            cursor = self._inbox.find({"user": user}).sort("arrival", DESCENDING).limit(limit)
+            docs = await cursor.to_list(None)
+        return [
+            InboxItem(
+                inbound_from_json(doc["data"]),
+                str(doc.get("status", "pending")),
+                str(doc.get("reason") or ""),
+                float(doc.get("received_at", 0.0)),
+            )
+            for doc in reversed(docs)
+        ]
 
 
 def _token(doc: Mapping[str, Any] | None) -> str:

@@ -1,22 +1,29 @@
-"""The embedded store: one SQLite file in WAL mode, written by one thread with group commit.
+"""The embedded store: one SQLite file in WAL mode, with group commit.
 
-Every operation is a small function run on a dedicated thread that owns the connection.
-The thread takes whatever operations are queued, runs each inside its own SAVEPOINT (so one
-failing operation rolls back alone), commits them all with a single ``COMMIT`` and only then
-resolves their futures. So a coroutine that returns has its data on disk (``synchronous=FULL``
-fsyncs the WAL at every commit), and under load one fsync serves many webhooks: that is what
-makes durable-before-ack cheap. Several processes may share the file: each batch runs in a
-``BEGIN IMMEDIATE`` transaction and waits for the others through ``busy_timeout``.
+Every operation is a small function over the connection. Operations are queued; one task
+takes whatever is queued, opens a ``BEGIN IMMEDIATE`` transaction, runs each operation
+inside its own SAVEPOINT (so one failing operation rolls back alone; one alone in its batch
+needs none), and commits them all with a single ``COMMIT`` before resolving their futures.
+So a coroutine that returns has its data on disk (``synchronous=FULL`` fsyncs the WAL at
+every commit), and under load one fsync serves many webhooks: that is what makes
+durable-before-ack cheap.
+
+The operations themselves run on the event loop: they only touch pages of a file whose write
+lock the transaction holds, so they never wait. What can wait runs on a helper thread: the
+``COMMIT`` (the fsync), and a ``BEGIN`` that finds another process holding the lock (it waits
+there up to ``busy_timeout``). While it does, new operations queue for the next batch. (An
+earlier design ran every operation on a writer thread: each one then crossed threads twice
+and the two threads fought over the GIL, which cost more than the SQL.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import json
-import queue
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -40,6 +47,7 @@ from bot.store.base import (
     AliasCache,
     Committed,
     Identity,
+    InboxItem,
     Lease,
     Resolved,
     Work,
@@ -101,8 +109,6 @@ _LEASE_COLUMNS = (
     ("lease_until", "REAL NOT NULL DEFAULT 0"),
 )
 
-_STOP = object()
-
 
 class SQLiteStore:
     """The :class:`~bot.store.base.Store` on a local SQLite file.
@@ -129,14 +135,21 @@ class SQLiteStore:
         self._synchronous = synchronous
         self._max_batch = max_batch
         self._busy_ms = max(0, int(busy_timeout * 1000))
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "windowbot-sqlite")
+        self._decoded = _Decoded()
+        # Lease tokens only need to differ from every other token: a random prefix per
+        # store object and a counter (os.urandom per claim cost a system call each).
+        prefix, counter = uuid.uuid4().hex[:16], itertools.count()
+        self._token: Callable[[], str] = lambda: f"{prefix}{next(counter):x}"
         self._aliases = AliasCache()
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._thread is not None:
+        if self._conn is not None:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,22 +167,24 @@ class SQLiteStore:
             for name, decl in _LEASE_COLUMNS:
                 if name not in have:
                     conn.execute(f"ALTER TABLE users ADD COLUMN {name} {decl}")
+            conn.execute("PRAGMA busy_timeout=0")  # the event loop never waits for a lock
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(
                 f"cannot open the SQLite store {self.path}: {exc} "
                 "(check that the folder exists and is writable)"
             ) from None
-        self._thread = threading.Thread(
-            target=self._serve, args=(conn,), name="windowbot-sqlite", daemon=True
-        )
-        self._thread.start()
+        self._conn = conn
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, "windowbot-sqlite")
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        self._queue.put(_STOP)
-        await asyncio.to_thread(thread.join)
+        if self._pump is not None:
+            await asyncio.shield(self._pump)
+        waiter = self._waiter
+        await asyncio.get_running_loop().run_in_executor(waiter, conn.close)
+        waiter.shutdown(wait=False)
 
     async def ping(self, *, write: bool = False) -> None:
         if write:  # through a real commit: a full disk or a lock held elsewhere fails here
@@ -179,68 +194,101 @@ class SQLiteStore:
         else:
             await self._call(lambda c: c.execute("SELECT 1").fetchone())
 
-    # --- the writer thread --------------------------------------------------------------
+    # --- group commit -------------------------------------------------------------------
 
     async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
+        if self._conn is None:
             raise StoreUnavailable(f"the SQLite store {self.path} is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((op, fut, loop))
+        self._pending.append((op, fut))
+        if self._pump is None:
+            self._pump = loop.create_task(self._run_batches(), name="windowbot-sqlite-commit")
         return await fut
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
+    async def _run_batches(self) -> None:
+        """Run what is queued, a transaction at a time, until nothing is; then stop."""
         try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                batch = [item]
-                stop = False
-                while len(batch) < self._max_batch:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                self._run_batch(conn, batch)
-                if stop:
-                    return
+            while self._pending and self._conn is not None:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._run_batch(self._conn, batch)
         finally:
-            conn.close()
+            self._pump = None
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        results: list[tuple[bool, Any]] = []
+    async def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Op, asyncio.Future[Any]]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, _, _ in batch:
-                conn.execute("SAVEPOINT op")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                await loop.run_in_executor(self._waiter, self._begin_waiting, conn)
+            live = [(op, fut) for op, fut in batch if not fut.done()]  # callers gave up
+            if len(live) == 1:  # alone in its transaction: no savepoint needed
+                op, fut = live[0]
                 try:
-                    results.append((True, op(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # the caller gets it; the batch goes on
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((False, exc))
-            conn.execute("COMMIT")
+                    results.append((fut, True, op(conn)))
+                except sqlite3.OperationalError:
+                    raise  # the file failed (full, I/O), not the operation: see below
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    results.append((fut, False, exc))
+            else:
+                for op, fut in live:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((fut, True, op(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:  # the caller gets it; the batch goes on
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((fut, False, exc))
+            if conn.in_transaction:  # the fsync happens off the event loop
+                await loop.run_in_executor(self._waiter, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = StoreUnavailable(f"SQLite store {self.path} failed: {exc}")
-            results = [(False, error)] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for (_, fut, loop), (ok, value) in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((fut, ok, value))
-        for loop, items in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, items)
+            results = [(fut, False, error) for _, fut in batch]
+        for fut, ok, value in results:
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to the busy timeout for another process's lock."""
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
 
     # --- inbox and statuses -------------------------------------------------------------
 
     async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> Added:
+        insert = self._insert(messages, now)
+        added, learned = await self._call(insert)
+        self._learn(*learned)
+        return added
+
+    def _insert(
+        self, messages: Sequence[InboundMessage], now: float
+    ) -> Callable[[sqlite3.Connection], tuple[Added, tuple[dict[str, str], Resolved]]]:
+        """The operation that inserts ``messages`` under their users' canonical keys.
+
+        When this process has seen every id before (the usual case) the keys come from its
+        cache and the rows are encoded (and remembered decoded for :meth:`_work`) here;
+        otherwise the aliases are read and the new ones written inside the operation. It
+        returns the flags and what to teach the cache once the write is committed.
+        """
         identities = [message_identity(m) for m in messages]
 
         def rows(users: Sequence[str]) -> list[tuple[Any, ...]]:
@@ -249,18 +297,66 @@ class SQLiteStore:
                 for m, user in zip(messages, users, strict=True)
             ]
 
-        def insert(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
+        cached: list[str] | None = None
+        ready: list[tuple[Any, ...]] = []
+        if not self._aliases.missing(identities):
+            cached = self._aliases.resolve(identities).users
+            ready = rows(cached)
+            filed_messages = [filed(m, u) for m, u in zip(messages, cached, strict=True)]
+            self._decoded.remember_inbound(filed_messages, ready)
+
+        def op(c: sqlite3.Connection) -> tuple[Added, tuple[dict[str, str], Resolved]]:
+            learned: tuple[dict[str, str], Resolved] = ({}, Resolved())
+            if cached is None:
+                resolved, known = _resolve_aliases(c, identities)
+                users, todo, learned = resolved.users, rows(resolved.users), (known, resolved)
+            else:
+                users, todo = cached, ready
             out = []
-            for row in rows:
+            for row in todo:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO inbox (wamid, user, ts, status, received_at, data) "
                     "VALUES (?, ?, ?, 'pending', ?, ?)",
                     row,
                 )
                 out.append(cur.rowcount == 1)
-            return out
+            return Added(out, users), learned
 
-        return await self._filed(identities, rows, insert)
+        return op
+
+    async def add_and_claim(
+        self,
+        messages: Sequence[InboundMessage],
+        now: float,
+        *,
+        owner: str,
+        until: float,
+        users: Sequence[str],
+        limit: int = 64,
+    ) -> tuple[Added, list[Work]]:
+        insert = self._insert(messages, now)
+        tokens = {user: self._token() for user in users}
+
+        def op(
+            c: sqlite3.Connection,
+        ) -> tuple[Added, tuple[dict[str, str], Resolved], list[tuple[str, str | None, _Rows]]]:
+            fresh, learned = insert(c)
+            filed_under = set(fresh.users)
+            claimed = []
+            for user, token in tokens.items():
+                if user not in filed_under:  # its messages went to the user's canonical key
+                    continue
+                got = _claim(c, user, owner, token, until, now, limit)
+                if got is not None:
+                    claimed.append((user, *got))
+            return fresh, learned, claimed
+
+        fresh, learned, claimed = await self._call(op)
+        self._learn(*learned)
+        return fresh, [
+            self._work(Lease(user, owner, tokens[user], until), data, rows)
+            for user, data, rows in claimed
+        ]
 
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
         identities = [status_identity(s) for s in statuses]
@@ -349,35 +445,23 @@ class SQLiteStore:
     async def claim(
         self, user: str, owner: str, until: float, now: float, *, limit: int = 64
     ) -> Work | None:
-        token = uuid.uuid4().hex
-
-        def op(c: sqlite3.Connection) -> tuple[str | None, _Rows] | None:
-            row = c.execute(
-                "SELECT version, data, lease_owner, lease_token, lease_until FROM users "
-                "WHERE key = ?",
-                (user,),
-            ).fetchone()
-            if row is None:
-                c.execute(
-                    "INSERT INTO users (key, version, next_seq, data, lease_owner, lease_token,"
-                    " lease_until) VALUES (?, 0, 0, '', ?, ?, ?)",
-                    (user, owner, token, until),
-                )
-                return None, _read_pending(c, user, limit)
-            _, data, held_by, held_token, held_until = row
-            if held_token and held_by != owner and held_until >= now:
-                return None
-            c.execute(
-                "UPDATE users SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE key = ?",
-                (owner, token, until, user),
-            )
-            return data or None, _read_pending(c, user, limit)
-
-        got = await self._call(op)
+        token = self._token()
+        got = await self._call(lambda c: _claim(c, user, owner, token, until, now, limit))
         if got is None:
             return None
         data, rows = got
-        return _work(Lease(user, owner, token, until), data, rows)
+        return self._work(Lease(user, owner, token, until), data, rows)
+
+    def _work(self, lease: Lease, data: str | None, rows: _Rows) -> Work:
+        """Decode what :func:`_read_pending` read (on the event loop, not the writer thread)."""
+        inbox, statuses, outbox = rows
+        return Work(
+            lease=lease,
+            record=self._decoded.record(lease.user, data),
+            inbound=tuple(self._decoded.inbound(wamid, d) for wamid, d in inbox),
+            statuses=tuple(status_from_json(json.loads(d)) for d in statuses),
+            outbox=tuple(outbox_from_json(json.loads(d)) for d in outbox),
+        )
 
     async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
         def op(c: sqlite3.Connection) -> tuple[str | None, _Rows]:
@@ -385,7 +469,7 @@ class SQLiteStore:
             return (row[0] or None) if row else None, _read_pending(c, lease.user, limit)
 
         data, rows = await self._call(op)
-        return _work(lease, data, rows)
+        return self._work(lease, data, rows)
 
     async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
         rows = [(until, lease.user, lease.token) for lease in leases]
@@ -494,7 +578,9 @@ class SQLiteStore:
                 )
             return Committed(stored, tuple(entries), backlog)
 
-        return await self._call(op)
+        committed = await self._call(op)
+        self._decoded.remember_record(data, stored)
+        return committed
 
     async def enqueue(
         self, user: str, outgoing: Sequence[Outgoing], now: float
@@ -563,11 +649,16 @@ class SQLiteStore:
         # An entry's reply never changes once queued: only its delivery fields are written,
         # so the (large) message body is not encoded again for every send.
         def op(c: sqlite3.Connection) -> None:
-            _check_lease(c, lease)
-            row = c.execute("SELECT status, wamid FROM outbox WHERE id = ?", (entry.id,)).fetchone()
-            if row is None:
+            row = c.execute(  # the fence and the stored entry in one statement
+                "SELECT u.lease_token, o.status, o.wamid FROM users u "
+                "LEFT JOIN outbox o ON o.id = ? WHERE u.key = ?",
+                (entry.id, lease.user),
+            ).fetchone()
+            if row is None or row[0] != lease.token:
+                raise LeaseLost(f"user {lease.user}: the lease was taken over; write refused")
+            if row[1] is None:
                 return
-            status = merge_saved(row[0], row[1], entry)
+            status = merge_saved(row[1], row[2], entry)
             c.execute(
                 "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
                 "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "
@@ -661,6 +752,33 @@ class SQLiteStore:
 
         return await self._call(op)
 
+    # --- read-only views for the console ----------------------------------------------------
+
+    async def list_users(self, limit: int = 100) -> list[UserRecord]:
+        def op(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute(
+                "SELECT data FROM users WHERE data != '' ORDER BY "
+                "json_extract(data, '$.last_inbound_at') DESC, key LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        return [user_from_json(json.loads(d)) for d in await self._call(op)]
+
+    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
+        def op(c: sqlite3.Connection) -> list[tuple[str, str, str | None, float]]:
+            rows = c.execute(
+                "SELECT data, status, reason, received_at FROM (SELECT rowid, * FROM inbox "
+                "WHERE user = ? ORDER BY rowid DESC LIMIT ?) ORDER BY rowid",
+                (user, limit),
+            ).fetchall()
+            return [tuple(r) for r in rows]
+
+        return [
+            InboxItem(inbound_from_json(json.loads(data)), status, reason or "", received_at)
+            for data, status, reason, received_at in await self._call(op)
+        ]
+
 
 def _resolve_aliases(
     c: sqlite3.Connection, identities: Sequence[Identity]
@@ -682,14 +800,39 @@ def _resolve_aliases(
     return resolved, known
 
 
-#: What :func:`_read_pending` reads: inbox, statuses and outbox rows as stored JSON.
-_Rows = tuple[list[str], list[str], list[str]]
+#: What :func:`_read_pending` reads: inbox (wamid, JSON), statuses and outbox rows (JSON).
+_Rows = tuple[list[tuple[str, str]], list[str], list[str]]
+
+
+def _claim(
+    c: sqlite3.Connection, user: str, owner: str, token: str, until: float, now: float, limit: int
+) -> tuple[str | None, _Rows] | None:
+    """Take ``user``'s lease unless another owner holds it; their record and pending work."""
+    row = c.execute(
+        "SELECT data, lease_owner, lease_token, lease_until FROM users WHERE key = ?", (user,)
+    ).fetchone()
+    if row is None:
+        c.execute(
+            "INSERT INTO users (key, version, next_seq, data, lease_owner, lease_token,"
+            " lease_until) VALUES (?, 0, 0, '', ?, ?, ?)",
+            (user, owner, token, until),
+        )
+        return None, _read_pending(c, user, limit)
+    data, held_by, held_token, held_until = row
+    if held_token and held_by != owner and held_until >= now:
+        return None
+    c.execute(
+        "UPDATE users SET lease_owner = ?, lease_token = ?, lease_until = ? WHERE key = ?",
+        (owner, token, until, user),
+    )
+    return data or None, _read_pending(c, user, limit)
 
 
 def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
     """A user's pending inbox (arrival order), statuses and outbox (``seq`` order)."""
     inbox = c.execute(
-        "SELECT data FROM inbox WHERE user = ? AND status = 'pending' ORDER BY ts, rowid LIMIT ?",
+        "SELECT wamid, data FROM inbox WHERE user = ? AND status = 'pending' "
+        "ORDER BY ts, rowid LIMIT ?",
         (user, limit),
     ).fetchall()
     statuses = c.execute(
@@ -702,20 +845,60 @@ def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
         "SELECT data FROM outbox WHERE user = ? AND status = 'pending' ORDER BY seq LIMIT ?",
         (user, limit),
     ).fetchall()
-    return [r[0] for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
+    return [(r[0], r[1]) for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
 
 
-def _work(lease: Lease, data: str | None, rows: _Rows) -> Work:
-    """Decode what :func:`_read_pending` read (on the caller's thread, not the writer's)."""
-    inbox, statuses, outbox = rows
-    record = _blank_user(lease.user) if data is None else user_from_json(json.loads(data))
-    return Work(
-        lease=lease,
-        record=record,
-        inbound=tuple(inbound_from_json(json.loads(d)) for d in inbox),
-        statuses=tuple(status_from_json(json.loads(d)) for d in statuses),
-        outbox=tuple(outbox_from_json(json.loads(d)) for d in outbox),
-    )
+class _Decoded:
+    """Objects this process encoded or decoded lately, by the exact JSON stored for them.
+
+    A worker mostly reads back what this process has just written: the message its webhook
+    stored, the record its last turn committed. When the stored text is the remembered
+    text, the (immutable) object is reused instead of being decoded again; any other text
+    is decoded. Bounded: the older half is forgotten when it is full.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._inbound: dict[str, tuple[str, InboundMessage]] = {}
+        self._records: dict[str, tuple[str, UserRecord]] = {}
+
+    def remember_inbound(
+        self, messages: Sequence[InboundMessage], rows: Sequence[tuple[Any, ...]]
+    ) -> None:
+        """``messages`` as encoded in their inbox ``rows`` (the JSON is the row's last item)."""
+        for message, row in zip(messages, rows, strict=True):
+            self._inbound[message.id] = (row[-1], message)
+        _bound(self._inbound, self._size)
+
+    def inbound(self, wamid: str, data: str) -> InboundMessage:
+        """The message stored as ``data``."""
+        known = self._inbound.pop(wamid, None)
+        if known is not None and known[0] == data:
+            return known[1]
+        return inbound_from_json(json.loads(data))
+
+    def remember_record(self, data: str, record: UserRecord) -> None:
+        """``record``, stored as ``data``."""
+        self._records[record.key] = (data, record)
+        _bound(self._records, self._size)
+
+    def record(self, user: str, data: str | None) -> UserRecord:
+        """The record stored as ``data`` (``None``: never committed)."""
+        if data is None:
+            return _blank_user(user)
+        known = self._records.get(user)
+        if known is not None and known[0] == data:
+            return known[1]
+        record = user_from_json(json.loads(data))
+        self.remember_record(data, record)
+        return record
+
+
+def _bound(cache: dict[str, Any], size: int) -> None:
+    """Forget the older half of ``cache`` once it holds more than ``size`` items."""
+    if len(cache) > size:
+        for key in list(cache)[: size // 2]:
+            del cache[key]
 
 
 def _blank_user(user: str, version: int = 0) -> UserRecord:
@@ -777,22 +960,15 @@ def _apply_status(c: sqlite3.Connection, status: StatusUpdate) -> bool:
 
 
 def _run(c: sqlite3.Connection, sql: str) -> None:
-    """Run a statement; the cursor stays on the writer thread (handing it to the event loop
-    lets that thread reset a statement the writer is running: 'bad parameter or other API
-    misuse')."""
+    """Run a statement and return nothing (an operation's result is data, never a cursor)."""
     c.execute(sql)
 
 
 def _run_many(c: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Run a statement for each row, keeping the cursor on the writer thread (see ``_run``)."""
+    """Run a statement for each row (see ``_run``)."""
     c.executemany(sql, rows)
 
 
-def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for fut, ok, value in items:
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is SQLITE_BUSY: another connection holds the write lock."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY

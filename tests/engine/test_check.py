@@ -50,6 +50,35 @@ class TestExampleFlows:
         assert check_folder(flows(tmp_path)) == []
 
 
+class TestSandboxRules:
+    @pytest.mark.parametrize(
+        ("expression", "reason"),
+        [
+            ("''.__class__.__mro__", "'.__class__' is refused by the sandbox"),
+            ("vars.name | attr('upper')", "attr filter"),
+            ("'{0.__class__}'.format(vars.name)", "str.format is refused"),
+            ("(vars.name | int) // 0", "divides by zero"),
+            ("'x' * 20000000", "at most"),
+            ("vars.name.append(1)", "changes a value"),
+        ],
+    )
+    def test_what_the_sandbox_refuses_is_an_error_at_its_line(
+        self, tmp_path: Path, expression: str, reason: str
+    ) -> None:
+        """Expressions the sandbox refuses at run time used to pass bot check with 0 errors."""
+        text = BASE.replace('say: "Hello"', 'say: "Hi {{ ' + expression + ' }}"')
+        text = text.replace("states:", "vars: {name: ''}\nstates:")
+        folder = flows(tmp_path, text)
+        [error] = errors_of(folder)
+        assert f"welcome.yaml:{line(folder, 'welcome.yaml', 'say: ')}: error:" in error
+        assert reason in error
+
+    def test_a_plain_format_call_is_fine(self, tmp_path: Path) -> None:
+        """str.format without underscored fields is allowed, as the sandbox allows it."""
+        text = BASE.replace('say: "Hello"', "say: \"{{ 'Hi {0}'.format(user.profile_name) }}\"")
+        assert errors_of(flows(tmp_path, text)) == []
+
+
 class TestReadmeExample:
     def test_the_documented_example_checks_clean(self, tmp_path: Path) -> None:
         """The first YAML example of flows/README.md is a valid flow."""

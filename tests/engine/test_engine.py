@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.engine import Engine
+from bot.engine import Engine, check_folder
 from bot.errors import RenderError
 from bot.models import TemplateCall, UserRecord
 from tests.engine.helpers import (
@@ -451,19 +451,35 @@ class TestRecords:
         assert turn.record == dataclasses.replace(record, flow="welcome", state="menu")
 
     async def test_render_errors_name_the_file_and_line(self, tmp_path: Path) -> None:
-        """The sandbox refuses unsafe attribute access at render time with a RenderError."""
+        """A value that breaks a reply at run time (here a division by zero, which is not a
+        Jinja error) is a RenderError naming the flow file and line, not a bare traceback."""
         engine = one_flow(
             tmp_path,
             """
             states:
               start:
-                say: "{{ user.key.__class__.__mro__ }}"
+                say: "{{ 10 // (message.text | length - 1) }}"
                 on: [{else: true, to: end}]
               end: {final: true}
             """,
         )
-        with pytest.raises(RenderError, match=r"welcome\.yaml:3"):
+        with pytest.raises(RenderError, match=r"welcome\.yaml:3: ZeroDivisionError"):
             await engine.handle(user(), text("x"), NOW)
+
+    async def test_rendered_output_is_bounded(self, tmp_path: Path) -> None:
+        """A template cannot build a huge string ('x' * 20000000 used to render)."""
+        engine = one_flow(
+            tmp_path,
+            """
+            states:
+              start:
+                say: "{{ 'x' * (message.text | int) }}"
+                on: [{else: true, to: end}]
+              end: {final: true}
+            """,
+        )
+        with pytest.raises(RenderError, match=r"welcome\.yaml:3: .*at most"):
+            await engine.handle(user(), text("20000000"), NOW)
 
 
 class TestSharedMachines:
@@ -514,3 +530,61 @@ class TestStrictRendering:
         )
         with pytest.raises(RenderError, match="latitude"):
             await engine.handle(user(), text("x"), NOW)
+
+
+ORDER_STATUS = """
+flow: welcome
+{first}
+states:
+  ask_order:
+    say: "Send me your order number."
+    on:
+      - regex: '^(?P<order>[A-Z]{{2}}-\\d{{5}})$'
+        save: {{var: order, from: match.order}}
+        to: status
+      - else:
+        say: "That is not an order number (like AB-12345)."
+  status:
+    say: "Order {{{{ vars.order }}}} has shipped."
+    final: true
+"""
+
+
+class TestFirstMessage:
+    async def test_first_message_is_matched_after_the_greeting(self, tmp_path: Path) -> None:
+        """A new user's first message 'AB-12345' is taken as the order number (it used to get
+        only 'Send me your order number')."""
+        engine = one_flow(tmp_path, ORDER_STATUS.format(first=""))
+        turn = await engine.handle(user(), text("AB-12345"), NOW)
+        assert bodies(turn) == ["Send me your order number.", "Order AB-12345 has shipped."]
+        assert turn.trigger.startswith("start, ") and turn.record.state == "status"
+
+    async def test_else_and_wildcards_do_not_answer_a_greeting(self, tmp_path: Path) -> None:
+        """A first message no specific rule takes gets the greeting alone, not the else: reply."""
+        engine = one_flow(tmp_path, ORDER_STATUS.format(first=""))
+        turn = await engine.handle(user(), text("hi"), NOW)
+        assert bodies(turn) == ["Send me your order number."] and turn.trigger == "start"
+
+    async def test_greet_only_is_a_per_flow_choice(self, tmp_path: Path) -> None:
+        """first_message: greet answers a first message with the greeting alone."""
+        engine = one_flow(tmp_path, ORDER_STATUS.format(first="first_message: greet"))
+        turn = await engine.handle(user(), text("AB-12345"), NOW)
+        assert bodies(turn) == ["Send me your order number."] and turn.record.state == "ask_order"
+
+    async def test_after_a_final_state_the_next_message_starts_over_and_is_matched(
+        self, tmp_path: Path
+    ) -> None:
+        """In a final state the next message restarts the default flow, matched the same way."""
+        engine = one_flow(tmp_path, ORDER_STATUS.format(first=""))
+        done = (await engine.handle(user(), text("AB-12345"), NOW)).record
+        turn = await engine.handle(done, text("CD-67890"), NOW)
+        assert bodies(turn) == ["Send me your order number.", "Order CD-67890 has shipped."]
+        assert turn.trigger.startswith("restart, ")
+
+    def test_unknown_first_message_value_is_an_error(self, tmp_path: Path) -> None:
+        """first_message: must be match or greet; bot check names the line."""
+        folder = write(
+            tmp_path / "flows", {"welcome.yaml": ORDER_STATUS.format(first="first_message: maybe")}
+        )
+        [finding] = [f for f in check_folder(folder) if f.severity == "error"]
+        assert finding.line == 2 and "match or greet" in finding.message

@@ -22,6 +22,7 @@ from bot.models import (
     callback_data,
 )
 from bot.store.base import Committed, Lease, Store, Work, outbox_id
+from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_message, parse_status
 from tests.store.conftest import Backend
 
@@ -369,6 +370,48 @@ class TestClaim:
         await store.release([lease])
         assert await store.renew([lease], NOW + 100) == set()
         assert await store.claim(ANA, "w2", NOW + 30, NOW + 1) is not None
+
+
+class TestAddAndClaim:
+    async def test_stores_like_add_inbound(self, store: Store) -> None:
+        """The insert half answers like ``add_inbound``: new messages, then duplicates."""
+        first, _ = await store.add_and_claim(
+            [inbound("wamid.1")], NOW, owner="w1", until=NOW + 30, users=[ANA]
+        )
+        again, works = await store.add_and_claim(
+            [inbound("wamid.1"), inbound("wamid.2")], NOW, owner="w2", until=NOW + 30, users=[]
+        )
+        assert (first, again, works) == ([True], [False, True], [])
+        assert (await store.inbox_counts())["pending"] == 2
+
+    async def test_a_claimed_user_comes_with_the_message(self, store: Store) -> None:
+        """A user it claims comes back fenced by a lease of its own, with the new message."""
+        _, works = await store.add_and_claim(
+            [inbound("wamid.1"), inbound("wamid.b", user=BIA)],
+            NOW,
+            owner="w1",
+            until=NOW + 30,
+            users=[ANA],
+        )
+        if isinstance(store, SQLiteStore):  # claims in the insert's transaction
+            assert [w.lease.user for w in works] == [ANA]
+        for work in works:  # a store may claim none (Mongo): the usual claim then works
+            assert (work.lease.user, work.lease.owner) == (ANA, "w1")
+            assert [m.id for m in work.inbound] == ["wamid.1"]
+            committed = await store.commit_turn(work.lease, "wamid.1", user(), [], NOW)
+            assert committed.record.version == 1
+        if not works:
+            await claim(store, ANA, "w1")
+
+    async def test_never_claims_a_user_another_owner_holds(self, store: Store) -> None:
+        """A user held by another owner is not claimed, and that owner's lease still fences."""
+        held = await claim(store, ANA, "w1")
+        _, works = await store.add_and_claim(
+            [inbound("wamid.1")], NOW, owner="w2", until=NOW + 30, users=[ANA]
+        )
+        assert works == []
+        committed = await store.commit_turn(held.lease, "wamid.1", user(), [], NOW)
+        assert committed.record.version == 1
 
 
 class TestFencing:
@@ -1344,3 +1387,46 @@ class TestIdentity:
         assert added.users == [ANA_ID]  # the business-scoped id decides
         assert [m.id for m in (await claim(store)).inbound] == ["wamid.1"]
         assert [m.id for m in (await claim(store, ANA_ID)).inbound] == ["wamid.2", "wamid.3"]
+
+
+class TestConsoleViews:
+    async def test_list_users_last_writer_first(self, store: Store) -> None:
+        """Users with a record come back the one who wrote last first; claimed-only users not."""
+        for key, wrote in ((ANA, TS), (BIA, TS + 50)):
+            lease = (await claim(store, key)).lease
+            await store.commit_turn(lease, None, user(key, last_inbound_at=wrote), [], NOW)
+            await store.release([lease])
+        await claim(store, "5511000000000")  # a lease, never a turn: no record yet
+        assert [r.key for r in await store.list_users()] == [BIA, ANA]
+        assert [r.key for r in await store.list_users(1)] == [BIA]
+        ana = (await store.list_users())[1]
+        assert (ana.profile_name, ana.flow, ana.version) == ("Ana", "onboarding", 1)
+
+    async def test_paused_fields_round_trip(self, store: Store) -> None:
+        """A paused user's record keeps why and since when, through every read."""
+        lease = (await claim(store)).lease
+        paused = user(paused=True, paused_reason="asked for a human", paused_at=NOW)
+        await store.commit_turn(lease, None, paused, [], NOW)
+        got = await store.get_user(ANA)
+        assert got is not None
+        assert (got.paused, got.paused_reason, got.paused_at) == (True, "asked for a human", NOW)
+        assert (await store.list_users())[0].paused
+        assert (await store.read_work(lease)).record.paused_reason == "asked for a human"
+
+    async def test_inbox_of_shows_every_status_in_arrival_order(self, store: Store) -> None:
+        """A user's inbox comes back in arrival order with status and reason, newest ``limit``."""
+        await store.add_inbound([inbound("wamid.1", ts=TS + 9)], NOW)
+        await store.add_inbound([inbound("wamid.2", ts=TS), inbound("wamid.b", user=BIA)], NOW + 1)
+        await store.add_inbound([inbound("wamid.3", text="third")], NOW + 2)
+        lease = (await claim(store)).lease
+        await store.commit_turn(lease, "wamid.1", user(), [], NOW + 3)
+        await store.commit_turn(lease, "wamid.2", user(version=1), [], NOW + 3, failed="boom")
+        items = await store.inbox_of(ANA)
+        assert [(i.message.id, i.status, i.reason) for i in items] == [
+            ("wamid.1", "done", ""),
+            ("wamid.2", "failed", "boom"),
+            ("wamid.3", "pending", ""),
+        ]
+        assert items[2].message.text == "third" and items[2].received_at == NOW + 2
+        assert [i.message.id for i in await store.inbox_of(ANA, 2)] == ["wamid.2", "wamid.3"]
+        assert await store.inbox_of("5511000000000") == []
