@@ -115,7 +115,9 @@ async def test_three_processes_send_1000_due_jobs_once_each_at_the_rate(tmp_path
     times = sorted(m.time for m in fake.messages)
     achieved = (len(times) - 1) / (times[-1] - times[0])
     assert busiest_second(times) <= rate * 1.05
-    assert rate * 0.95 <= achieved <= rate * 1.05, achieved
+    # The limiter's promise is an upper bound; how close a loaded machine gets to the rate is
+    # a speed, measured by bench/bench_jobs.py, never asserted here (no wall-clock floors).
+    assert achieved <= rate * 1.05, achieved
     logs = [(tmp_path / f"bot{i}.log").read_text() for i in range(3)]
     assert not any("Traceback" in log for log in logs)
     queued_by = [sum('"job_queued"' in line for line in log.splitlines()) for log in logs]
