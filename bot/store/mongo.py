@@ -414,16 +414,17 @@ class MongoStore:
         }
         taken = {"lease": {"owner": owner, "token": token, "until": float(until)}, "adopted": []}
         with self._translate("claim"):
-            try:  # the document as it was: its previous token and adoptions are re-fenced
-                before = await self._users.find_one_and_update(
-                    free, {"$set": taken}, upsert=True, return_document=ReturnDocument.BEFORE
-                )
-            except DuplicateKeyError:  # the filter missed: another owner holds the lease
-                return None
+            # No upsert: under contention an upsert that loses the race may come back as an
+            # update that reports no document before (secantusdb does), and the previous
+            # token would be lost. An update of an existing, free user is one round trip; a
+            # miss is a held user or a new one, which the insert tells apart.
+            before = await self._users.find_one_and_update(
+                free, {"$set": taken}, return_document=ReturnDocument.BEFORE
+            )
             if before is None:
-                # MongoDB: the upsert created the user. nx-27017 answers None too, without
-                # the duplicate key error, when another owner holds the lease: look.
-                if _token(await self._users.find_one({"_id": user}, {"lease": 1})) != token:
+                try:
+                    await self._users.insert_one({"_id": user, **taken})
+                except DuplicateKeyError:  # the user exists: another owner holds the lease
                     return None
                 before = {"_id": user}
             lease = Lease(user, owner, token, float(until))

@@ -338,6 +338,27 @@ class TestClaim:
         )
         assert sum(work is not None for work in results) == 1
 
+    async def test_racing_claims_of_a_stored_user_all_see_its_record(self, store: Store) -> None:
+        """Owners claiming and releasing one stored user over and over, concurrently: every
+        claim that wins comes with the stored record, never a blank one (secantusdb's upsert
+        under contention once answered 'no document before' for an existing user)."""
+        first = await claim(store)
+        stored = (await store.commit_turn(first.lease, None, user(), [], NOW)).record
+        await store.release([first.lease])
+        seen: list[int] = []
+
+        async def churn(owner: str) -> None:
+            for _ in range(40):
+                work = await store.claim(ANA, owner, NOW + 30, NOW)
+                if work is None:
+                    await asyncio.sleep(0)
+                    continue
+                seen.append(work.record.version)
+                await store.release([work.lease])
+
+        await asyncio.gather(*(churn(f"w{i}") for i in range(3)))
+        assert seen and set(seen) == {stored.version}
+
     async def test_leases_are_per_user(self, store: Store) -> None:
         """Holding one user does not block another."""
         await claim(store, ANA, "w1")
