@@ -53,6 +53,9 @@ _BAD_SPACING = re.compile(r"[\n\t]| {5,}")
 class SentMessage:
     """A message the fake accepted: ``body`` is the request JSON exactly as posted.
 
+    ``to`` is the address it went to: the ``to`` phone number, or the ``recipient``
+    business-scoped id when the request had no ``to`` (a user known by no phone number).
+
     ``error_code`` is 131047 for a message accepted and then failed by the asynchronous
     window rule (``window_errors="async"``), else 0.
     """
@@ -157,6 +160,7 @@ class FakeCloudAPI:
         self._read_event = asyncio.Event()
         self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
         self._inbound: dict[str, float] = {}
+        self._user_ids: dict[str, str] = {}  # phone number -> business-scoped id
         self._failures: deque[_Failure] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
@@ -177,9 +181,23 @@ class FakeCloudAPI:
         return [m for m in self.messages if m.to == wa_id]
 
     def user_wrote(self, wa_id: str, timestamp: float | None = None) -> None:
-        """Record an inbound message from ``wa_id`` at ``timestamp`` (default: ``clock()``)."""
+        """Record an inbound message from ``wa_id`` at ``timestamp`` (default: ``clock()``).
+
+        ``wa_id`` may be a business-scoped id; for a user :meth:`link_user` linked, both
+        addresses open the window.
+        """
         when = self.clock() if timestamp is None else float(timestamp)
-        self._inbound[wa_id] = max(when, self._inbound.get(wa_id, when))
+        linked = self._user_ids.get(wa_id)
+        for address in (wa_id, linked) if linked else (wa_id,):
+            self._inbound[address] = max(when, self._inbound.get(address, when))
+
+    def link_user(self, wa_id: str, user_id: str) -> None:
+        """Tell the fake that phone number ``wa_id`` has business-scoped id ``user_id``.
+
+        Status webhooks of messages sent to ``wa_id`` then carry ``recipient_user_id`` too,
+        as Meta's do since 2026.
+        """
+        self._user_ids[wa_id] = user_id
 
     def fail_next(
         self,
@@ -326,7 +344,7 @@ class FakeCloudAPI:
         off up to 2 s) until it is or that many seconds have passed; the last status (0 for no
         answer) is returned.
         """
-        from bot.testing import envelope, signed_request, status_item
+        from bot.testing import envelope, status_item
 
         if not self.webhook_url or not self.app_secret or self._client is None:
             raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
@@ -340,10 +358,40 @@ class FakeCloudAPI:
             timestamp=self.clock(),
             errors=errors,
             callback=sent.callback if sent is not None else "",
+            user_id=self._user_ids.get(recipient),
         )
         if sent is not None and status in ("sent", "delivered", "read"):
             item["pricing"] = self._prices.get(wamid) or self._pricing(sent)
         body = envelope(statuses=[item], phone_number_id=self.phone_number_id)
+        return await self._post_webhook(body)
+
+    async def change_user_id(self, previous: str, current: str, *, wa_id: str | None = None) -> int:
+        """Post a signed ``user_id_update`` webhook: ``previous`` is ``current`` from now on.
+
+        Later sends to ``current`` are accepted like those to ``previous``; returns the bot's
+        HTTP status (retried like :meth:`emit_status`).
+        """
+        from bot.testing import user_id_update
+
+        if wa_id:
+            self._user_ids[wa_id] = current
+        if previous in self._inbound:
+            self._inbound[current] = self._inbound[previous]
+        body = user_id_update(
+            previous,
+            current,
+            wa_id=wa_id,
+            timestamp=self.clock(),
+            phone_number_id=self.phone_number_id,
+        )
+        return await self._post_webhook(body)
+
+    async def _post_webhook(self, body: JSON) -> int:
+        """Post one signed webhook to the bot, retried per ``retry_statuses``."""
+        from bot.testing import signed_request
+
+        if not self.webhook_url or not self.app_secret or self._client is None:
+            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
         raw, headers = signed_request(body, self.app_secret)
         loop = asyncio.get_running_loop()
         deadline, pause = loop.time() + self.retry_statuses, 0.05
@@ -596,7 +644,7 @@ class FakeCloudAPI:
             _check_message(body)
             self._throttle(str(body.get("to", "")))
             if body.get("type") == "template" and self.registry is not None:
-                _check_template(body["template"], self.registry)
+                _check_template(body["template"], self.registry, by_phone="to" in body)
             if body.get("type") == "template":
                 self._check_account_template(body["template"])
             answer = self._accept(body)
@@ -631,7 +679,7 @@ class FakeCloudAPI:
         return web.json_response({"success": True})
 
     def _accept(self, body: JSON) -> web.Response:
-        to, kind = str(body["to"]), str(body.get("type", "text"))
+        to, kind = str(body.get("to") or body["recipient"]), str(body.get("type", "text"))
         error_code = 0
         if kind != "template" and self.enforce_window:
             last = self._inbound.get(to)
@@ -647,7 +695,7 @@ class FakeCloudAPI:
             self._schedule(self._report(wamid, to, error_code))
         answer: JSON = {
             "messaging_product": "whatsapp",
-            "contacts": [{"input": to, "wa_id": to}],
+            "contacts": [{"input": to, "user_id" if "to" not in body else "wa_id": to}],
             "messages": [{"id": wamid}],
         }
         if kind == "template":
@@ -707,7 +755,11 @@ def _check_message(body: JSON) -> None:
     _need(
         body.get("messaging_product") == "whatsapp", "The parameter messaging_product is required"
     )
-    _need(isinstance(body.get("to"), str) and bool(body["to"]), "The parameter to is required")
+    address = body.get("to", body.get("recipient"))  # when both are given, ``to`` wins
+    _need(
+        isinstance(address, str) and bool(address),
+        "The parameter to (a phone number) or recipient (a business-scoped user id) is required",
+    )
     _need(body.get("recipient_type", "individual") == "individual", "Invalid recipient_type")
     kind = body.get("type", "text")
     _need(kind in _TYPES, f"Param type must be one of {', '.join(sorted(_TYPES))}")
@@ -811,12 +863,14 @@ def _check_template_shape(content: JSON) -> None:
                 )
 
 
-def _check_template(content: JSON, registry: TemplateRegistry) -> None:
+def _check_template(content: JSON, registry: TemplateRegistry, *, by_phone: bool = True) -> None:
     name, code = content["name"], content["language"]["code"]
     template = registry.get(name)
     variant = template.variants.get(code) if template else None
     if template is None or variant is None:
         raise _Problem(132001, f"template name ({name}) does not exist in {code}")
+    if template.category == "AUTHENTICATION" and not by_phone:
+        raise _Problem(100, f"authentication template {name} needs a phone number in 'to'")
     if variant.status != "APPROVED":
         number = {"PAUSED": 132015, "DISABLED": 132016}.get(variant.status, 132001)
         raise _Problem(number, f"template {name} ({code}) is {variant.status}")

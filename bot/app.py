@@ -28,7 +28,7 @@ from bot.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bot.metrics import Metrics, render_pricing
 from bot.models import UserRecord
 from bot.sender import Sender, Transport
-from bot.store.base import Store
+from bot.store.base import Added, Store
 from bot.templates import TemplateRegistry
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_challenge, verify_signature
 from bot.window import WindowPolicy
@@ -234,12 +234,17 @@ async def receive(request: web.Request) -> web.Response:
     now = time.time()
     try:
         async with asyncio.timeout(config.server.store_timeout_seconds):
+            # Re-keys first: the delivery's messages may already use the new id.
+            changes = delivery.identity_changes
+            rekeyed = await store.add_identity_changes(changes, now) if changes else []
             fresh = (
                 await app[DISPATCHER].receive(delivery.messages, now, started)
                 if delivery.messages
-                else []
+                else Added()
             )
-            seen = await store.add_statuses(delivery.statuses, now) if delivery.statuses else []
+            seen = (
+                await store.add_statuses(delivery.statuses, now) if delivery.statuses else Added()
+            )
             await record_ledgers(store, delivery, now)
     except (StoreError, TimeoutError) as exc:
         error = str(exc) or f"no answer within {config.server.store_timeout_seconds:g}s"
@@ -248,16 +253,18 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=503, text="store unavailable; retry later")
     app[HEALTH].succeeded()
     dispatcher = app[DISPATCHER]
-    for message, new in zip(delivery.messages, fresh, strict=True):
+    for change, user in zip(delivery.identity_changes, rekeyed, strict=True):
+        log.info("user_id_changed", wa_id=user, previous=change.previous, user_id=change.user_id)
+    for message, new, user in zip(delivery.messages, fresh, fresh.users, strict=True):
         if new:
             metrics.received += 1
         else:
             metrics.duplicates += 1
-            log.info("message_duplicate", wa_id=message.user, message_id=message.id)
-    for status, new in zip(delivery.statuses, seen, strict=True):
+            log.info("message_duplicate", wa_id=user, message_id=message.id)
+    for status, new, user in zip(delivery.statuses, seen, seen.users, strict=True):
         if new:
             metrics.statuses += 1
-            dispatcher.status_arrived(status.recipient, failed=status.status == "failed")
+            dispatcher.status_arrived(user, failed=status.status == "failed")
     return web.Response(text="OK")
 
 

@@ -44,7 +44,7 @@ from bot.models import (
     UserRecord,
 )
 from bot.retry import RetryPolicy
-from bot.store.base import Committed, Lease, Store, Work
+from bot.store.base import Added, Committed, Lease, Store, Work
 
 log = structlog.get_logger("windowbot.dispatcher")
 
@@ -281,8 +281,11 @@ class Dispatcher:
 
     async def receive(
         self, messages: Sequence[InboundMessage], now: float, received_at: float
-    ) -> list[bool]:
+    ) -> Added:
         """Store a webhook's ``messages`` and start their users' workers; which were new.
+
+        Workers start for the users the store filed the messages under (``Added.users``:
+        a message carrying only a business-scoped id may belong to a user keyed by phone).
 
         The users nobody works on in this process are claimed in the insert's own store
         operation where the store can (:meth:`Store.add_and_claim`): their workers start
@@ -311,11 +314,11 @@ class Dispatcher:
             self._start(work.lease.user, work)
         started = {work.lease.user for work in works}
         self._unreserve(users, started)
-        for message, new in zip(messages, fresh, strict=True):
+        for message, new, user in zip(messages, fresh, fresh.users, strict=True):
             if new:
                 self._received[message.id] = received_at
-                if message.user not in started:  # its worker claims it (or finds it held)
-                    self.notify(message.user)
+                if user not in started:  # its worker claims it (or finds it held)
+                    self.notify(user)
         return fresh
 
     def _unreserve(self, users: Sequence[str], started: set[str]) -> None:

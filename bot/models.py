@@ -36,6 +36,15 @@ MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 StatusName = Literal["sent", "delivered", "read", "failed", "deleted", "warning"]
 
 
+def is_user_id(address: str) -> bool:
+    """Whether ``address`` is a business-scoped user id (``US.1349…``), not a phone number.
+
+    A ``wa_id`` is digits only; a BSUID is a country code, a dot, then letters and digits
+    (``US.ENT.…`` for a parent id). Sends to one go out as ``recipient`` instead of ``to``.
+    """
+    return "." in address
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """One item of an ``errors[]`` array (in statuses, unsupported messages or API errors)."""
@@ -110,9 +119,11 @@ class Context:
 class InboundMessage:
     """One item of ``messages[]``, with the sender's profile and the receiving number.
 
-    ``user`` is the key the framework files the sender under: the ``wa_id`` when the payload
-    carries one, else the business-scoped ``user_id``. ``raw`` is the item exactly as Meta
-    sent it, so nothing a later version adds is lost.
+    ``user`` is the key the framework files the sender under: as parsed, the ``wa_id`` when
+    the payload carries one, else the business-scoped ``user_id``; the store then resolves it
+    to the user's one canonical key (the same person is one user whichever ids a payload
+    carries, see ``README.md``, "User identity"). ``raw`` is the item exactly as Meta sent
+    it, so nothing a later version adds is lost.
     """
 
     id: str
@@ -142,11 +153,15 @@ class StatusUpdate:
     id: str
     status: str
     timestamp: int
+    #: The user the status is filed under: as parsed, ``recipient_id`` (the phone number)
+    #: or else ``recipient_user_id``; the store resolves it to the user's canonical key.
     recipient: str
     phone_number_id: str = ""
     errors: tuple[ErrorInfo, ...] = ()
     #: ``biz_opaque_callback_data`` of the message we sent: Meta echoes it in every status.
     callback_data: str = ""
+    #: The recipient's business-scoped user id (``recipient_user_id``), when Meta sent one.
+    recipient_user_id: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     #: What Meta says the message costs (``pricing`` of the status), when it says so.
     pricing: Pricing | None = None
@@ -203,12 +218,27 @@ class TemplateEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityChange:
+    """A user's business-scoped id changed (a ``user_id_update`` webhook item).
+
+    ``previous`` is the id the framework may know them by, ``user_id`` the one to use from
+    now on; ``wa_id`` is their phone number when Meta shares it.
+    """
+
+    previous: str
+    user_id: str
+    wa_id: str = ""
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """Everything one webhook POST carried, in payload order."""
 
     messages: tuple[InboundMessage, ...] = ()
     statuses: tuple[StatusUpdate, ...] = ()
     template_events: tuple[TemplateEvent, ...] = ()
+    identity_changes: tuple[IdentityChange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from bot.models import (
     StatusUpdate,
     UserRecord,
     delivery_status,
+    is_user_id,
     parse_callback_data,
 )
 from bot.ratelimit import SharedRateLimiter
@@ -238,6 +239,16 @@ class Sender:
             bound.exception("reply_failed", error=str(exc))
             await self._settle(lease, entry, "failed", f"internal error: {exc}", bound)
             return None
+        address = record.wa_id or record.user_id or record.key
+        if decision.kind == "template" and is_user_id(address) and self._authentication(decision):
+            decision = replace(
+                decision,
+                kind="skip",
+                message=None,
+                reason=f"authentication template {decision.template!r} needs a phone number;"
+                " this user is known only by the business-scoped id"
+                f" {address} (WhatsApp sends no authentication template to a 'recipient')",
+            )
         if self.on_decision is not None:
             self.on_decision(entry, decision)
         if decision.kind == "skip" or decision.message is None:
@@ -258,7 +269,7 @@ class Sender:
             raise LeaseLost(f"user {lease.user}: lease not renewed in time; not sending")
         try:
             wamid = await self.transport.send(
-                record.wa_id or record.key, decision.message, callback=entry.callback_data
+                address, decision.message, callback=entry.callback_data
             )
         except OutcomeUnknown as exc:
             bound.warning("send_outcome_unknown", error=str(exc), recheck_in=self.grace)
@@ -325,6 +336,11 @@ class Sender:
         )
         await self.store.save_outbox(lease, sent)
         return None
+
+    def _authentication(self, decision: Decision) -> bool:
+        """Whether the decision sends an AUTHENTICATION template (those need a phone number)."""
+        template = self.registry.get(decision.template) if self.registry else None
+        return template is not None and template.category == "AUTHENTICATION"
 
     async def _fail(
         self,

@@ -31,7 +31,7 @@ from typing import Any
 
 from bot._fake_cloud import FakeCloudAPI, SentMessage
 from bot._flow_tester import Answer, FlowTester, visible_text
-from bot.models import JSON
+from bot.models import JSON, is_user_id
 from bot.webhook import SIGNATURE_HEADER, sign
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "signed_request",
     "status_item",
     "text_message",
+    "user_id_update",
     "visible_text",
 ]
 
@@ -83,8 +84,13 @@ def envelope(
     phone_number_id: str = PHONE_NUMBER_ID,
     display_phone_number: str = DISPLAY_PHONE_NUMBER,
     waba_id: str = WABA_ID,
+    extra: Mapping[str, Any] | None = None,
+    field: str = "messages",
 ) -> JSON:
-    """A whole webhook body with one entry and one ``messages`` change holding the items."""
+    """A whole webhook body with one entry and one ``messages`` change holding the items.
+
+    ``extra`` adds keys to the change's ``value``; ``field`` names the change.
+    """
     value: JSON = {
         "messaging_product": "whatsapp",
         "metadata": {
@@ -96,13 +102,31 @@ def envelope(
         listed = list(items)
         if listed:
             value[key] = listed
-    change = {"field": "messages", "value": value}
+    value.update(extra or {})
+    change = {"field": field, "value": value}
     return {"object": "whatsapp_business_account", "entry": [{"id": waba_id, "changes": [change]}]}
 
 
-def contact(wa_id: str, name: str = "Test User") -> JSON:
-    """One ``contacts[]`` item: the sender's profile."""
-    return {"profile": {"name": name}, "wa_id": wa_id}
+def _ids(wa_id: str, user_id: str | None) -> tuple[str, str]:
+    """(phone number, business-scoped id) of an address that may be either."""
+    if is_user_id(wa_id):
+        return "", wa_id
+    return wa_id, user_id or ""
+
+
+def contact(wa_id: str, name: str = "Test User", *, user_id: str | None = None) -> JSON:
+    """One ``contacts[]`` item: the sender's profile.
+
+    ``wa_id`` may be a business-scoped id (``US.1349…``): a user known by no phone number.
+    ``user_id`` adds the business-scoped id next to a phone number, as Meta does since 2026.
+    """
+    phone, bsuid = _ids(wa_id, user_id)
+    item: JSON = {"profile": {"name": name}}
+    if phone:
+        item["wa_id"] = phone
+    if bsuid:
+        item["user_id"] = bsuid
+    return item
 
 
 def message_item(
@@ -113,14 +137,26 @@ def message_item(
     wamid: str | None = None,
     timestamp: float | None = None,
     context: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
 ) -> JSON:
-    """One ``messages[]`` item of ``type`` with its ``content`` (``None``: no payload key)."""
-    item: JSON = {
-        "from": wa_id,
-        "id": wamid or new_wamid(),
-        "timestamp": str(int(time.time() if timestamp is None else timestamp)),
-        "type": type,
-    }
+    """One ``messages[]`` item of ``type`` with its ``content`` (``None``: no payload key).
+
+    From a business-scoped ``wa_id`` (``US.1349…``) the item has ``from_user_id`` and no
+    ``from``, as from a user who adopted a username; ``user_id`` adds ``from_user_id``.
+    """
+    phone, bsuid = _ids(wa_id, user_id)
+    item: JSON = {}
+    if phone:
+        item["from"] = phone
+    if bsuid:
+        item["from_user_id"] = bsuid
+    item.update(
+        {
+            "id": wamid or new_wamid(),
+            "timestamp": str(int(time.time() if timestamp is None else timestamp)),
+            "type": type,
+        }
+    )
     if content is not None:
         item[type] = content
     if context is not None:
@@ -136,9 +172,12 @@ def _single(
     timestamp: float | None,
     name: str,
     context: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
 ) -> JSON:
-    item = message_item(wa_id, type, content, wamid=wamid, timestamp=timestamp, context=context)
-    return envelope(messages=[item], contacts=[contact(wa_id, name)])
+    item = message_item(
+        wa_id, type, content, wamid=wamid, timestamp=timestamp, context=context, user_id=user_id
+    )
+    return envelope(messages=[item], contacts=[contact(wa_id, name, user_id=user_id)])
 
 
 def text_message(
@@ -149,9 +188,10 @@ def text_message(
     timestamp: float | None = None,
     name: str = "Test User",
     context: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
 ) -> JSON:
     """A webhook carrying one text message from ``wa_id``."""
-    return _single(wa_id, "text", {"body": body}, wamid, timestamp, name, context)
+    return _single(wa_id, "text", {"body": body}, wamid, timestamp, name, context, user_id)
 
 
 def button_reply(
@@ -163,10 +203,11 @@ def button_reply(
     timestamp: float | None = None,
     name: str = "Test User",
     context: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
 ) -> JSON:
     """A webhook carrying a tap on one of our interactive reply buttons."""
     content = {"type": "button_reply", "button_reply": {"id": id, "title": title}}
-    return _single(wa_id, "interactive", content, wamid, timestamp, name, context)
+    return _single(wa_id, "interactive", content, wamid, timestamp, name, context, user_id)
 
 
 def list_reply(
@@ -179,13 +220,14 @@ def list_reply(
     timestamp: float | None = None,
     name: str = "Test User",
     context: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
 ) -> JSON:
     """A webhook carrying the choice of a row of one of our list messages."""
     row = {"id": id, "title": title}
     if description:
         row["description"] = description
     content = {"type": "list_reply", "list_reply": row}
-    return _single(wa_id, "interactive", content, wamid, timestamp, name, context)
+    return _single(wa_id, "interactive", content, wamid, timestamp, name, context, user_id)
 
 
 def quick_reply(
@@ -197,10 +239,11 @@ def quick_reply(
     timestamp: float | None = None,
     name: str = "Test User",
     context: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
 ) -> JSON:
     """A webhook carrying a tap on a template's quick-reply button (message type ``button``)."""
     content = {"payload": payload, "text": payload if text is None else text}
-    return _single(wa_id, "button", content, wamid, timestamp, name, context)
+    return _single(wa_id, "button", content, wamid, timestamp, name, context, user_id)
 
 
 def media_message(
@@ -276,18 +319,25 @@ def status_item(
     errors: Iterable[Mapping[str, Any]] | None = None,
     category: str | None = None,
     callback: str = "",
+    user_id: str | None = None,
 ) -> JSON:
     """One ``statuses[]`` item about a message we sent.
 
     ``category`` adds pricing info; ``callback`` is the ``biz_opaque_callback_data`` the
-    message was sent with, which Meta echoes in every status of it.
+    message was sent with, which Meta echoes in every status of it. A business-scoped
+    ``recipient`` (``US.1349…``) gives ``recipient_user_id`` and no ``recipient_id``;
+    ``user_id`` adds ``recipient_user_id`` next to the phone number.
     """
+    phone, bsuid = _ids(recipient, user_id)
     item: JSON = {
         "id": wamid,
         "status": status,
         "timestamp": str(int(time.time() if timestamp is None else timestamp)),
-        "recipient_id": recipient,
     }
+    if phone or not bsuid:
+        item["recipient_id"] = phone
+    if bsuid:
+        item["recipient_user_id"] = bsuid
     if category is not None:
         item["pricing"] = {"billable": True, "pricing_model": "PMP", "category": category}
     if errors is not None:
@@ -295,6 +345,33 @@ def status_item(
     if callback:
         item["biz_opaque_callback_data"] = callback
     return item
+
+
+def user_id_update(
+    previous: str,
+    current: str,
+    *,
+    wa_id: str | None = None,
+    timestamp: float | None = None,
+    name: str = "Test User",
+    phone_number_id: str = PHONE_NUMBER_ID,
+) -> JSON:
+    """A ``user_id_update`` webhook: the user known as ``previous`` is ``current`` from now on."""
+    item: JSON = {
+        "detail": f"User id for {name} has been updated.",
+        "user_id": {"previous": previous, "current": current},
+        "timestamp": str(int(time.time() if timestamp is None else timestamp)),
+    }
+    contacts: list[JSON] = []
+    if wa_id:
+        item["wa_id"] = wa_id
+        contacts.append(contact(wa_id, name))
+    return envelope(
+        contacts=contacts,
+        phone_number_id=phone_number_id,
+        extra={"user_id_update": [item]},
+        field="user_id_update",
+    )
 
 
 def signed_request(body: JSON | bytes, app_secret: str) -> tuple[bytes, dict[str, str]]:

@@ -22,6 +22,7 @@ from bot.models import (
     Context,
     Delivery,
     ErrorInfo,
+    IdentityChange,
     InboundMessage,
     Interactive,
     Location,
@@ -120,6 +121,7 @@ def parse_envelope(data: Any) -> Delivery:
     messages: list[InboundMessage] = []
     statuses: list[StatusUpdate] = []
     events: list[TemplateEvent] = []
+    changes: list[IdentityChange] = []
     for i, entry in enumerate(entries):
         where = f"entry[{i}]"
         if not isinstance(entry, dict):
@@ -128,16 +130,23 @@ def parse_envelope(data: Any) -> Delivery:
             cwhere = f"{where}.changes[{j}]"
             if not isinstance(change, dict):
                 raise PayloadError(f"{cwhere} must be an object")
-            if change.get("field") != "messages":
-                if change.get("field") in TEMPLATE_FIELDS:
+            field = change.get("field")
+            if field != "messages" and field != "user_id_update":
+                if field in TEMPLATE_FIELDS:
                     events.append(parse_template_event(change, entry.get("time"), cwhere))
                 continue
             value = change.get("value")
             if not isinstance(value, dict):
                 raise PayloadError(f"{cwhere}.value must be an object")
-            _parse_value(value, cwhere + ".value", messages, statuses)
+            if field == "user_id_update":
+                changes.extend(_identity_changes(value, cwhere + ".value"))
+                continue
+            _parse_value(value, cwhere + ".value", messages, statuses, changes)
     return Delivery(
-        messages=tuple(messages), statuses=tuple(statuses), template_events=tuple(events)
+        messages=tuple(messages),
+        statuses=tuple(statuses),
+        template_events=tuple(events),
+        identity_changes=tuple(changes),
     )
 
 
@@ -146,6 +155,7 @@ def _parse_value(
     where: str,
     messages: list[InboundMessage],
     statuses: list[StatusUpdate],
+    changes: list[IdentityChange],
 ) -> None:
     metadata = value.get("metadata") or {}
     pnid = str(metadata.get("phone_number_id", "")) if isinstance(metadata, dict) else ""
@@ -154,7 +164,7 @@ def _parse_value(
         if not isinstance(contact, dict):
             continue
         wa_id = str(contact.get("wa_id", ""))
-        user_id = str(contact.get("user_id", ""))
+        user_id = _user_id(contact.get("user_id"), where, "contacts[].user_id")
         profile = contact.get("profile")
         name = str(profile.get("name", "")) if isinstance(profile, dict) else ""
         for key in (wa_id, user_id):
@@ -164,11 +174,14 @@ def _parse_value(
         iwhere = f"{where}.messages[{k}]"
         if not isinstance(item, dict):
             raise PayloadError(f"{iwhere} must be an object")
-        sender = str(item.get("from", "") or item.get("from_user_id", ""))
+        from_user_id = _user_id(item.get("from_user_id"), iwhere, "from_user_id")
+        sender = str(item.get("from", "") or from_user_id)
         wa_id, user_id, name = profiles.get(sender, ("", "", ""))
         if not wa_id and not user_id:
             wa_id = str(item.get("from", ""))
-            user_id = str(item.get("from_user_id", ""))
+        user_id = user_id or from_user_id
+        if item.get("type") == "system":
+            wa_id, user_id = _system_ids(item, iwhere, wa_id, user_id, changes)
         try:
             message = parse_message(
                 item, wa_id=wa_id, user_id=user_id, profile_name=name, phone_number_id=pnid
@@ -301,7 +314,8 @@ def parse_status(item: Mapping[str, Any], *, phone_number_id: str = "") -> Statu
     status = item.get("status")
     if not isinstance(status, str) or not status:
         raise PayloadError("status has no 'status'")
-    recipient = str(item.get("recipient_id", "") or item.get("recipient_user_id", ""))
+    user_id = _user_id(item.get("recipient_user_id"), "", "recipient_user_id")
+    recipient = str(item.get("recipient_id", "") or user_id)
     return StatusUpdate(
         id=wamid,
         status=status,
@@ -310,6 +324,7 @@ def parse_status(item: Mapping[str, Any], *, phone_number_id: str = "") -> Statu
         phone_number_id=phone_number_id,
         errors=_errors(item.get("errors")),
         callback_data=_callback(item.get("biz_opaque_callback_data")),
+        recipient_user_id=user_id,
         raw=dict(item),
         pricing=_pricing(item.get("pricing")),
     )
@@ -379,6 +394,75 @@ def parse_template_event(change: Mapping[str, Any], time: Any, where: str) -> Te
         effective_at=_timestamp(effective) if effective is not None else 0,
         raw=dict(value),
     )
+
+
+_USER_ID = re.compile(r"[A-Za-z0-9._-]{1,256}")
+"""What a business-scoped user id may look like (``US.13491208655302741918``,
+``US.ENT.…``): it becomes a store key and a send address, so nothing else is taken."""
+
+
+def _user_id(value: Any, where: str, key: str) -> str:
+    """A business-scoped user id as Meta sends it ('' for none), else a :class:`PayloadError`.
+
+    ``where`` and ``key`` name the place for the reason (joined only when it is raised).
+    """
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str) and _USER_ID.fullmatch(value):
+        return value
+    place = f"{where}.{key}" if where else key
+    raise PayloadError(
+        f"{place} must be a business-scoped user id like 'US.13491208655302741918' "
+        f"(letters, digits and dots), got {_show(value)}"
+    )
+
+
+def _system_ids(
+    item: dict[str, Any], where: str, wa_id: str, user_id: str, changes: list[IdentityChange]
+) -> tuple[str, str]:
+    """A system message's user (it has no contacts, and may have no ``from``).
+
+    ``user_changed_user_id`` and ``user_changed_number`` name the new ids in ``system`` and,
+    since August 2026, the previous business-scoped id as ``previous_user_id``: that is a
+    re-key, as a ``user_id_update`` is.
+    """
+    system = item.get("system")
+    if not isinstance(system, dict):
+        return wa_id, user_id
+    new_id = _user_id(system.get("user_id"), where, "system.user_id")
+    previous = _user_id(system.get("previous_user_id"), where, "system.previous_user_id")
+    new_phone = system.get("wa_id")
+    new_phone = new_phone if isinstance(new_phone, str) and new_phone.isdigit() else ""
+    if previous and new_id:
+        changes.append(IdentityChange(previous, new_id, new_phone))
+    if not wa_id and not user_id:  # filed under the user's new id (the re-key links it)
+        return new_phone, new_id
+    return wa_id, user_id
+
+
+def _identity_changes(value: dict[str, Any], where: str) -> list[IdentityChange]:
+    """The items of a ``user_id_update`` change: ``{wa_id?, user_id: {previous, current}}``."""
+    out = []
+    for k, item in enumerate(_list(value, "user_id_update", where)):
+        iwhere = f"{where}.user_id_update[{k}]"
+        if not isinstance(item, dict):
+            raise PayloadError(f"{iwhere} must be an object")
+        ids = item.get("user_id")
+        if not isinstance(ids, dict):
+            raise PayloadError(f"{iwhere}.user_id must be an object {{previous, current}}")
+        previous = _user_id(ids.get("previous"), iwhere, "user_id.previous")
+        current = _user_id(ids.get("current"), iwhere, "user_id.current")
+        if not previous or not current:
+            raise PayloadError(f"{iwhere}.user_id needs both 'previous' and 'current'")
+        wa_id = item.get("wa_id", "")
+        if not isinstance(wa_id, str) or not (wa_id == "" or wa_id.isdigit()):
+            raise PayloadError(f"{iwhere}.wa_id must be a phone number, got {_show(wa_id)}")
+        timestamp = 0
+        if item.get("timestamp") is not None:
+            timestamp = _timestamp(item.get("timestamp"))
+            _check_timestamp(timestamp, item, iwhere)
+        out.append(IdentityChange(previous, current, wa_id, timestamp))
+    return out
 
 
 def _callback(value: Any) -> str:

@@ -31,7 +31,7 @@ from bot.errors import (
     Undeliverable,
     WindowClosed,
 )
-from bot.models import JSON
+from bot.models import JSON, is_user_id
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v23.0"
@@ -205,6 +205,9 @@ class CloudAPI:
     async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
         """Send ``message`` (a Cloud API body without ``messaging_product``/``to``) to ``to``.
 
+        ``to`` is a phone number (sent as ``to``) or a business-scoped user id such as
+        ``US.13491208655302741918`` (sent as ``recipient``, for a user known by no number).
+
         ``callback`` goes out as ``biz_opaque_callback_data`` (at most 512 characters):
         Meta echoes it in every status webhook of the message.
 
@@ -215,7 +218,9 @@ class CloudAPI:
             CloudAPIError: the subclass for Meta's code; :class:`OutcomeUnknown` when the
                 request may have been accepted but no answer came.
         """
-        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to}
+        # A business-scoped user id goes out as ``recipient`` (a user known by no phone number)
+        address = "recipient" if is_user_id(to) else "to"
+        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", address: to}
         payload.update(message)
         if callback:
             payload["biz_opaque_callback_data"] = callback[:512]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import webhook
+from bot import testing, webhook
 from bot.errors import PayloadError, SignatureError
+from bot.models import IdentityChange
 from bot.store.base import (
     dumps,
     inbound_from_json,
@@ -22,8 +24,10 @@ from bot.store.base import (
     status_from_json,
     status_to_json,
 )
+from bot.testing import text_message, user_id_update
 from bot.webhook import (
     parse_body,
+    parse_envelope,
     parse_message,
     parse_status,
     sign,
@@ -32,6 +36,7 @@ from bot.webhook import (
 )
 
 DATA = Path(__file__).parent / "data" / "webhooks"
+TS = 1_764_000_000
 
 
 def load(name: str) -> bytes:
@@ -697,3 +702,98 @@ class TestTemplateWebhooks:
             "regular",
         )
         assert parse_status({"id": "w", "status": "sent", "timestamp": "1"}).pricing is None
+
+
+class TestIdentityFields:
+    def test_phone_and_business_scoped_id_together(self) -> None:
+        """``from``, ``from_user_id`` and the contact's ``user_id`` all land on the message."""
+        body = text_message("5511999990000", "hi", user_id="BR.1349")
+        (msg,) = parse_envelope(body).messages
+        assert (msg.user, msg.wa_id, msg.user_id) == ("5511999990000", "5511999990000", "BR.1349")
+
+    def test_from_user_id_without_contacts(self) -> None:
+        """A message with ``from_user_id`` alone (no ``from``, no contacts) keys by the id."""
+        body = text_message("US.ENT.1181", "hi")
+        body["entry"][0]["changes"][0]["value"].pop("contacts")
+        (msg,) = parse_envelope(body).messages
+        assert (msg.user, msg.wa_id, msg.user_id) == ("US.ENT.1181", "", "US.ENT.1181")
+
+    def test_status_with_only_recipient_user_id(self) -> None:
+        """A status naming its recipient by ``recipient_user_id`` alone is filed under it."""
+        item = testing.status_item("wamid.o", "read", "US.1349")
+        assert "recipient_id" not in item
+        (status,) = parse_envelope(testing.envelope(statuses=[item])).statuses
+        assert (status.recipient, status.recipient_user_id) == ("US.1349", "US.1349")
+
+    def test_user_id_update(self) -> None:
+        """A ``user_id_update`` change gives the previous and current ids (and the phone)."""
+        delivery = parse_envelope(user_id_update("BR.1", "BR.2", wa_id="5511", timestamp=TS))
+        assert delivery.identity_changes == (IdentityChange("BR.1", "BR.2", "5511", TS),)
+        assert delivery.messages == () and delivery.statuses == ()
+
+    @pytest.mark.parametrize(
+        ("path", "value", "reason"),
+        [
+            (("messages", 0, "from_user_id"), 12, "messages[0].from_user_id must be a business"),
+            (("contacts", 0, "user_id"), "US 1", "contacts[].user_id must be a business"),
+            (("messages", 0, "from_user_id"), {"id": "x"}, "from_user_id must be"),
+        ],
+    )
+    def test_bad_ids_are_refused_with_the_place(
+        self, path: tuple[str, int, str], value: object, reason: str
+    ) -> None:
+        """An id that is not a business-scoped user id is a PayloadError naming where."""
+        body = text_message("5511999990000", "hi", user_id="BR.1349")
+        key, index, name = path
+        body["entry"][0]["changes"][0]["value"][key][index][name] = value
+        with pytest.raises(PayloadError, match=re.escape(reason)):
+            parse_envelope(body)
+
+    @pytest.mark.parametrize(
+        ("item", "reason"),
+        [
+            ({"user_id": "BR.2"}, "user_id must be an object {previous, current}"),
+            ({"user_id": {"previous": "BR.1"}}, "needs both 'previous' and 'current'"),
+            ({"user_id": {"previous": "BR.1", "current": 7}}, "user_id.current must be"),
+            (
+                {"user_id": {"previous": "BR.1", "current": "BR.2"}, "wa_id": "+55"},
+                "wa_id must be a phone number",
+            ),
+            (
+                {"user_id": {"previous": "BR.1", "current": "BR.2"}, "timestamp": "1"},
+                "timestamp must be unix seconds",
+            ),
+            ("BR.2", "user_id_update[0] must be an object"),
+        ],
+    )
+    def test_bad_user_id_updates_are_refused(self, item: object, reason: str) -> None:
+        """A malformed ``user_id_update`` item is a PayloadError with the reason."""
+        body = user_id_update("BR.1", "BR.2")
+        body["entry"][0]["changes"][0]["value"]["user_id_update"] = [item]
+        with pytest.raises(PayloadError, match=re.escape(reason)):
+            parse_envelope(body)
+
+
+class TestSystemRekey:
+    def test_user_changed_user_id_without_from_is_a_rekey(self) -> None:
+        """Meta's ``user_changed_user_id`` system message (no ``from``, no contacts) parses,
+        filed under the new id, and carries the re-key from ``previous_user_id``."""
+        item = {
+            "id": "wamid.sys",
+            "timestamp": str(TS),
+            "type": "system",
+            "system": {
+                "body": "User changed from BR.1 to BR.2",
+                "type": "user_changed_user_id",
+                "user_id": "BR.2",
+                "previous_user_id": "BR.1",
+            },
+        }
+        delivery = parse_envelope(testing.envelope(messages=[item]))
+        (msg,) = delivery.messages
+        assert (msg.user, msg.type, msg.text) == (
+            "BR.2",
+            "system",
+            "User changed from BR.1 to BR.2",
+        )
+        assert delivery.identity_changes == (IdentityChange("BR.1", "BR.2"),)

@@ -13,7 +13,12 @@ A store keeps four things:
 * **statuses** — every status item, unique by (wamid, status), pending until applied to the
   outbox entry it names;
 * **the outbox** — every reply, written in the same atomic step as the user's new state,
-  ``pending`` until the sender has sent it (or decided not to).
+  ``pending`` until the sender has sent it (or decided not to);
+* **aliases** — every id a user is known by (phone number, business-scoped user ids), each
+  naming the user's one canonical key. Written once and never changed, so any process may
+  cache them. :meth:`Store.add_inbound`, :meth:`Store.add_statuses` and
+  :meth:`Store.add_identity_changes` resolve the ids an item carries to that key in their
+  own write (see :func:`resolve_identities`), and file the item under it.
 
 A worker owns a user through a **lease** (:class:`Lease`): :meth:`Store.claim` takes it and
 reads all the user's work in one round trip; every write the worker makes is **fenced** by
@@ -28,12 +33,15 @@ The contract test-suite in ``tests/store/`` states this behaviour; every backend
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from bot.models import (
+    IdentityChange,
     InboundMessage,
     Job,
     OutboxEntry,
@@ -45,6 +53,8 @@ from bot.models import (
     delivery_status,
     parse_callback_data,
 )
+
+_log = structlog.get_logger("windowbot.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,17 @@ class Committed:
     backlog: bool = False
 
 
+class Added(list[bool]):
+    """For each item stored, whether it was new; ``users[i]`` is the user item ``i`` is filed
+    under (its canonical key, which may differ from the id the item carried)."""
+
+    __slots__ = ("users",)
+
+    def __init__(self, new: Iterable[bool] = (), users: Iterable[str] = ()) -> None:
+        super().__init__(new)
+        self.users = list(users)
+
+
 @runtime_checkable
 class Store(Protocol):
     """What the framework needs from a database. All methods are coroutines."""
@@ -110,8 +131,12 @@ class Store(Protocol):
 
     # --- inbox and statuses: durable when the coroutine returns -------------------------
 
-    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
-        """Insert messages into the inbox; for each, ``True`` if new, ``False`` if a duplicate."""
+    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> Added:
+        """Insert messages into the inbox; for each, ``True`` if new, ``False`` if a duplicate.
+
+        Each is filed under its user's canonical key (``Added.users``), resolved from the ids
+        it carries in the same write, and the ids not known yet are recorded as aliases.
+        """
 
     async def add_and_claim(
         self,
@@ -122,17 +147,20 @@ class Store(Protocol):
         until: float,
         users: Sequence[str],
         limit: int = 64,
-    ) -> tuple[list[bool], list[Work]]:
+    ) -> tuple[Added, list[Work]]:
         """:meth:`add_inbound`, and :meth:`claim` of ``users`` in the same step where cheap.
 
         The webhook's path: a store that can claim in the insert's own transaction saves the
         worker a round trip. Returns the insert's flags and the work of each user claimed;
         a store may claim none (the caller then claims as usual) but never claims a user
-        another owner holds.
+        another owner holds, nor one no message was filed under (``Added.users``).
         """
 
-    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
+    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
         """Insert status items; for each, ``True`` if new, ``False`` if seen before.
+
+        Filed under the recipient's canonical key like :meth:`add_inbound`'s messages (a
+        status carrying only ``recipient_user_id`` finds the user first seen by phone).
 
         Applied on the way in: a status whose callback data names an outbox entry with an
         attempt in flight and no wamid records that wamid (Meta accepted the message: it is
@@ -140,6 +168,16 @@ class Store(Protocol):
         entry moves it forward (:func:`~bot.models.delivery_status`). Such items are stored
         as applied; ``failed`` statuses, and statuses whose wamid is not known (yet), stay
         pending for the user's worker.
+        """
+
+    async def add_identity_changes(
+        self, changes: Sequence[IdentityChange], now: float
+    ) -> list[str]:
+        """Apply ``user_id_update`` items: the new id becomes an alias of the same user.
+
+        The user's record takes the new ``user_id`` (and ``wa_id`` when given) with its
+        version raised, so a worker's turn read before conflicts and re-reads; state, window,
+        opt-out and outbox stay where they are. Returns each change's canonical key.
         """
 
     # --- leases -------------------------------------------------------------------------
@@ -317,6 +355,136 @@ def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> st
     return entry.status
 
 
+# --- identity shared by the backends ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The ids one webhook item carries, in the order its user is looked up by.
+
+    Business-scoped ids come first (Meta's key from 2026 on), then the phone number.
+    ``new_key`` is the key of a user none of them names yet: the phone number when the item
+    has one (so users known before business-scoped ids keep their key), else the id.
+    ``user_id``/``wa_id`` are what the user's record takes on a re-key (empty otherwise).
+    """
+
+    ids: tuple[str, ...]
+    new_key: str
+    user_id: str = ""
+    wa_id: str = ""
+
+
+def message_identity(message: InboundMessage) -> Identity:
+    """The ids of an inbound message's sender."""
+    ids = tuple(i for i in (message.user_id, message.wa_id) if i)
+    return Identity(ids or (message.user,), message.user)
+
+
+def status_identity(status: StatusUpdate) -> Identity:
+    """The ids of a status item's recipient."""
+    user_id = status.recipient_user_id
+    phone = status.recipient if status.recipient != user_id else ""
+    ids = tuple(i for i in (user_id, phone) if i)
+    return Identity(ids, status.recipient)
+
+
+def change_identity(change: IdentityChange) -> Identity:
+    """The ids of a re-keyed user: the previous id first, the new ones become aliases."""
+    ids = tuple(i for i in (change.previous, change.wa_id, change.user_id) if i)
+    return Identity(ids, change.wa_id or change.user_id, change.user_id, change.wa_id)
+
+
+@dataclass(slots=True)
+class Resolved:
+    """What :func:`resolve_identities` decided.
+
+    Attributes:
+        users: the canonical key of each item, in order.
+        new: aliases to record (id → canonical key), none of them known before.
+        conflicts: ``(kept, other)`` pairs: an item's ids named two different users (two
+            records made before anything linked their ids); the item went to ``kept``.
+    """
+
+    users: list[str] = field(default_factory=list)
+    new: dict[str, str] = field(default_factory=dict)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+
+
+def resolve_identities(items: Sequence[Identity], known: Mapping[str, str]) -> Resolved:
+    """Each item's canonical key from the aliases ``known`` (pure; items in order).
+
+    The first id with an alias decides (business-scoped ids first); an item naming nobody
+    starts a user under its ``new_key``. Every id of an item that had no alias becomes one,
+    so a user seen by phone (with their id), then by id only, then by both is one user; a
+    later item of the same batch sees the aliases an earlier one made.
+    """
+    seen = dict(known)
+    out = Resolved()
+    for item in items:
+        user = ""
+        for alias in item.ids:
+            found = seen.get(alias)
+            if found is None:
+                continue
+            if not user:
+                user = found
+            elif found != user and (user, found) not in out.conflicts:
+                out.conflicts.append((user, found))
+        user = user or item.new_key
+        for alias in item.ids:
+            if alias not in seen:
+                seen[alias] = out.new[alias] = user
+        out.users.append(user)
+    return out
+
+
+def report_conflicts(resolved: Resolved) -> None:
+    """Log each conflict :func:`resolve_identities` found (nothing is merged or lost)."""
+    for kept, other in resolved.conflicts:
+        _log.warning(
+            "identity_conflict",
+            user=kept,
+            other_user=other,
+            action="filed under the first; the two records are not merged",
+        )
+
+
+class AliasCache:
+    """The aliases one process has seen: they never change, so a hit needs no store work.
+
+    Bounded: past ``size`` entries it starts again (a miss only costs a lookup).
+    """
+
+    def __init__(self, size: int = 200_000) -> None:
+        self._map: dict[str, str] = {}
+        self._size = size
+
+    def missing(self, items: Sequence[Identity]) -> list[str]:
+        """The ids of ``items`` not in the cache (empty: :meth:`resolve` needs no store)."""
+        cached = self._map
+        return [alias for item in items for alias in item.ids if alias not in cached]
+
+    def resolve(self, items: Sequence[Identity]) -> Resolved:
+        """:func:`resolve_identities` over the cache alone."""
+        return resolve_identities(items, self._map)
+
+    def learn(self, aliases: Mapping[str, str]) -> None:
+        """Remember aliases read from or written to the store."""
+        if len(self._map) + len(aliases) > self._size:
+            self._map = {}
+        self._map.update(aliases)
+
+
+def filed(message: InboundMessage, user: str) -> InboundMessage:
+    """``message`` filed under the canonical key ``user``."""
+    return message if message.user == user else replace(message, user=user)
+
+
+def filed_status(status: StatusUpdate, user: str) -> StatusUpdate:
+    """``status`` filed under the canonical key ``user``."""
+    return status if status.recipient == user else replace(status, recipient=user)
+
+
 # --- serialisation shared by the backends ----------------------------------------------------
 
 
@@ -430,25 +598,31 @@ def inbound_from_json(data: Mapping[str, Any]) -> InboundMessage:
     """Rebuild a message from :func:`inbound_to_json` by parsing Meta's item again."""
     from bot.webhook import parse_message  # the parser is the one source of truth
 
-    return parse_message(
+    message = parse_message(
         data["raw"],
         wa_id=data.get("wa_id", ""),
         user_id=data.get("user_id", ""),
         profile_name=data.get("profile_name", ""),
         phone_number_id=data.get("phone_number_id", ""),
     )
+    return filed(message, data.get("user") or message.user)
 
 
 def status_to_json(status: StatusUpdate) -> dict[str, Any]:
-    """What the store keeps of a status item."""
-    return {"raw": dict(status.raw), "phone_number_id": status.phone_number_id}
+    """What the store keeps of a status item (and the user it is filed under)."""
+    return {
+        "raw": dict(status.raw),
+        "phone_number_id": status.phone_number_id,
+        "user": status.recipient,
+    }
 
 
 def status_from_json(data: Mapping[str, Any]) -> StatusUpdate:
     """Rebuild a status item by parsing Meta's item again."""
     from bot.webhook import parse_status
 
-    return parse_status(data["raw"], phone_number_id=data.get("phone_number_id", ""))
+    status = parse_status(data["raw"], phone_number_id=data.get("phone_number_id", ""))
+    return filed_status(status, data.get("user") or status.recipient)
 
 
 def outbox_to_json(entry: OutboxEntry) -> dict[str, Any]:
@@ -650,19 +824,26 @@ def count_pricing(rows: Sequence[Mapping[str, Any]]) -> list[PricingCount]:
 
 
 __all__ = [
+    "Added",
+    "AliasCache",
     "Committed",
+    "Identity",
     "InboxItem",
     "JobStore",
     "Lease",
     "LiveVariant",
     "PricingCount",
     "Reach",
+    "Resolved",
     "Store",
     "TemplateView",
     "Work",
     "apply_template_event",
+    "change_identity",
     "count_pricing",
     "dumps",
+    "filed",
+    "filed_status",
     "inbound_from_json",
     "inbound_to_json",
     "is_job_entry",
@@ -672,6 +853,7 @@ __all__ = [
     "live_from_json",
     "live_to_json",
     "merge_saved",
+    "message_identity",
     "new_outbox_entries",
     "outbox_from_json",
     "outbox_id",
@@ -679,8 +861,11 @@ __all__ = [
     "outgoing_from_json",
     "outgoing_to_json",
     "pricing_row",
+    "report_conflicts",
+    "resolve_identities",
     "resolve_job",
     "status_from_json",
+    "status_identity",
     "status_to_json",
     "user_from_json",
     "user_to_json",

@@ -12,6 +12,10 @@ transaction, so every guarantee of the protocol rests on single-document conditi
   pending messages sort by ``(ts, arrival)``: Meta's second first, then the order stored.
 * ``statuses`` (``_id`` = ``"{wamid}:{status}"``; ``user`` = recipient, ``applied``).
 * ``outbox`` (``_id`` = ``outbox_id(user, seq)``, the entry's fields and ``fence``).
+* ``aliases`` (``_id`` = an id the user is known by, ``user`` = their canonical key). Inserted
+  once, never changed: each process caches them, so resolving a user costs no round trip
+  once seen; a miss costs one ``find`` for the whole batch, a new id one ``insert_many``
+  (a duplicate key means another process linked it first: its alias is read and used).
 
 **A turn** (:meth:`MongoStore.commit_turn`, and :meth:`~MongoStore.enqueue`) makes the user
 document the commit point: one update filtered on ``{_id, version, lease.token}`` stores the
@@ -72,6 +76,7 @@ from pymongo.errors import (
 from bot.errors import ConfigError, LeaseLost, StoreError, VersionConflict
 from bot.models import (
     DELIVERY_RANK,
+    IdentityChange,
     InboundMessage,
     Job,
     OutboxEntry,
@@ -86,16 +91,23 @@ from bot.store._mongo_errors import mask_url, translate
 from bot.store.base import (
     OUTCOMES,
     REACH_SECONDS,
+    Added,
+    AliasCache,
     Committed,
+    Identity,
     InboxItem,
     Lease,
     PricingCount,
     Reach,
+    Resolved,
     TemplateView,
     Work,
     apply_template_event,
+    change_identity,
     count_pricing,
     delivery_fields,
+    filed,
+    filed_status,
     inbound_from_json,
     inbound_to_json,
     job_entry_id,
@@ -104,12 +116,15 @@ from bot.store.base import (
     live_from_json,
     live_to_json,
     merge_saved,
+    message_identity,
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
     pricing_row,
+    report_conflicts,
     resolve_job,
     status_from_json,
+    status_identity,
     status_to_json,
     user_from_json,
     user_to_json,
@@ -190,6 +205,9 @@ class MongoStore:
         self._jobs: AsyncCollection[Doc] = self._db["jobs"]
         self._reach: AsyncCollection[Doc] = self._db["reach"]
         self._limits: AsyncCollection[Doc] = self._db["limits"]
+
+        self._aliases: AsyncCollection[Doc] = self._db["aliases"]
+        self._alias_cache = AliasCache()
         self._last_arrival = 0.0
 
     @classmethod
@@ -281,21 +299,64 @@ class MongoStore:
 
     # --- inbox and statuses -------------------------------------------------------------
 
-    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
-        docs = [
-            {
-                "_id": m.id,
-                "user": m.user,
-                "ts": m.timestamp,
-                "arrival": self._arrival(now),
-                "status": "pending",
-                "data": inbound_to_json(m),
-                "received_at": now,
-            }
-            for m in messages
-        ]
+    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> Added:
         with self._translate("add_inbound"):
-            return await self._insert_new(self._inbox, docs)
+            users = (await self._resolve([message_identity(m) for m in messages])).users
+            docs = [
+                {
+                    "_id": m.id,
+                    "user": user,
+                    "ts": m.timestamp,
+                    "arrival": self._arrival(now),
+                    "status": "pending",
+                    "data": inbound_to_json(filed(m, user)),
+                    "received_at": now,
+                }
+                for m, user in zip(messages, users, strict=True)
+            ]
+            return Added(await self._insert_new(self._inbox, docs), users)
+
+    async def _resolve(self, identities: Sequence[Identity]) -> Resolved:
+        """The canonical key of each item's user, recording the ids not known yet.
+
+        From the cache when every id is in it; else one ``find`` reads the missing ones and
+        one ``insert_many`` records the new ones. An alias another process inserted first
+        (duplicate key) is read and the batch resolved again with it.
+        """
+        missing = self._alias_cache.missing(identities)
+        for _ in range(5):
+            if missing:
+                query = {"_id": {"$in": list(dict.fromkeys(missing))}}
+                found = await self._aliases.find(query).to_list(None)
+                self._alias_cache.learn({d["_id"]: d["user"] for d in found})
+            resolved = self._alias_cache.resolve(identities)
+            if not resolved.new:
+                break
+            new = list(resolved.new.items())
+            docs = [{"_id": alias, "user": user} for alias, user in new]
+            inserted = await self._insert_new(self._aliases, docs)
+            self._alias_cache.learn({a: u for (a, u), ok in zip(new, inserted, strict=True) if ok})
+            missing = [a for (a, _), ok in zip(new, inserted, strict=True) if not ok]
+            if not missing:
+                break
+        else:
+            raise StoreError(f"MongoDB at {self.description}: aliases kept changing; retry")
+        report_conflicts(resolved)
+        return resolved
+
+    async def add_identity_changes(
+        self, changes: Sequence[IdentityChange], now: float
+    ) -> list[str]:
+        with self._translate("add_identity_changes"):
+            identities = [change_identity(c) for c in changes]
+            resolved = await self._resolve(identities)
+            for identity, user in zip(identities, resolved.users, strict=True):
+                fields = {"user_id": identity.user_id, "wa_id": identity.wa_id}
+                await self._users.update_one(  # a turn read before conflicts and re-reads
+                    {"_id": user, "key": {"$exists": True}},
+                    {"$set": {k: v for k, v in fields.items() if v}, "$inc": {"version": 1}},
+                )
+        return resolved.users
 
     async def add_and_claim(
         self,
@@ -306,7 +367,7 @@ class MongoStore:
         until: float,
         users: Sequence[str],
         limit: int = 64,
-    ) -> tuple[list[bool], list[Work]]:
+    ) -> tuple[Added, list[Work]]:
         # A claim here takes several round trips of its own: the webhook's answer would wait
         # for them. The worker claims instead, after the acknowledgement.
         return await self.add_inbound(messages, now), []
@@ -316,8 +377,10 @@ class MongoStore:
         self._last_arrival = max(now, self._last_arrival + 1e-6)
         return self._last_arrival
 
-    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
+    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
         with self._translate("add_statuses"):
+            users = (await self._resolve([status_identity(s) for s in statuses])).users
+            statuses = [filed_status(s, user) for s, user in zip(statuses, users, strict=True)]
             # Applied before the item is stored: applying again (Meta redelivers) changes
             # nothing, and the item is then stored knowing whether a worker still needs it.
             applied = [await self._apply_status(s) for s in statuses]
@@ -333,7 +396,7 @@ class MongoStore:
                 }
                 for s, done in zip(statuses, applied, strict=True)
             ]
-            return await self._insert_new(self._statuses, docs)
+            return Added(await self._insert_new(self._statuses, docs), users)
 
     async def _apply_status(self, status: StatusUpdate) -> bool:
         """Apply delivery progress to the entry the status names; whether it names one.

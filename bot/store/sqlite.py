@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from bot.errors import LeaseLost, StoreUnavailable, VersionConflict
 from bot.models import (
     DELIVERY_RANK,
+    IdentityChange,
     InboundMessage,
     Job,
     OutboxEntry,
@@ -46,15 +47,22 @@ from bot.models import (
 from bot.store.base import (
     OUTCOMES,
     REACH_SECONDS,
+    Added,
+    AliasCache,
     Committed,
+    Identity,
     InboxItem,
     Lease,
     PricingCount,
     Reach,
+    Resolved,
     TemplateView,
     Work,
     apply_template_event,
+    change_identity,
     dumps,
+    filed,
+    filed_status,
     inbound_from_json,
     inbound_to_json,
     job_entry_id,
@@ -63,12 +71,16 @@ from bot.store.base import (
     live_from_json,
     live_to_json,
     merge_saved,
+    message_identity,
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
     pricing_row,
+    report_conflicts,
+    resolve_identities,
     resolve_job,
     status_from_json,
+    status_identity,
     status_to_json,
     user_from_json,
     user_to_json,
@@ -102,6 +114,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(user, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_wamid ON outbox(wamid) WHERE wamid != '';
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+-- every id a user is known by (phone number, business-scoped ids) -> their canonical key
+CREATE TABLE IF NOT EXISTS aliases (id TEXT PRIMARY KEY, user TEXT NOT NULL) WITHOUT ROWID;
 """
 _JOB_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -159,6 +173,7 @@ class SQLiteStore:
         # store object and a counter (os.urandom per claim cost a system call each).
         prefix, counter = uuid.uuid4().hex[:16], itertools.count()
         self._token: Callable[[], str] = lambda: f"{prefix}{next(counter):x}"
+        self._aliases = AliasCache()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -288,26 +303,54 @@ class SQLiteStore:
 
     # --- inbox and statuses -------------------------------------------------------------
 
-    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> list[bool]:
-        return await self._call(self._insert(messages, now))
+    async def add_inbound(self, messages: Sequence[InboundMessage], now: float) -> Added:
+        insert = self._insert(messages, now)
+        added, learned = await self._call(insert)
+        self._learn(*learned)
+        return added
 
     def _insert(
         self, messages: Sequence[InboundMessage], now: float
-    ) -> Callable[[sqlite3.Connection], list[bool]]:
-        """The operation that inserts ``messages``; remembers them decoded for :meth:`_work`."""
-        rows = [(m.id, m.user, m.timestamp, now, dumps(inbound_to_json(m))) for m in messages]
-        self._decoded.remember_inbound(messages, rows)
+    ) -> Callable[[sqlite3.Connection], tuple[Added, tuple[dict[str, str], Resolved]]]:
+        """The operation that inserts ``messages`` under their users' canonical keys.
 
-        def op(c: sqlite3.Connection) -> list[bool]:
+        When this process has seen every id before (the usual case) the keys come from its
+        cache and the rows are encoded (and remembered decoded for :meth:`_work`) here;
+        otherwise the aliases are read and the new ones written inside the operation. It
+        returns the flags and what to teach the cache once the write is committed.
+        """
+        identities = [message_identity(m) for m in messages]
+
+        def rows(users: Sequence[str]) -> list[tuple[Any, ...]]:
+            return [
+                (m.id, user, m.timestamp, now, dumps(inbound_to_json(filed(m, user))))
+                for m, user in zip(messages, users, strict=True)
+            ]
+
+        cached: list[str] | None = None
+        ready: list[tuple[Any, ...]] = []
+        if not self._aliases.missing(identities):
+            cached = self._aliases.resolve(identities).users
+            ready = rows(cached)
+            filed_messages = [filed(m, u) for m, u in zip(messages, cached, strict=True)]
+            self._decoded.remember_inbound(filed_messages, ready)
+
+        def op(c: sqlite3.Connection) -> tuple[Added, tuple[dict[str, str], Resolved]]:
+            learned: tuple[dict[str, str], Resolved] = ({}, Resolved())
+            if cached is None:
+                resolved, known = _resolve_aliases(c, identities)
+                users, todo, learned = resolved.users, rows(resolved.users), (known, resolved)
+            else:
+                users, todo = cached, ready
             out = []
-            for row in rows:
+            for row in todo:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO inbox (wamid, user, ts, status, received_at, data) "
                     "VALUES (?, ?, ?, 'pending', ?, ?)",
                     row,
                 )
                 out.append(cur.rowcount == 1)
-            return out
+            return Added(out, users), learned
 
         return op
 
@@ -320,34 +363,45 @@ class SQLiteStore:
         until: float,
         users: Sequence[str],
         limit: int = 64,
-    ) -> tuple[list[bool], list[Work]]:
+    ) -> tuple[Added, list[Work]]:
         insert = self._insert(messages, now)
         tokens = {user: self._token() for user in users}
 
-        def op(c: sqlite3.Connection) -> tuple[list[bool], list[tuple[str, str | None, _Rows]]]:
-            fresh = insert(c)
+        def op(
+            c: sqlite3.Connection,
+        ) -> tuple[Added, tuple[dict[str, str], Resolved], list[tuple[str, str | None, _Rows]]]:
+            fresh, learned = insert(c)
+            filed_under = set(fresh.users)
             claimed = []
             for user, token in tokens.items():
+                if user not in filed_under:  # its messages went to the user's canonical key
+                    continue
                 got = _claim(c, user, owner, token, until, now, limit)
                 if got is not None:
                     claimed.append((user, *got))
-            return fresh, claimed
+            return fresh, learned, claimed
 
-        fresh, claimed = await self._call(op)
+        fresh, learned, claimed = await self._call(op)
+        self._learn(*learned)
         return fresh, [
             self._work(Lease(user, owner, tokens[user], until), data, rows)
             for user, data, rows in claimed
         ]
 
-    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> list[bool]:
-        items = [
-            (s, (s.id, s.status, s.recipient, s.timestamp, now, dumps(status_to_json(s))))
-            for s in statuses
-        ]
+    async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
+        identities = [status_identity(s) for s in statuses]
 
-        def op(c: sqlite3.Connection) -> list[bool]:
+        def rows(users: Sequence[str]) -> list[tuple[Any, ...]]:
             out = []
-            for status, row in items:
+            for s, user in zip(statuses, users, strict=True):
+                status = filed_status(s, user)
+                data = dumps(status_to_json(status))
+                out.append((status, (s.id, s.status, user, s.timestamp, now, data)))
+            return out
+
+        def insert(c: sqlite3.Connection, rows: list[Any]) -> list[bool]:
+            out = []
+            for status, row in rows:
                 cur = c.execute(
                     "INSERT OR IGNORE INTO statuses (wamid, status, user, ts, received_at, data) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -362,7 +416,59 @@ class SQLiteStore:
                     )
             return out
 
-        return await self._call(op)
+        return await self._filed(identities, rows, insert)
+
+    async def _filed(
+        self,
+        identities: list[Identity],
+        rows: Callable[[Sequence[str]], list[Any]],
+        insert: Callable[[sqlite3.Connection, list[Any]], list[bool]],
+    ) -> Added:
+        """Insert items under their users' canonical keys, resolved in the same write.
+
+        When the process has seen every id before (the usual case), the keys come from its
+        cache and the rows are encoded here; otherwise the aliases are read and the new ones
+        written inside the insert's own transaction.
+        """
+        if not self._aliases.missing(identities):
+            users = self._aliases.resolve(identities).users
+            ready = rows(users)
+            return Added(await self._call(lambda c: insert(c, ready)), users)
+
+        def op(c: sqlite3.Connection) -> tuple[list[bool], Resolved, dict[str, str]]:
+            resolved, known = _resolve_aliases(c, identities)
+            return insert(c, rows(resolved.users)), resolved, known
+
+        new, resolved, known = await self._call(op)
+        self._learn(known, resolved)
+        return Added(new, resolved.users)
+
+    def _learn(self, known: dict[str, str], resolved: Resolved) -> None:
+        self._aliases.learn(known)
+        self._aliases.learn(resolved.new)
+        report_conflicts(resolved)
+
+    async def add_identity_changes(
+        self, changes: Sequence[IdentityChange], now: float
+    ) -> list[str]:
+        identities = [change_identity(c) for c in changes]
+
+        def op(c: sqlite3.Connection) -> tuple[Resolved, dict[str, str]]:
+            resolved, known = _resolve_aliases(c, identities)
+            for identity, user in zip(identities, resolved.users, strict=True):
+                fields = [("$.user_id", identity.user_id), ("$.wa_id", identity.wa_id)]
+                paths = [(path, value) for path, value in fields if value]
+                sets = "".join(f", '{path}', ?" for path, _ in paths)
+                c.execute(
+                    "UPDATE users SET version = version + 1, data = json_set(data"
+                    f"{sets}, '$.version', version + 1) WHERE key = ? AND data != ''",
+                    (*(value for _, value in paths), user),
+                )
+            return resolved, known
+
+        resolved, known = await self._call(op)
+        self._learn(known, resolved)
+        return resolved.users
 
     # --- leases -------------------------------------------------------------------------
 
@@ -923,6 +1029,26 @@ class SQLiteStore:
             InboxItem(inbound_from_json(json.loads(data)), status, reason or "", received_at)
             for data, status, reason, received_at in await self._call(op)
         ]
+
+
+def _resolve_aliases(
+    c: sqlite3.Connection, identities: Sequence[Identity]
+) -> tuple[Resolved, dict[str, str]]:
+    """Resolve ``identities`` against the aliases table and record the new aliases.
+
+    Runs inside the writer's ``BEGIN IMMEDIATE`` transaction: no other process can record
+    an alias in between. Returns the aliases read too (for the cache).
+    """
+    ids = list(dict.fromkeys(alias for item in identities for alias in item.ids))
+    known: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found = c.execute(f"SELECT id, user FROM aliases WHERE id IN ({marks})", chunk)
+        known.update(found.fetchall())
+    resolved = resolve_identities(identities, known)
+    c.executemany("INSERT OR IGNORE INTO aliases (id, user) VALUES (?, ?)", resolved.new.items())
+    return resolved, known
 
 
 #: What :func:`_read_pending` reads: inbox (wamid, JSON), statuses and outbox rows (JSON).

@@ -12,6 +12,7 @@ import pytest
 
 from bot.errors import LeaseLost, VersionConflict
 from bot.models import (
+    IdentityChange,
     InboundMessage,
     Job,
     OutboxEntry,
@@ -1465,6 +1466,111 @@ class TestJobs:
         starts = [await s.reserve_sends(8, 0.0125, NOW) for _ in range(3)]
         assert starts == pytest.approx([NOW, NOW + 0.1, NOW + 0.2])
         assert await s.reserve_sends(1, 0.0125, NOW + 5) == NOW + 5
+
+
+ANA_ID = "BR.13491208655302741918"
+ANA_NEW_ID = "BR.24817305912873645029"
+
+
+def from_ids(wamid: str, *, wa_id: str = "", user_id: str = "", ts: int = TS) -> InboundMessage:
+    """A text message carrying a phone number, a business-scoped id or both."""
+    item: dict[str, Any] = {"id": wamid, "timestamp": str(ts), "type": "text"}
+    item["text"] = {"body": "hi"}
+    if wa_id:
+        item["from"] = wa_id
+    if user_id:
+        item["from_user_id"] = user_id
+    return parse_message(item, wa_id=wa_id, user_id=user_id, phone_number_id="1066")
+
+
+class TestIdentity:
+    async def test_phone_then_user_id_only_then_both_is_one_user(self, store: Store) -> None:
+        """A user seen by phone (with their id), then by id only, then by both, is one user."""
+        added = await store.add_inbound([from_ids("wamid.1", wa_id=ANA, user_id=ANA_ID)], NOW)
+        assert added.users == [ANA]
+        added = await store.add_inbound([from_ids("wamid.2", user_id=ANA_ID)], NOW)
+        assert added == [True] and added.users == [ANA]
+        added = await store.add_inbound([from_ids("wamid.3", wa_id=ANA, user_id=ANA_ID)], NOW)
+        assert added.users == [ANA]
+        work = await claim(store)
+        assert [m.id for m in work.inbound] == ["wamid.1", "wamid.2", "wamid.3"]
+        assert {m.user for m in work.inbound} == {ANA}
+        assert (await claim(store, ANA_ID)).inbound == ()
+
+    async def test_user_first_seen_by_id_keeps_that_key(self, store: Store) -> None:
+        """A user first known by id only stays under it when their phone number shows up."""
+        batch = [
+            from_ids("wamid.1", user_id=ANA_ID),
+            from_ids("wamid.2", wa_id=ANA, user_id=ANA_ID),
+            from_ids("wamid.3", wa_id=ANA),
+        ]
+        added = await store.add_inbound(batch, NOW)
+        assert added.users == [ANA_ID, ANA_ID, ANA_ID]
+        assert (await store.add_inbound([from_ids("wamid.4", wa_id=ANA)], NOW)).users == [ANA_ID]
+        assert [m.id for m in (await claim(store, ANA_ID)).inbound] == [
+            "wamid.1",
+            "wamid.2",
+            "wamid.3",
+            "wamid.4",
+        ]
+
+    async def test_another_process_resolves_the_same_user(
+        self, store: Store, backend: Backend
+    ) -> None:
+        """Aliases are stored, not only cached: a second store on the same data agrees."""
+        await store.add_inbound([from_ids("wamid.1", wa_id=ANA, user_id=ANA_ID)], NOW)
+        other = backend.make()
+        await other.open()
+        try:
+            added = await other.add_inbound([from_ids("wamid.2", user_id=ANA_ID)], NOW)
+            assert added.users == [ANA]
+        finally:
+            await other.close()
+
+    async def test_status_with_only_the_user_id_moves_the_right_entry(self, store: Store) -> None:
+        """A status carrying only ``recipient_user_id`` finds the user first seen by phone."""
+        await store.add_inbound([from_ids("wamid.1", wa_id=ANA, user_id=ANA_ID)], NOW)
+        lease = (await claim(store)).lease
+        sent = await one_sent(store, lease)
+        item = {"id": sent.wamid, "status": "delivered", "timestamp": str(TS + 60)}
+        item["recipient_user_id"] = ANA_ID
+        added = await store.add_statuses([parse_status(item, phone_number_id="1066")], NOW)
+        assert added == [True] and added.users == [ANA]
+        assert (await entry_named(store, sent.id)).status == "delivered"
+        failed = parse_status({**item, "status": "failed"}, phone_number_id="1066")
+        await store.add_statuses([failed], NOW)
+        [read_back] = (await store.read_work(lease)).statuses
+        assert read_back.recipient == ANA
+        assert await store.outbox_for_status(read_back) == await entry_named(store, sent.id)
+
+    async def test_user_id_update_rekeys_without_losing_anything(self, store: Store) -> None:
+        """A changed id joins the same user: state, opt-out and outbox stay; turns re-read."""
+        await store.add_inbound([from_ids("wamid.1", wa_id=ANA, user_id=ANA_ID)], NOW)
+        lease = (await claim(store)).lease
+        record = user(user_id=ANA_ID, state="asked", opted_out=True)
+        committed = await store.commit_turn(lease, "wamid.1", record, [reply("later")], NOW)
+        stale = committed.record
+
+        assert await store.add_identity_changes([IdentityChange(ANA_ID, ANA_NEW_ID)], NOW) == [ANA]
+        rekeyed = await store.get_user(ANA)
+        assert rekeyed == dataclasses.replace(stale, user_id=ANA_NEW_ID, version=stale.version + 1)
+        with pytest.raises(VersionConflict):
+            await store.commit_turn(lease, None, stale, [], NOW)
+        added = await store.add_inbound([from_ids("wamid.2", user_id=ANA_NEW_ID)], NOW)
+        assert added.users == [ANA]
+        work = await store.read_work(lease)
+        assert [m.id for m in work.inbound] == ["wamid.2"]
+        assert [e.outgoing for e in work.outbox] == [reply("later")]
+        assert work.record.opted_out and work.record.state == "asked"
+
+    async def test_unlinked_records_are_kept_apart(self, store: Store) -> None:
+        """Two users made before anything linked their ids stay two; nothing is lost."""
+        await store.add_inbound([from_ids("wamid.1", wa_id=ANA)], NOW)
+        await store.add_inbound([from_ids("wamid.2", user_id=ANA_ID)], NOW)
+        added = await store.add_inbound([from_ids("wamid.3", wa_id=ANA, user_id=ANA_ID)], NOW)
+        assert added.users == [ANA_ID]  # the business-scoped id decides
+        assert [m.id for m in (await claim(store)).inbound] == ["wamid.1"]
+        assert [m.id for m in (await claim(store, ANA_ID)).inbound] == ["wamid.2", "wamid.3"]
 
 
 class TestConsoleViews:
