@@ -31,6 +31,8 @@ WAIT = 30_000  # ms: an upper bound for a condition the page is waiting for, nev
 @pytest.fixture
 async def bot(tmp_path: Path) -> AsyncIterator[BotProcess]:
     """``bot run`` in sandbox mode (no Meta credentials) on the example flows."""
+    if CHROMIUM is None:  # before the bot starts: its teardown checks what the browser did
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
     process = BotProcess(
         {
             "WHATSAPP_TOKEN": "",

@@ -8,6 +8,7 @@ secrets and PyMongo's multi-line topology dumps out of logs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,17 +67,32 @@ def translate(description: str, what: str) -> Iterator[None]:
     """
     try:
         yield
-    except (ConnectionFailure, WriteConcernError) as exc:
-        raise StoreUnavailable(
-            f"MongoDB at {description} is unavailable ({what}: {_reason(exc)}); {_CHECK}"
-        ) from None
     except PyMongoError as exc:
+        _raise_if_cancelled()
+        if isinstance(exc, (ConnectionFailure, WriteConcernError)):
+            raise StoreUnavailable(
+                f"MongoDB at {description} is unavailable ({what}: {_reason(exc)}); {_CHECK}"
+            ) from None
         if isinstance(exc, OperationFailure) and exc.code in _AUTH_FAILED:
             raise StoreUnavailable(
                 f"MongoDB at {description} refused access ({what}: {_reason(exc)}); "
                 "check the user, password and authSource in the URL"
             ) from None
         raise StoreError(f"MongoDB at {description}: {what}: {_reason(exc)}") from exc
+    _raise_if_cancelled()
+
+
+def _raise_if_cancelled() -> None:
+    """Raise the cancellation of the current task, if it was cancelled.
+
+    PyMongo's async API (4.20) may swallow a task's cancellation: the operation then
+    returns normally (seen about once in 40 cancels of a running ``find``), or fails as a
+    connection error since it closed the connection. A loop that carries on after an
+    operation would then never stop; this puts the cancellation back.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _reason(exc: PyMongoError) -> str:
