@@ -98,6 +98,9 @@ async def test_sandbox_play_and_human_takeover(page: Page, tmp_path: Path) -> No
     await send(page, "Ana Souza")
     slots = page.locator(".bubble.bot", has_text="Thanks, Ana Souza! Which time suits you?")
     await slots.locator(".list-open").click(timeout=WAIT)
+    # a delivery tick redraws the chat: the list the operator opened stays open
+    await page.evaluate("refresh()")
+    await expect(slots.locator(".row-choice", has_text="Tomorrow 11:00")).to_be_visible()
     await slots.locator(".row-choice", has_text="Tomorrow 11:00").click()
     confirm = page.locator(".bubble.bot", has_text="Book Tomorrow 11:00 for Ana Souza?")
     await expect(confirm.locator(".badge.session")).to_be_visible(timeout=WAIT)

@@ -128,6 +128,8 @@ function statusMark(item) {
   return el("span", { class: "status " + item.status, text: marks[item.status] || item.status });
 }
 
+const openLists = new Set();  // ids of the bot messages whose list the operator opened
+
 function botBubble(item) {
   const bubble = el("div", { class: "bubble bot", "data-id": item.id, "data-sent-as": item.sent_as || item.status });
   const m = item.message, t = item.template;
@@ -148,7 +150,9 @@ function botBubble(item) {
       bubble.append(box);
     }
     if (m.list) {
-      const rows = el("div", { class: "rows", hidden: "" });
+      // which lists are open survives a re-render (a delivery tick redraws the chat)
+      const rows = el("div", { class: "rows" });
+      rows.hidden = !openLists.has(item.id);
       for (const section of m.list.sections) {
         if (section.title) rows.append(el("div", { class: "section", text: section.title }));
         for (const r of section.rows) {
@@ -158,7 +162,10 @@ function botBubble(item) {
         }
       }
       bubble.append(el("div", { class: "choices" }, el("button", { type: "button", class: "list-open", text: "☰ " + m.list.button,
-        onclick: () => { rows.hidden = !rows.hidden; } })), rows);
+        onclick: () => {
+          rows.hidden = !rows.hidden;
+          if (rows.hidden) openLists.delete(item.id); else openLists.add(item.id);
+        } })), rows);
     }
   }
   bubble.append(badge(item));
