@@ -27,6 +27,8 @@ Renderable = Callable[[Mapping[str, Any]], Any]
 
 ROOTS = frozenset({"user", "message", "vars", "const"})
 _PATH = re.compile(r"(user|message|vars|const)((?:\.[A-Za-z_]\w*)+)")
+#: A template that is one such path and nothing else, like ``{{ message.text }}``.
+_WHOLE_PATH = re.compile(r"\{\{-?\s*(" + _PATH.pattern + r")\s*-?\}\}")
 USER_FIELDS = frozenset(
     {
         "key",
@@ -178,7 +180,8 @@ class Renderer:
                 )
             return out
 
-        return render
+        whole = _WHOLE_PATH.fullmatch(source)  # "{{ message.text }}": one value, shown as is
+        return render if whole is None else _path_lookup(whole.group(1), render)
 
     def expression(self, source: str, where: str) -> Renderable:
         """A template parameter: a Jinja expression, or a template if it holds ``{{``."""
@@ -198,21 +201,7 @@ class Renderer:
             return out
 
         path = _PATH.fullmatch(source.strip())
-        if path is None:
-            return evaluate
-        root, keys = path.group(1), path.group(2).split(".")[1:]
-
-        def lookup(ctx: Mapping[str, Any]) -> str:
-            # ``vars.name`` and the like: plain dict lookups, as Jinja would do them; any
-            # other case (a missing key, an object) goes through Jinja for its exact error.
-            value = ctx[root]
-            for key in keys:
-                if not isinstance(value, Mapping) or key not in value:
-                    return evaluate(ctx)
-                value = value[key]
-            return str(value)
-
-        return lookup
+        return evaluate if path is None else _path_lookup(path.group(), evaluate)
 
     def problems(
         self,
@@ -257,6 +246,28 @@ class Renderer:
                     hint = " (declare it under constants:)"
                 out.append((lineno, f"unknown {what} '{root}.{attr}'{hint}"))
         return out
+
+
+def _path_lookup(path: str, slow: Renderable) -> Renderable:
+    """``vars.name`` and the like as plain dict lookups, as Jinja would do them.
+
+    Any other case (a missing key, an object that is not a mapping, a string too long) goes
+    through ``slow``, Jinja itself, for its exact result or error.
+    """
+    root, *keys = path.split(".")
+    if any(hasattr(dict, key) for key in keys):
+        return slow  # Jinja looks attributes up first: ``vars.items`` is the dict's method
+
+    def lookup(ctx: Mapping[str, Any]) -> str:
+        value = ctx[root]
+        for key in keys:
+            if not isinstance(value, Mapping) or key not in value:
+                return str(slow(ctx))
+            value = value[key]
+        out = str(value)
+        return out if len(out) <= MAX_RENDERED else str(slow(ctx))
+
+    return lookup
 
 
 def _render_error(where: str, exc: Exception) -> RenderError:

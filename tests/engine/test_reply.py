@@ -140,3 +140,40 @@ class TestShapes:
             buttons=("YES", "5511999990000"),
         )
         assert replies[0].fallback is None
+
+
+class TestWholePathTemplates:
+    """``{{ message.text }}`` and the like skip Jinja's machinery: same result, same errors."""
+
+    CTX: dict[str, Any] = {
+        "user": {"profile_name": "Ana", "key": "5511"},
+        "message": {"text": "olá <b>", "type": "text"},
+        "vars": {"count": 3, "nothing": None, "items": "vars.items is the dict's method"},
+        "const": {"nested": {"deep": 1.5}},
+    }
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            "{{ message.text }}",
+            "{{message.text}}",
+            "{{- user.profile_name -}}",
+            "{{ vars.count }}",
+            "{{ vars.nothing }}",
+            "{{ vars.items }}",
+            "{{ const.nested.deep }}",
+            "{{ const.nested }}",
+        ],
+    )
+    def test_renders_what_jinja_renders(self, source: str) -> None:
+        from bot.engine.render import Renderer
+
+        renderer = Renderer()
+        assert renderer.text(source, "t")(self.CTX) == renderer.template(source).render(self.CTX)
+
+    def test_a_missing_key_is_jinjas_error(self) -> None:
+        from bot.engine.render import Renderer
+        from bot.errors import RenderError
+
+        with pytest.raises(RenderError, match="missing"):
+            Renderer().text("{{ vars.missing }}", "where")(self.CTX)
