@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -145,7 +145,7 @@ class TestShapes:
 class TestWholePathTemplates:
     """``{{ message.text }}`` and the like skip Jinja's machinery: same result, same errors."""
 
-    CTX: dict[str, Any] = {
+    CTX: ClassVar[dict[str, Any]] = {
         "user": {"profile_name": "Ana", "key": "5511"},
         "message": {"text": "olá <b>", "type": "text"},
         "vars": {"count": 3, "nothing": None, "items": "vars.items is the dict's method"},
