@@ -1,9 +1,10 @@
 """The embedded store: one SQLite file in WAL mode, with group commit.
 
 Every operation is a small function over the connection. Operations are queued; one task
-takes whatever is queued, opens a ``BEGIN IMMEDIATE`` transaction, runs each operation
-inside its own SAVEPOINT (so one failing operation rolls back alone; one alone in its batch
-needs none), and commits them all with a single ``COMMIT`` before resolving their futures.
+takes whatever is queued, opens a ``BEGIN IMMEDIATE`` transaction, runs the operations
+under one SAVEPOINT (should one raise, the batch rolls back to it and runs again with a
+savepoint per operation, so the failing one rolls back alone; one alone in its batch needs
+none), and commits them all with a single ``COMMIT`` before resolving their futures.
 So a coroutine that returns has its data on disk (``synchronous=FULL`` fsyncs the WAL at
 every commit), and under load one fsync serves many webhooks: that is what makes
 durable-before-ack cheap.
@@ -222,15 +223,7 @@ class SQLiteCore:
                     conn.execute("ROLLBACK")
                     results.append((fut, False, exc))
             else:
-                for op, fut in live:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        results.append((fut, True, op(conn)))
-                        conn.execute("RELEASE op")
-                    except Exception as exc:  # the caller gets it; the batch goes on
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        results.append((fut, False, exc))
+                results = _all_or_none(conn, live) or _each_alone(conn, live)
             if conn.in_transaction:  # the fsync happens off the event loop
                 await loop.run_in_executor(self._waiter, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
@@ -361,6 +354,46 @@ def _check_lease(c: sqlite3.Connection, lease: Lease) -> None:
     row = c.execute("SELECT lease_token FROM users WHERE key = ?", (lease.user,)).fetchone()
     if row is None or row[0] != lease.token:
         raise LeaseLost(f"user {lease.user}: the lease was taken over; write refused")
+
+
+_Result = tuple[asyncio.Future[Any], bool, Any]
+
+
+def _all_or_none(
+    conn: sqlite3.Connection, live: list[tuple[Op, asyncio.Future[Any]]]
+) -> list[_Result] | None:
+    """Run a batch's operations under one savepoint; ``None`` (rolled back) if one raised.
+
+    Operations fail seldom (a lost lease, a version conflict): one savepoint for the batch
+    spares two statements per operation. An operation changes nothing but the database, so
+    after the rollback the batch runs again, each operation alone (:func:`_each_alone`).
+    """
+    conn.execute("SAVEPOINT batch")
+    try:
+        done = [(fut, True, op(conn)) for op, fut in live]
+    except Exception:
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+        return None
+    conn.execute("RELEASE batch")
+    return done
+
+
+def _each_alone(
+    conn: sqlite3.Connection, live: list[tuple[Op, asyncio.Future[Any]]]
+) -> list[_Result]:
+    """Run each operation in its own savepoint: one that raises rolls back alone."""
+    results: list[_Result] = []
+    for op, fut in live:
+        conn.execute("SAVEPOINT op")
+        try:
+            results.append((fut, True, op(conn)))
+            conn.execute("RELEASE op")
+        except Exception as exc:  # the caller gets it; the batch goes on
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            results.append((fut, False, exc))
+    return results
 
 
 def _run(c: sqlite3.Connection, sql: str) -> None:

@@ -685,6 +685,29 @@ class TestCommitTurn:
         assert [e.seq for e in entries] == list(range(50))
 
 
+class TestConcurrentWrites:
+    async def test_a_refused_write_among_concurrent_ones_leaves_the_others_stored(
+        self, store: Store
+    ) -> None:
+        """Writes made at the same moment (SQLite runs them in one transaction): the one
+        refused raises, and every other is stored as if it had been alone."""
+        old, _ = await taken_over(store)
+        bia = (await claim(store, BIA, "w1")).lease
+        results = await asyncio.gather(
+            store.add_inbound([inbound("wamid.c1")], NOW),
+            store.commit_turn(bia, None, user(BIA), [reply("to bia")], NOW),
+            store.commit_turn(old, None, user(), [reply("never")], NOW),
+            store.add_inbound([inbound("wamid.c2", user=BIA)], NOW),
+            return_exceptions=True,
+        )
+        assert isinstance(results[2], LeaseLost)
+        assert not any(isinstance(r, BaseException) for i, r in enumerate(results) if i != 2)
+        assert [e.outgoing for e in await pending(store, BIA)] == [reply("to bia")]
+        assert await pending(store, ANA) == []
+        assert [i.message.id for i in await store.inbox_of(ANA)] == ["wamid.c1"]
+        assert [i.message.id for i in await store.inbox_of(BIA)] == ["wamid.c2"]
+
+
 class TestStartSending:
     async def test_due_entries_are_stored_in_flight(self, store: Store) -> None:
         """With ``start_sending`` the new entries are stored as their first attempt in flight."""
