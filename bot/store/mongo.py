@@ -52,77 +52,51 @@ scatter. Times are unix-second floats everywhere, never BSON dates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import re
 import uuid
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlsplit
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import (
-    BulkWriteError,
-    DuplicateKeyError,
-    OperationFailure,
-    PyMongoError,
-    WriteConcernError,
-)
+from pymongo.errors import DuplicateKeyError
 
-from bot.errors import ConfigError, LeaseLost, StoreError, VersionConflict
+from bot.errors import LeaseLost, StoreError, VersionConflict
 from bot.models import (
     DELIVERY_RANK,
     IdentityChange,
     InboundMessage,
-    Job,
     OutboxEntry,
     Outgoing,
     StatusUpdate,
-    TemplateEvent,
     UserRecord,
     delivery_status,
     parse_callback_data,
 )
-from bot.store._mongo_errors import mask_url, translate
+from bot.store._mongo_core import _INBOX_ORDER, _STATUS_ORDER, Doc
+from bot.store._mongo_errors import mask_url
+from bot.store._mongo_jobs import _MongoJobs
+from bot.store._mongo_ledgers import _MongoLedgers
 from bot.store.base import (
-    OUTCOMES,
-    REACH_SECONDS,
     Added,
-    AliasCache,
     Committed,
     Identity,
-    InboxItem,
     Lease,
-    PricingCount,
-    Reach,
     Resolved,
-    TemplateView,
     Work,
-    apply_template_event,
     change_identity,
-    count_pricing,
     delivery_fields,
     filed,
     filed_status,
     inbound_from_json,
     inbound_to_json,
-    job_entry_id,
-    job_from_json,
-    job_to_json,
-    live_from_json,
-    live_to_json,
     merge_saved,
     message_identity,
     new_outbox_entries,
     outbox_from_json,
     outbox_to_json,
-    pricing_row,
     report_conflicts,
-    resolve_job,
     status_from_json,
     status_identity,
     status_to_json,
@@ -130,49 +104,12 @@ from bot.store.base import (
     user_to_json,
 )
 
-Doc = dict[str, Any]
-
-_DUPLICATE_KEY = 11000
-_NO_INDEX = frozenset({26, 27})  # NamespaceNotFound, IndexNotFound
 _NO_LEASE: Doc = {"owner": "", "token": "", "until": 0.0}
 #: Ties between status items with the same timestamp go in the order they happen in.
 _STATUS_RANK = {"sent": 0, "delivered": 1, "read": 2, "failed": 3, "deleted": 4, "warning": 5}
-_INBOX_ORDER = [("ts", ASCENDING), ("arrival", ASCENDING)]
-_STATUS_ORDER = [("ts", ASCENDING), ("received_at", ASCENDING), ("rank", ASCENDING)]
-#: Indexes each query needs. No ``_id`` in a compound index: nx-27017 then fails every insert.
-_INDEXES: dict[str, list[list[tuple[str, int]]]] = {
-    "users": [[("lease.until", ASCENDING)]],  # the sweep leaves out live leases
-    "inbox": [
-        [("user", ASCENDING), ("status", ASCENDING), *_INBOX_ORDER],  # a user's pending
-        [("status", ASCENDING), ("finished_at", ASCENDING)],  # sweep, counts, purge
-    ],
-    "statuses": [
-        [("user", ASCENDING), ("applied", ASCENDING), *_STATUS_ORDER],  # a user's pending
-        [("applied", ASCENDING), ("received_at", ASCENDING)],  # sweep, purge
-    ],
-    "outbox": [
-        [("user", ASCENDING), ("status", ASCENDING), ("seq", ASCENDING)],  # a user's pending
-        [("user", ASCENDING), ("wamid", ASCENDING)],  # status lookups
-        [("user", ASCENDING), ("fence", ASCENDING)],  # re-fencing at claim and release
-        [("status", ASCENDING), ("next_attempt_at", ASCENDING)],  # sweep
-        [("status", ASCENDING), ("created_at", ASCENDING)],  # purge
-    ],
-    "jobs": [
-        [("state", ASCENDING), ("wake_at", ASCENDING)],  # due jobs
-        [("user", ASCENDING), ("send_at", ASCENDING)],  # a user's jobs
-        [("key", ASCENDING), ("send_at", ASCENDING)],  # by key
-    ],
-    "reach": [[("at", ASCENDING)]],
-}
-#: Indexes of earlier versions that a prefix of one above serves just as well. (The outbox
-#: ``wamid_1`` stays: processes of the previous version look entries up by wamid alone.)
-_SUPERSEDED = {
-    "inbox": ("user_1_status_1_ts_1", "status_1", "finished_at_1"),
-    "statuses": ("user_1_applied_1_ts_1", "applied_1"),
-}
 
 
-class MongoStore:
+class MongoStore(_MongoJobs, _MongoLedgers):
     """The :class:`~bot.store.base.Store` on a MongoDB database.
 
     Args:
@@ -183,119 +120,6 @@ class MongoStore:
         clock_skew: seconds by which the clocks of the processes sharing the database may
             differ; a lease is taken over only once it expired that long ago.
     """
-
-    def __init__(
-        self,
-        database: Any,
-        *,
-        client: Any = None,
-        description: str = "",
-        clock_skew: float = 0.0,
-    ) -> None:
-        # Typed as PyMongo's database: motor's has the same collection API for what is used
-        # here, except ``aggregate`` (see ``_aggregate``).
-        self._db = cast("AsyncDatabase[Doc]", database)
-        self._client = client
-        self.description = description or f"MongoDB database {database.name!r}"
-        self._skew = max(0.0, clock_skew)
-        self._users: AsyncCollection[Doc] = self._db["users"]
-        self._inbox: AsyncCollection[Doc] = self._db["inbox"]
-        self._statuses: AsyncCollection[Doc] = self._db["statuses"]
-        self._outbox: AsyncCollection[Doc] = self._db["outbox"]
-        self._jobs: AsyncCollection[Doc] = self._db["jobs"]
-        self._reach: AsyncCollection[Doc] = self._db["reach"]
-        self._limits: AsyncCollection[Doc] = self._db["limits"]
-
-        self._aliases: AsyncCollection[Doc] = self._db["aliases"]
-        self._alias_cache = AliasCache()
-        self._last_arrival = 0.0
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        database: str | None = None,
-        timeout_ms: int = 5000,
-        operation_timeout_ms: int = 30_000,
-        clock_skew: float = 0.0,
-    ) -> MongoStore:
-        """A store on a new PyMongo client for ``url`` (closed again by :meth:`close`).
-
-        The database is ``database``, else the URL's path, else ``windowbot``. Writes are
-        acknowledged by a majority and journaled; the server must be found and connected to
-        within ``timeout_ms``, and answer an operation (its write concern included) within
-        ``operation_timeout_ms``, so a hung server fails the call instead of blocking it.
-        Options given in the URL (``w``, ``journal``, ``socketTimeoutMS``...) win over these.
-
-        Raises:
-            ConfigError: the URL cannot be parsed (the message shows it without password).
-        """
-        masked = mask_url(url)
-        given = {key.lower() for key, _ in parse_qsl(urlsplit(url).query)}
-        defaults: dict[str, Any] = {
-            "w": "majority",
-            "journal": True,
-            "serverSelectionTimeoutMS": timeout_ms,
-            "connectTimeoutMS": timeout_ms,
-            "socketTimeoutMS": operation_timeout_ms,
-            "wTimeoutMS": operation_timeout_ms,
-        }
-        options = {k: v for k, v in defaults.items() if k.lower() not in given}
-        try:
-            client: AsyncMongoClient[Doc] = AsyncMongoClient(url, **options)
-            db = client[database] if database else client.get_default_database("windowbot")
-        except (PyMongoError, ValueError, TypeError) as exc:  # the URI parser raises all three
-            reason = mask_url(str(exc))
-            raise ConfigError(f"invalid MongoDB URL {masked}: {reason}") from None
-        description = masked if database is None else f"{masked} (database {database!r})"
-        return cls(db, client=client, description=description, clock_skew=clock_skew)
-
-    @property
-    def database(self) -> AsyncDatabase[Doc]:
-        """The database the store keeps its collections in."""
-        return self._db
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Check the server answers and create the indexes (idempotent)."""
-        with self._translate("open"):
-            await self._db.command("ping")
-            await self._users.create_index([("_turn.at", ASCENDING)], sparse=True)
-            for name, indexes in _INDEXES.items():
-                for keys in indexes:
-                    await self._db[name].create_index(keys)
-            for name, old in _SUPERSEDED.items():
-                for index in old:
-                    try:
-                        await self._db[name].drop_index(index)
-                    except OperationFailure as exc:
-                        if exc.code not in _NO_INDEX:
-                            raise
-
-    async def close(self) -> None:
-        """Close the client if the store created it; safe to call twice."""
-        client, self._client = self._client, None
-        if client is not None:
-            result = client.close()
-            if inspect.isawaitable(result):  # PyMongo's close is a coroutine, motor's is not
-                await result
-
-    async def ping(self, *, write: bool = False) -> None:
-        with self._translate("ping"):
-            if write:  # a real write ($inc always changes the document) with the write concern
-                await self._db["health"].update_one(
-                    {"_id": "ping"}, {"$inc": {"writes": 1}}, upsert=True
-                )
-            else:
-                await self._db.command("ping")
-
-    @contextmanager
-    def _translate(self, what: str) -> Iterator[None]:
-        """Turn driver errors into the store's own (see :func:`_mongo_errors.translate`)."""
-        with translate(self.description, what):
-            yield
 
     # --- inbox and statuses -------------------------------------------------------------
 
@@ -439,27 +263,6 @@ class MongoStore:
                 return True
         known = await self._outbox.find_one({"user": user, "wamid": status.id}, {"_id": 1})
         return known is not None
-
-    async def _insert_new(self, coll: AsyncCollection[Doc], docs: list[Doc]) -> list[bool]:
-        """Insert ``docs``; for each, whether it was new (a duplicate ``_id`` is not an error)."""
-        if not docs:
-            return []
-        try:
-            await coll.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            details = exc.details
-            if details.get("writeConcernErrors"):
-                raise WriteConcernError(str(details["writeConcernErrors"][0])) from None
-            seen = [False] * len(docs)
-            for error in details.get("writeErrors", []):
-                if error.get("code") != _DUPLICATE_KEY:
-                    raise StoreError(
-                        f"MongoDB at {self.description} refused a {coll.name} document: "
-                        f"{error.get('errmsg', error)}"
-                    ) from None
-                seen[error["index"]] = True
-            return [not s for s in seen]
-        return [True] * len(docs)
 
     # --- leases -------------------------------------------------------------------------
 
@@ -894,309 +697,6 @@ class MongoStore:
             async for row in cursor:
                 counts[str(row["_id"])] = int(row["n"])
         return counts
-
-    # --- read-only views for the console ----------------------------------------------------
-
-    async def list_users(self, limit: int = 100) -> list[UserRecord]:
-        with self._translate("list_users"):
-            cursor = self._users.find({"key": {"$exists": True}}).sort(
-                [("last_inbound_at", DESCENDING), ("_id", ASCENDING)]
-            )
-            docs = await cursor.limit(limit).to_list(None)
-        return [user_from_json(doc) for doc in docs]
-
-    async def inbox_of(self, user: str, limit: int = 100) -> list[InboxItem]:
-        with self._translate("inbox_of"):
-            cursor = self._inbox.find({"user": user}).sort("arrival", DESCENDING).limit(limit)
-            docs = await cursor.to_list(None)
-        return [
-            InboxItem(
-                inbound_from_json(doc["data"]),
-                str(doc.get("status", "pending")),
-                str(doc.get("reason") or ""),
-                float(doc.get("received_at", 0.0)),
-            )
-            for doc in reversed(docs)
-        ]
-
-    # --- templates' live view and the pricing ledger ------------------------------------
-    # Collections: ``template_events`` (``_id`` = the event's key: a redelivery is a
-    # duplicate), ``template_live`` (``_id`` = "name:language", the variant's state and a
-    # ``rev`` for compare-and-set), ``template_version`` (one document, ``version``), and
-    # ``pricing`` (``_id`` = wamid: one row per message).
-
-    async def add_template_events(self, events: Sequence[TemplateEvent], now: float) -> list[bool]:
-        docs = [
-            {"_id": e.key, "received_at": now, "time": e.time, "raw": dict(e.raw)} for e in events
-        ]
-        with self._translate("add_template_events"):
-            fresh = await self._insert_new(self._db["template_events"], docs)
-            changed = False
-            for event, new in zip(events, fresh, strict=True):
-                if new:
-                    changed = await self._apply_template_event(event) or changed
-            if changed:
-                await self._db["template_version"].update_one(
-                    {"_id": "templates"}, {"$inc": {"version": 1}}, upsert=True
-                )
-        return fresh
-
-    async def _apply_template_event(self, event: TemplateEvent) -> bool:
-        """Compare-and-set the variant's document until the event is applied (or is stale)."""
-        live = self._db["template_live"]
-        key = f"{event.name}:{event.language}"
-        while True:
-            doc = await live.find_one({"_id": key})
-            current = live_from_json(doc["state"]) if doc else None
-            new = apply_template_event(current, event)
-            if new is None:
-                return False
-            state = {"state": live_to_json(new)}
-            if doc is None:
-                try:
-                    await live.insert_one({"_id": key, "rev": 1, **state})
-                    return True
-                except DuplicateKeyError:
-                    continue  # another process wrote it first: apply on top of that
-            done = await live.update_one(
-                {"_id": key, "rev": doc["rev"]}, {"$set": {**state, "rev": doc["rev"] + 1}}
-            )
-            if done.matched_count:
-                return True
-
-    async def template_view(self) -> TemplateView:
-        with self._translate("template_view"):
-            version = await self.template_version()
-            docs = await self._db["template_live"].find({}).to_list(None)
-        variants = [live_from_json(doc["state"]) for doc in docs]
-        return TemplateView(version, {(v.name, v.language): v for v in variants})
-
-    async def template_version(self) -> int:
-        with self._translate("template_version"):
-            doc = await self._db["template_version"].find_one({"_id": "templates"})
-        return int(doc["version"]) if doc else 0
-
-    async def add_pricing(self, statuses: Sequence[StatusUpdate], now: float) -> None:
-        rows = [row for row in map(pricing_row, statuses) if row is not None]
-        docs = [{"_id": row.pop("wamid"), **row} for row in rows]
-        with self._translate("add_pricing"):
-            await self._insert_new(self._db["pricing"], docs)
-
-    async def pricing_counts(self, since: float = 0.0) -> list[PricingCount]:
-        with self._translate("pricing_counts"):
-            await self._db["pricing"].create_index([("ts", ASCENDING)])  # idempotent, cheap
-            rows = await (
-                self._db["pricing"]
-                .find({"ts": {"$gte": since}}, {"day": 1, "category": 1, "type": 1, "billable": 1})
-                .to_list(None)
-            )
-        return count_pricing(rows)
-
-    # --- reminder jobs ------------------------------------------------------------------
-    # A job is one document (``_id`` = its id); a keyed job's id is ``user|key``, so
-    # replacing it is one ``replace_one``. Hand-over is idempotent rather than atomic: the
-    # outbox entry is named after the job's ``uid`` (a second insert is a duplicate, ignored),
-    # then the job is marked queued under its claim token.
-
-    async def schedule_jobs(self, jobs: Sequence[Job]) -> list[Job]:
-        with self._translate("schedule_jobs"):
-            await asyncio.gather(
-                *(self._jobs.replace_one({"_id": j.id}, _job_doc(j), upsert=True) for j in jobs)
-            )
-        return list(jobs)
-
-    async def cancel_jobs(
-        self, now: float, *, key: str = "", prefix: str = "", user: str = ""
-    ) -> int:
-        query = _job_query(user=user, key=key, prefix=prefix, state="scheduled")
-        change = {"state": "cancelled", "reason": "cancelled", "updated_at": now}
-        with self._translate("cancel_jobs"):
-            result = await self._jobs.update_many(query, {"$set": {**change, "claim_token": ""}})
-        return int(result.modified_count)
-
-    async def find_jobs(
-        self,
-        *,
-        user: str = "",
-        key: str = "",
-        prefix: str = "",
-        state: str = "",
-        limit: int = 100,
-    ) -> list[Job]:
-        outcome = state in OUTCOMES  # stored as queued until its entry says otherwise
-        query = _job_query(user=user, key=key, prefix=prefix, state="" if outcome else state)
-        if outcome:
-            query["state"] = {"$in": ["queued", state]}
-        with self._translate("find_jobs"):
-            cursor = self._jobs.find(query).sort("send_at", DESCENDING)
-            docs = await (cursor if outcome else cursor.limit(limit)).to_list(None)
-            ids = [d["entry_id"] for d in docs if d.get("entry_id")]
-            entries = {}
-            if ids:
-                found = await self._outbox.find({"_id": {"$in": ids}}).to_list(None)
-                entries = {e["_id"]: outbox_from_json(e) for e in found}
-        jobs = [resolve_job(job_from_json(d), entries.get(d.get("entry_id", ""))) for d in docs]
-        jobs.reverse()
-        if outcome:
-            jobs = [j for j in jobs if j.state == state][-limit:]
-        return jobs
-
-    async def claim_jobs(
-        self, owner: str, now: float, until: float, limit: int, *, user: str = ""
-    ) -> list[Job]:
-        token = f"{owner}:{uuid.uuid4().hex[:12]}"
-        due: Doc = {"state": "scheduled", "wake_at": {"$lte": now}, "claim_until": {"$lt": now}}
-        if user:
-            due["user"] = user
-        with self._translate("claim_jobs"):
-            claimed, tried = 0, list[str]()
-            for _ in range(4):  # other claimers may win some of the candidates: look again
-                cursor = self._jobs.find({**due, "_id": {"$nin": tried}}, {"_id": 1})
-                found = await cursor.sort("wake_at", ASCENDING).limit(limit - claimed).to_list(None)
-                if not found:
-                    break
-                ids = [d["_id"] for d in found]
-                tried += ids
-                # each document is claimed by one claimer: the filter is checked per document
-                result = await self._jobs.update_many(
-                    {**due, "_id": {"$in": ids}},
-                    {"$set": {"claim_token": token, "claim_until": until}},
-                )
-                claimed += result.modified_count
-                if claimed >= limit:
-                    break
-            if not claimed:
-                return []
-            docs = await self._jobs.find({"claim_token": token}).to_list(None)
-        return sorted((job_from_json(d) for d in docs), key=lambda j: (j.send_at, j.created_at))
-
-    async def hand_over(self, job: Job, outgoing: Outgoing, now: float) -> OutboxEntry | None:
-        entry_id = job_entry_id(job)
-        held = _job_held(job)
-        with self._translate("hand_over"):
-            if await self._jobs.find_one(held, {"_id": 1}) is None:
-                return None
-            appended: list[OutboxEntry] = []
-            if await self._outbox.find_one({"_id": entry_id, "user": job.user}) is None:
-                appended = await self.enqueue(job.user, [outgoing], now, entry_id=entry_id)
-            marked = await self._jobs.update_one(
-                held,
-                {
-                    "$set": {
-                        "state": "queued",
-                        "entry_id": entry_id,
-                        "claim_token": "",
-                        "claim_until": 0.0,
-                        "updated_at": now,
-                        "reason": "queued in the user's outbox",
-                    }
-                },
-            )
-        if not marked.matched_count:
-            return None  # taken over meanwhile: the new claimer's hand-over inserts nothing
-        return appended[0] if appended else None
-
-    async def settle_job(
-        self, job: Job, now: float, *, state: str, reason: str, wake_at: float = 0.0
-    ) -> bool:
-        change = {
-            "state": state,
-            "reason": reason,
-            "updated_at": now,
-            "wake_at": wake_at or job.wake_at,
-            "claim_token": "",
-            "claim_until": 0.0,
-        }
-        with self._translate("settle_job"):
-            result = await self._jobs.update_one(_job_held(job), {"$set": change})
-        return bool(result.matched_count)
-
-    async def reserve_reach(self, users: Sequence[str], now: float, limit: int) -> Reach:
-        """Under a short lock document: count, then reserve (no multi-document atomicity)."""
-        since = now - REACH_SECONDS
-        token = uuid.uuid4().hex
-        with self._translate("reserve_reach"):
-            with contextlib.suppress(DuplicateKeyError):  # another process holds the lock
-                await self._limits.update_one(
-                    {"_id": "reach_lock", "until": {"$lt": now}},
-                    {"$set": {"until": now + 10.0, "token": token}},
-                    upsert=True,
-                )
-            got = await self._limits.find_one({"_id": "reach_lock", "token": token})
-            known = await self._reach.find(
-                {"_id": {"$in": list(users)}, "at": {"$gt": since}}
-            ).to_list(None)
-            allowed = {d["_id"] for d in known}
-            if got is None:  # no lock: only users already reached may go now
-                return Reach(frozenset(allowed), 0, now + 1.0)
-            try:
-                count = await self._reach.count_documents({"at": {"$gt": since}})
-                for user in users:
-                    if user not in allowed and count < limit:
-                        await self._reach.update_one(
-                            {"_id": user}, {"$set": {"at": now}}, upsert=True
-                        )
-                        allowed.add(user)
-                        count += 1
-                room_at = 0.0
-                if count >= limit:
-                    oldest = (
-                        await self._reach.find({"at": {"$gt": since}})
-                        .sort("at", ASCENDING)
-                        .limit(1)
-                        .to_list(None)
-                    )
-                    room_at = float(oldest[0]["at"] if oldest else now) + REACH_SECONDS
-            finally:
-                await self._limits.update_one(
-                    {"_id": "reach_lock", "token": token}, {"$set": {"until": 0.0}}
-                )
-        return Reach(frozenset(allowed), max(0, limit - count), room_at)
-
-    async def reserve_sends(self, count: int, interval: float, now: float) -> float:
-        with self._translate("reserve_sends"):
-            while True:  # compare and set: one writer wins each round
-                doc = await self._limits.find_one({"_id": "sends"})
-                if doc is None:
-                    try:
-                        await self._limits.insert_one(
-                            {"_id": "sends", "next": now + count * interval}
-                        )
-                        return now
-                    except DuplicateKeyError:
-                        continue
-                start = max(now, float(doc["next"]))
-                won = await self._limits.update_one(
-                    {"_id": "sends", "next": doc["next"]},
-                    {"$set": {"next": start + count * interval}},
-                )
-                if won.matched_count:
-                    return start
-
-    async def due_jobs(self, now: float) -> int:
-        with self._translate("due_jobs"):
-            return int(
-                await self._jobs.count_documents({"state": "scheduled", "send_at": {"$lte": now}})
-            )
-
-
-def _job_doc(job: Job) -> Doc:
-    return {"_id": job.id, **job_to_json(job)}
-
-
-def _job_query(*, user: str, key: str, prefix: str, state: str) -> Doc:
-    """A filter matching every one given (a key prefix as an anchored regular expression)."""
-    query: Doc = {name: value for name, value in (("user", user), ("state", state)) if value}
-    if key:
-        query["key"] = key
-    elif prefix:
-        query["key"] = {"$regex": "^" + re.escape(prefix)}
-    return query
-
-
-def _job_held(job: Job) -> Doc:
-    """The filter of this scheduling of ``job`` still scheduled under its claim token."""
-    return {"_id": job.id, "uid": job.uid, "state": "scheduled", "claim_token": job.claim_token}
 
 
 def _token(doc: Mapping[str, Any] | None) -> str:
