@@ -51,6 +51,8 @@ from bot.store.base import (
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
+#: An operation's outcome in a batch: its future, whether it returned, what (or what it raised).
+_Result = tuple[asyncio.Future[Any], bool, Any]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -204,7 +206,7 @@ class SQLiteCore:
         self, conn: sqlite3.Connection, batch: list[tuple[Op, asyncio.Future[Any]]]
     ) -> None:
         loop = asyncio.get_running_loop()
-        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        results: list[_Result] = []
         try:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -222,8 +224,9 @@ class SQLiteCore:
                 except Exception as exc:
                     conn.execute("ROLLBACK")
                     results.append((fut, False, exc))
-            else:
-                results = _all_or_none(conn, live) or _each_alone(conn, live)
+            elif live:
+                done = _all_or_none(conn, live)
+                results = done if done is not None else _each_alone(conn, live)
             if conn.in_transaction:  # the fsync happens off the event loop
                 await loop.run_in_executor(self._waiter, conn.execute, "COMMIT")
         except sqlite3.Error as exc:
@@ -354,9 +357,6 @@ def _check_lease(c: sqlite3.Connection, lease: Lease) -> None:
     row = c.execute("SELECT lease_token FROM users WHERE key = ?", (lease.user,)).fetchone()
     if row is None or row[0] != lease.token:
         raise LeaseLost(f"user {lease.user}: the lease was taken over; write refused")
-
-
-_Result = tuple[asyncio.Future[Any], bool, Any]
 
 
 def _all_or_none(
