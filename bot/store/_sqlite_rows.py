@@ -86,16 +86,12 @@ def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
     return [(r[0], r[1]) for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
 
 
-def _has_pending_outbox(c: sqlite3.Connection, user: str, now: float) -> bool:
-    """Whether an older entry must go out first (a reminder not due yet does not count)."""
-    return (
-        c.execute(
-            "SELECT 1 FROM outbox WHERE user = ? AND status = 'pending' AND (next_attempt_at <= ?"
-            " OR json_extract(data, '$.attempts') > 0) LIMIT 1",
-            (user, now),
-        ).fetchone()
-        is not None
-    )
+#: Whether an older entry of user ``?`` must go out before a new one, at time ``?``: one is
+#: pending and due, or has been tried (a reminder not due yet does not count).
+_PENDING_OUTBOX = (
+    "SELECT 1 FROM outbox WHERE user = ? AND status = 'pending' AND (next_attempt_at <= ?"
+    " OR json_extract(data, '$.attempts') > 0)"
+)
 
 
 def _apply_status(c: sqlite3.Connection, status: StatusUpdate) -> bool:

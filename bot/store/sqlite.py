@@ -33,9 +33,9 @@ from bot.store._sqlite_core import (
 from bot.store._sqlite_jobs import SQLiteJobs
 from bot.store._sqlite_ledgers import SQLiteLedgers
 from bot.store._sqlite_rows import (
+    _PENDING_OUTBOX,
     _apply_status,
     _claim,
-    _has_pending_outbox,
     _read_pending,
     _resolve_aliases,
     _Rows,
@@ -63,6 +63,12 @@ from bot.store.base import (
     status_to_json,
     user_from_json,
     user_to_json,
+)
+
+#: A turn's fence, version and sequence, and whether an older reply must go out first: one
+#: statement (the backlog is only used when the turn queues replies).
+_TURN_READ = (
+    f"SELECT version, next_seq, lease_token, EXISTS ({_PENDING_OUTBOX}) FROM users WHERE key = ?"
 )
 
 
@@ -348,9 +354,7 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
         payloads = list(outgoing)
 
         def op(c: sqlite3.Connection) -> Committed:
-            row = c.execute(
-                "SELECT version, next_seq, lease_token FROM users WHERE key = ?", (record.key,)
-            ).fetchone()
+            row = c.execute(_TURN_READ, (record.key, now, record.key)).fetchone()
             if row is None or row[2] != lease.token:
                 raise LeaseLost(f"user {record.key}: the lease was taken over; turn not stored")
             current, next_seq = row[0], row[1]
@@ -358,7 +362,7 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
                 raise VersionConflict(
                     f"user {record.key}: read version {read_version}, stored {current}"
                 )
-            backlog = bool(payloads) and _has_pending_outbox(c, record.key, now)
+            backlog = bool(payloads) and bool(row[3])
             entries = new_outbox_entries(
                 record.key,
                 next_seq,
