@@ -54,7 +54,9 @@ _INDEXES: dict[str, list[list[tuple[str, int]]]] = {
         [("state", ASCENDING), ("wake_at", ASCENDING)],  # due jobs
         [("user", ASCENDING), ("send_at", ASCENDING)],  # a user's jobs
         [("key", ASCENDING), ("send_at", ASCENDING)],  # by key
+        [("state", ASCENDING), ("send_at", ASCENDING)],  # purge
     ],
+    "template_events": [[("received_at", ASCENDING)]],  # purge
     "reach": [[("at", ASCENDING)]],
 }
 #: Indexes of earlier versions that a prefix of one above serves just as well. (The outbox
@@ -180,6 +182,18 @@ class _MongoCore:
         """Turn driver errors into the store's own (see :func:`_mongo_errors.translate`)."""
         with translate(self.description, what):
             yield
+
+    async def _delete_some(self, coll: AsyncCollection[Doc], query: Doc, limit: int) -> int:
+        """Delete up to ``limit`` documents matching ``query``; how many.
+
+        Their ids are read first (``delete_many`` has no limit), and the query is applied
+        again with them: a document that stopped matching meanwhile stays.
+        """
+        found = await coll.find(query, {"_id": 1}).limit(limit).to_list(None)
+        if not found:
+            return 0
+        ids = {"_id": {"$in": [d["_id"] for d in found]}}
+        return int((await coll.delete_many({**query, **ids})).deleted_count)
 
     async def _insert_new(self, coll: AsyncCollection[Doc], docs: list[Doc]) -> list[bool]:
         """Insert ``docs``; for each, whether it was new (a duplicate ``_id`` is not an error)."""

@@ -29,6 +29,9 @@ from bot.store.base import (
     resolve_job,
 )
 
+#: Job states with nothing more to happen (``queued`` ends with its outbox entry).
+_OVER = ("cancelled", "expired", "failed", "sent", "skipped")
+
 
 class _MongoJobs(_MongoCore):
     """Jobs as documents of ``jobs``; see :class:`~bot.store.base.JobStore`."""
@@ -225,6 +228,23 @@ class _MongoJobs(_MongoCore):
             return int(
                 await self._jobs.count_documents({"state": "scheduled", "send_at": {"$lte": now}})
             )
+
+    async def _purge_jobs(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` jobs due before ``before`` whose story is over (see
+        :meth:`~bot.store.base.Store.purge`); a job queued behind a pending entry stays."""
+        over = {"state": {"$in": list(_OVER)}, "send_at": {"$lt": before}}
+        deleted = await self._delete_some(self._jobs, over, limit)
+        queued = {"state": "queued", "send_at": {"$lt": before}}
+        jobs = await self._jobs.find(queued, {"_id": 1, "entry_id": 1}).limit(limit).to_list(None)
+        if jobs:
+            entries = [j["entry_id"] for j in jobs if j.get("entry_id")]
+            waiting = {"_id": {"$in": entries}, "status": "pending"}
+            pending = {d["_id"] for d in await self._outbox.find(waiting, {"_id": 1}).to_list(None)}
+            gone = [j["_id"] for j in jobs if j.get("entry_id") not in pending]
+            if gone:
+                done = {**queued, "_id": {"$in": gone}}
+                deleted += (await self._jobs.delete_many(done)).deleted_count
+        return deleted
 
 
 def _job_doc(job: Job) -> Doc:

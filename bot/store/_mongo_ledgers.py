@@ -60,6 +60,12 @@ class _MongoLedgers(_MongoCore):
     # ``rev`` for compare-and-set), ``template_version`` (one document, ``version``), and
     # ``pricing`` (``_id`` = wamid: one row per message).
 
+    async def _purge_events(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` template events received before ``before`` (kept only to
+        recognise Meta's redeliveries; the live view they built stays)."""
+        old = {"received_at": {"$lt": before}}
+        return await self._delete_some(self._db["template_events"], old, limit)
+
     async def add_template_events(self, events: Sequence[TemplateEvent], now: float) -> list[bool]:
         docs = [
             {"_id": e.key, "received_at": now, "time": e.time, "raw": dict(e.raw)} for e in events

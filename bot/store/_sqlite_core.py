@@ -92,6 +92,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(wake_at) WHERE state = 'scheduled';
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user, send_at);
 CREATE INDEX IF NOT EXISTS jobs_key ON jobs(key, send_at);
+-- the purge: every job that is no longer waiting for its time, by when it was due
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs(send_at) WHERE state != 'scheduled';
 CREATE TABLE IF NOT EXISTS reach (user TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS reach_at ON reach(at);
 CREATE TABLE IF NOT EXISTS send_slots (name TEXT PRIMARY KEY, next REAL NOT NULL);

@@ -243,3 +243,19 @@ def _job_held(c: sqlite3.Connection, job: Job) -> bool:
         (job.id, job.uid, job.claim_token),
     ).fetchone()
     return row is not None
+
+
+def _purge_jobs(c: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete up to ``limit`` jobs due before ``before`` whose story is over.
+
+    Over: cancelled, expired, skipped or failed before a send, or handed to the outbox whose
+    entry is settled (or already purged). A job still scheduled, or queued behind a pending
+    entry, stays whatever its age.
+    """
+    return c.execute(
+        "DELETE FROM jobs WHERE rowid IN (SELECT j.rowid FROM jobs j "
+        "LEFT JOIN outbox o ON o.id = j.entry_id AND j.entry_id != '' "
+        "WHERE j.state != 'scheduled' AND j.send_at < ? "
+        "AND (j.state != 'queued' OR o.status IS NULL OR o.status != 'pending') LIMIT ?)",
+        (before, limit),
+    ).rowcount

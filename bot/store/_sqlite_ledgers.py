@@ -145,6 +145,7 @@ _LEDGER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS template_events (
     key TEXT PRIMARY KEY, received_at REAL NOT NULL, data TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS template_events_at ON template_events(received_at);
 CREATE TABLE IF NOT EXISTS template_live (
     name TEXT NOT NULL, language TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (name, language)
 );
@@ -164,3 +165,17 @@ def _ledger_tables(c: sqlite3.Connection) -> None:
     would commit the writer's open batch)."""
     for statement in filter(str.strip, _LEDGER_SCHEMA.split(";")):
         c.execute(statement)
+
+
+def _purge_events(c: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete up to ``limit`` template events received before ``before``.
+
+    They are kept only to recognise Meta's redeliveries (which stop after days, well within
+    the retention); the live view they built stays.
+    """
+    _ledger_tables(c)
+    return c.execute(
+        "DELETE FROM template_events WHERE rowid IN (SELECT rowid FROM template_events "
+        "WHERE received_at < ? LIMIT ?)",
+        (before, limit),
+    ).rowcount

@@ -281,9 +281,11 @@ class Store(Protocol):
         """Delete up to ``limit`` finished rows older than ``before``; return how many.
 
         Finished means: inbox messages done or failed (by ``finished_at``), applied status
-        items (by arrival), and outbox entries no longer pending (by ``created_at``). Pending
-        work is never deleted. A purged wamid is no longer a duplicate, so ``before`` must lie
-        beyond Meta's 7-day retry horizon.
+        items (by arrival), outbox entries no longer pending (by ``created_at``), reminder
+        jobs whose story is over (by ``send_at``: cancelled, expired, skipped, failed, or
+        handed over to an entry that is settled or gone) and template events (by arrival).
+        Pending work is never deleted. A purged wamid or event is no longer a duplicate, so
+        ``before`` must lie beyond Meta's 7-day retry horizon.
         """
 
     async def inbox_counts(self) -> dict[str, int]:

@@ -680,10 +680,10 @@ class MongoStore(_MongoJobs, _MongoLedgers):
                 (self._statuses, {"applied": True, "received_at": {"$lt": before}}),
                 (self._outbox, {"status": {"$ne": "pending"}, "created_at": {"$lt": before}}),
             ):
-                found = await coll.find(query, {"_id": 1}).limit(limit).to_list(None)
-                if found:  # the query again: an entry queued again meanwhile stays
-                    ids = {"_id": {"$in": [d["_id"] for d in found]}}
-                    deleted += (await coll.delete_many({**query, **ids})).deleted_count
+                deleted += await self._delete_some(coll, query, limit)
+            # after the outbox: a job whose entry was just purged is over too
+            deleted += await self._purge_jobs(before, limit)
+            deleted += await self._purge_events(before, limit)
         return deleted
 
     async def inbox_counts(self) -> dict[str, int]:

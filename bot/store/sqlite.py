@@ -30,8 +30,8 @@ from bot.store._sqlite_core import (
     _check_lease,
     _run_many,
 )
-from bot.store._sqlite_jobs import SQLiteJobs
-from bot.store._sqlite_ledgers import SQLiteLedgers
+from bot.store._sqlite_jobs import SQLiteJobs, _purge_jobs
+from bot.store._sqlite_ledgers import SQLiteLedgers, _purge_events
 from bot.store._sqlite_rows import (
     _PENDING_OUTBOX,
     _apply_status,
@@ -516,7 +516,8 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
                 "WHERE status != 'pending' AND json_extract(data, '$.created_at') < ? LIMIT ?)",
                 (before, limit),
             ).rowcount
-            return deleted
+            # after the outbox: a job whose entry was just purged is over too
+            return deleted + _purge_jobs(c, before, limit) + _purge_events(c, before, limit)
 
         return await self._call(op)
 

@@ -1456,6 +1456,30 @@ class TestJobs:
         assert found.reason == "sent as template (window closed)"
         assert await s.find_jobs(state="queued") == []
 
+    async def test_purge_removes_jobs_whose_story_is_over(self, store: Store) -> None:
+        """Old cancelled, settled and sent jobs go; scheduled ones, those queued behind a
+        pending entry and those not yet due stay."""
+        s = jobs_store(store)
+        recent = job("recent", at=NOW + 20 * 86400)
+        await s.schedule_jobs([job("cancelled"), job("skipped"), job("sent"), recent])
+        await s.schedule_jobs([job("waiting", user=BIA)])
+        assert await s.cancel_jobs(NOW, key="cancelled") == 1
+        assert await s.cancel_jobs(NOW, key="recent") == 1
+        claimed = {j.key: j for j in await s.claim_jobs("w1", NOW, NOW + 30, 10)}
+        assert set(claimed) == {"skipped", "sent", "waiting"}
+        assert await s.settle_job(claimed["skipped"], NOW, state="skipped", reason="opted out")
+        entry = await s.hand_over(claimed["sent"], claimed["sent"].outgoing, NOW)
+        assert entry is not None
+        assert await s.hand_over(claimed["waiting"], claimed["waiting"].outgoing, NOW)
+        lease = (await claim(store)).lease
+        sent = dataclasses.replace(entry, status="sent", wamid="wamid.j", sent_as="session")
+        await store.save_outbox(lease, sent)
+        await s.schedule_jobs([job("later", user=BIA)])  # due, never claimed
+        assert await store.purge(NOW + 86400, 100) == 4  # three jobs and the sent entry
+        left = await s.find_jobs(user=ANA) + await s.find_jobs(user=BIA)
+        assert sorted(j.key for j in left) == ["later", "recent", "waiting"]
+        assert await store.purge(NOW + 86400, 100) == 0
+
     async def test_settle_final_and_waiting(self, store: Store) -> None:
         """A settled job keeps its reason; a waiting one is claimed again at its wake time."""
         s = jobs_store(store)

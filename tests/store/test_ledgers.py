@@ -70,6 +70,17 @@ class TestTemplateView:
         live = (await store.template_view()).variants[("appointment_update", "en_US")]
         assert (live.status, live.status_reason) == ("PAUSED", "LOW_QUALITY")
 
+    async def test_old_events_are_purged_and_the_view_stays(self, store: Store) -> None:
+        """Events past the retention are forgotten (a redelivery then counts again); the
+        live view they built is kept."""
+        event = status_event("PAUSED", DAY1, reason="LOW_QUALITY")
+        assert await store.add_template_events([event], NOW) == [True]
+        assert await store.purge(NOW + 1, 100) == 1
+        live = (await store.template_view()).variants[("appointment_update", "en_US")]
+        assert (live.status, live.status_reason) == ("PAUSED", "LOW_QUALITY")
+        assert await store.add_template_events([event], NOW + 2) == [True]
+        assert await store.purge(NOW + 1, 100) == 0  # received after the cut-off
+
     async def test_variants_are_kept_apart(self, store: Store) -> None:
         """Each language variant has its own state."""
         await store.add_template_events(

@@ -298,6 +298,8 @@ class TestIndexes:
                 ("status", "created_at"),
             ],
             "users": [("lease.until",)],
+            "jobs": [("state", "wake_at"), ("state", "send_at")],
+            "template_events": [("received_at",)],
         }
         for name, prefixes in wanted.items():
             info: Any = await mongo_store.database[name].index_information()
