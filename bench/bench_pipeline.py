@@ -7,6 +7,9 @@ Two servers do the same observable work: take a signed webhook POST, answer 200,
 an echo of the message's text to the Cloud API.
 
 - floor: ``bench/floor.py``, verify + parse + 200 + echo, no store, no flow;
+- durable: ``bench/floor_durable.py``, the floor plus the three SQLite writes a bot that loses
+  and repeats nothing needs (insert before the 200, handled + reply queued, wamid recorded):
+  a reference that tells the cost of durability from the cost of the rest of the bot;
 - bot: ``python -m bot run`` on a fresh SQLite file with ``bench/flows`` (the echo flow).
 
 Replies go to a reply sink (``bench/sink.py``, a fake Cloud API in its own process) that
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +65,7 @@ from pipeline_procs import (
 BENCH = ROOT / "bench"
 SECRET, TOKEN, PNID = "bench-secret", "bench-token", "PNID"
 USERS_BASE, WARM_BASE = 15_550_000_000, 16_660_000_000
-TARGETS, MODES = ("floor", "bot"), ("burst", "sustained")
+TARGETS, MODES = ("floor", "durable", "bot"), ("burst", "sustained")
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Measurement:
         """The phase in one line."""
         ack = f", acked {self.ack_rate:,.0f}/s" if self.ack_rate else ""
         return (
-            f"{self.target:>5} {self.mode:<9} {self.answered:>6,} answered = {self.rate:7,.0f}"
+            f"{self.target:>7} {self.mode:<9} {self.answered:>6,} answered = {self.rate:7,.0f}"
             f" msg/s{ack}; e2e p50 {self.p50 * 1e3:7.1f} ms p99 {self.p99 * 1e3:7.1f} ms;"
             f" CPU {self.cpu_ms:.3f} ms/msg; missing {self.missing} dup {self.duplicates}"
             f" ooo {self.out_of_order} unexpected {self.unexpected}"
@@ -105,6 +109,8 @@ def server_command(target: str, port: int) -> list[str]:
     """How to start ``target`` on ``port``."""
     if target == "floor":
         return [sys.executable, str(BENCH / "floor.py"), str(port)]
+    if target == "durable":
+        return [sys.executable, str(BENCH / "floor_durable.py"), str(port)]
     return [sys.executable, "-m", "bot", "run", "--host", "127.0.0.1", "--port", str(port)]
 
 
@@ -288,6 +294,7 @@ def table(results: list[Measurement], runs: int) -> str:
             f"{cf:>18.3f}{cb:>7.3f}{cpu:>7.2f}{verdict(cpu <= 2, cpu)} |"
             f"{counts('floor', mode):>20}{counts('bot', mode):>10}"
         )
+    lines.extend(durable_lines(results, med))
     lines.append(
         f"medians of {runs} run(s); miss/dup/ooo summed over them. Bar: burst rate >= 0.6x"
         " with every reply exactly once and in order; sustained rate >= 0.6x and p50 <= 2x;"
@@ -300,6 +307,23 @@ def table(results: list[Measurement], runs: int) -> str:
         + (" (the comparison is noisy; run again)" if noisiest > 0.2 else "")
     )
     return "\n".join(lines)
+
+
+def durable_lines(results: list[Measurement], med: Callable[[str, str, str], float]) -> list[str]:
+    """Where the durable floor stands between the floor and the bot, per mode."""
+    lines = []
+    for mode in MODES:
+        if not any((m.target, m.mode) == ("durable", mode) for m in results):
+            continue
+        rate, cpu = med("durable", mode, "rate"), med("durable", mode, "cpu_ms")
+        floor_rate, floor_cpu = med("floor", mode, "rate"), med("floor", mode, "cpu_ms")
+        bot_rate, bot_cpu = med("bot", mode, "rate"), med("bot", mode, "cpu_ms")
+        lines.append(
+            f"{mode:<10}| durable floor {rate:,.0f} msg/s = {ratio(rate, floor_rate):.2f}x"
+            f" the floor, CPU {cpu:.3f} ms = {ratio(cpu, floor_cpu):.2f}x; the bot does"
+            f" {ratio(bot_rate, rate):.2f}x its rate at {ratio(bot_cpu, cpu):.2f}x its CPU"
+        )
+    return lines
 
 
 def source(folder: Path) -> str:
@@ -375,7 +399,7 @@ async def main() -> None:
                     result = await measure(target, mode, run, args)
                 except (OSError, RuntimeError, TimeoutError) as exc:
                     failed.append(f"run {run}: {target} {mode}: {type(exc).__name__}: {exc}")
-                    print(f"run {run}: {target:>5} {mode:<9} FAILED: {type(exc).__name__}: {exc}")
+                    print(f"run {run}: {target:>7} {mode:<9} FAILED: {type(exc).__name__}: {exc}")
                     continue
                 print(f"run {run}: {result.line()}", flush=True)
                 results.append(result)

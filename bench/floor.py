@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -33,7 +34,7 @@ class Floor:
         self.messages_url = messages_url
         self.token = token
         self.session: aiohttp.ClientSession | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Floor:
@@ -68,8 +69,8 @@ class Floor:
                 task.add_done_callback(self.tasks.discard)
         return web.Response(text="OK")
 
-    async def send_echo(self, to: str, text: str) -> None:
-        """POST one text message and read the wamid the Cloud API answers with."""
+    async def send_echo(self, to: str, text: str) -> str:
+        """POST one text message; the wamid the Cloud API answers with ('' if refused)."""
         assert self.session is not None
         payload = {
             "messaging_product": "whatsapp",
@@ -81,6 +82,8 @@ class Floor:
             answer = json.loads(await response.read())
         if response.status != 200 or not answer.get("messages"):
             print(f"floor: reply to {to} refused: {response.status} {answer}", file=sys.stderr)
+            return ""
+        return str(answer["messages"][0].get("id", ""))
 
     def app(self) -> web.Application:
         """The aiohttp application: ``POST /webhook`` and ``GET /healthz``."""

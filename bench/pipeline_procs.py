@@ -113,7 +113,17 @@ def profiler(pid: int, out: Path | None) -> Iterator[None]:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["py-spy", "record", "--pid", str(pid), "--format", "speedscope", "--threads", "--rate", "400"]
+    cmd = [
+        "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "speedscope",
+        "--threads",
+        "--rate",
+        "400",
+    ]
     with spawned([*cmd, "--output", str(out)], stdout=subprocess.DEVNULL) as spy:
         time.sleep(0.5)  # let py-spy attach before the load starts
         try:
