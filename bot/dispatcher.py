@@ -219,8 +219,9 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._received: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
-        self._leases = _Leases(store, lease_seconds, clock)
+        self._leases = _Leases(store, lease_seconds, clock, on_work_left=self._work_left)
         self._background: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -228,6 +229,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Start the sweep (its first pass recovers what a crash left) and lease renewal."""
+        self._stopping = False
         self._background = [
             asyncio.create_task(self._sweep_loop(), name="windowbot-sweep"),
             asyncio.create_task(self._leases.keep(), name="windowbot-leases"),
@@ -239,6 +241,7 @@ class Dispatcher:
         A worker cancelled mid-send leaves its attempt in flight: after the restart it is
         resent only if no status webhook shows that Meta accepted it.
         """
+        self._stopping = True
         sweeper = self._background[:1]
         for task in sweeper:
             task.cancel()
@@ -258,8 +261,11 @@ class Dispatcher:
 
     async def idle(self) -> None:
         """Wait until no user is being worked on and their leases are released."""
-        await self._idle.wait()
-        await self._leases.flush()
+        while True:
+            await self._idle.wait()
+            await self._leases.flush()  # may find work left, and start its worker
+            if self._idle.is_set():
+                return
 
     # --- entry points -------------------------------------------------------------------
 
@@ -328,6 +334,13 @@ class Dispatcher:
                 self.notify(user)  # work arrived meanwhile: the usual worker claims it
         if not self._active:
             self._idle.set()
+
+    def _work_left(self, user: str) -> None:
+        """A released user has work another process stored meanwhile: claim them again."""
+        if self._stopping:
+            return  # whoever runs next takes it (a sweep, another process)
+        log.info("work_left_after_release", wa_id=user)
+        self.notify(user)
 
     def status_arrived(self, user: str, *, failed: bool) -> None:
         """A status item for ``user`` was stored.
@@ -418,11 +431,13 @@ class Dispatcher:
                 return  # another process has the user; its worker or a later sweep takes this
             self._leases.hold(work.lease)
         lease = work.lease
+        done = False
         try:
             while work is not None:
                 work = await self._step(lease, work)
-        finally:
-            self._leases.release(lease)
+            done = True
+        finally:  # a worker that failed leaves what is left to the sweep, not to a hot loop
+            self._leases.release(lease, recheck=done)
 
     async def _step(self, lease: Lease, work: Work) -> Work | None:
         """Handle what one read of the user's work found; the next read, if more is due."""
@@ -580,15 +595,23 @@ class _Leases:
     A lease is trusted locally until a safety margin before it would run out since its last
     successful renewal: a worker checks :meth:`valid` before each send, so a process whose
     renewals stall (a paused process, a store that is down) stops sending before another
-    process may take its users over.
+    process may take its users over. A released user with work left (another process stored
+    it while we held the user, and left it to us) is handed to ``on_work_left``.
     """
 
-    def __init__(self, store: Store, seconds: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        seconds: float,
+        clock: Callable[[], float],
+        on_work_left: Callable[[str], None] = lambda user: None,
+    ) -> None:
         self.store, self.seconds, self.clock = store, seconds, clock
+        self.on_work_left = on_work_left
         self._held: dict[str, Lease] = {}
         self._valid_until: dict[str, float] = {}  # token -> time.monotonic() bound
         self._lost: set[str] = set()
-        self._releasing: list[Lease] = []
+        self._releasing: list[tuple[Lease, bool]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
 
@@ -608,13 +631,14 @@ class _Leases:
         if not self.valid(lease):
             raise LeaseLost(f"user {lease.user}: the lease ran out or was taken over")
 
-    def release(self, lease: Lease) -> None:
-        """Stop renewing ``lease`` and release it with the next batch."""
+    def release(self, lease: Lease, *, recheck: bool = False) -> None:
+        """Stop renewing ``lease`` and release it with the next batch; ``recheck``: hand
+        the user to ``on_work_left`` if work is pending once it is released."""
         if self._held.get(lease.user) == lease:
             del self._held[lease.user]
         self._valid_until.pop(lease.token, None)
         self._lost.discard(lease.token)
-        self._releasing.append(lease)
+        self._releasing.append((lease, recheck))
         if self._flushing is None:
             self._flushing = asyncio.get_running_loop().create_task(self._flush_soon())
 
@@ -630,9 +654,13 @@ class _Leases:
             if not batch:
                 return
             try:
-                await self.store.release(batch)
+                left = await self.store.release([lease for lease, _ in batch])
             except Exception as exc:  # the leases then run out on their own
                 log.warning("lease_release_failed", users=len(batch), error=str(exc))
+                return
+            for user in dict.fromkeys(lease.user for lease, recheck in batch if recheck):
+                if user in left:
+                    self.on_work_left(user)
 
     async def keep(self) -> None:
         """Renew every held lease, a third of the lease time apart, until cancelled."""

@@ -76,12 +76,17 @@ def replies(page: Any) -> list[Any]:
 
 
 async def test_a_booking_reminder_fires_on_the_users_moved_clock(sandbox: Sandbox) -> None:
-    """Book a slot, see the reminder job, move the clock two days: it goes out as its
-    template, whose quick-reply button the user presses."""
+    """Book a slot, see the reminder job, move the clock three days: it goes out as its
+    template, whose quick-reply button the user presses.
+
+    The slot is the day after tomorrow's 14:00 (UTC): its reminder, an hour before, is 37
+    to 61 hours away whenever the test runs, so always past the 24-hour window (tomorrow's
+    11:00 would fall inside it when the test runs after 10:00 UTC).
+    """
     await sandbox.say(ANA, text="hi")
     await sandbox.say(ANA, type="button_reply", id="book", title="Book")
     await sandbox.say(ANA, text="Ana Souza")
-    await sandbox.say(ANA, type="list_reply", id="d1_1100", title="Tomorrow 11:00")
+    await sandbox.say(ANA, type="list_reply", id="d2_1400", title="Day after 14:00")
     await sandbox.say(ANA, type="button_reply", id="yes", title="Confirm")
     page = await sandbox.page(ANA)
     assert all(r["sent_as"] == "session" for r in replies(page))
@@ -89,7 +94,7 @@ async def test_a_booking_reminder_fires_on_the_users_moved_clock(sandbox: Sandbo
     [job] = page["jobs"]
     assert job["status"] == "pending" and job["due_at"] > page["user"]["window"]["now"]
 
-    await sandbox.post(f"/sandbox/{ANA}/clock", {"hours": 48})
+    await sandbox.post(f"/sandbox/{ANA}/clock", {"hours": 72})
     page = await sandbox.page(ANA)
     [job] = page["jobs"]
     assert job["status"] in ("sent", "delivered", "read") and job["sent_as"] == "template"
@@ -100,7 +105,7 @@ async def test_a_booking_reminder_fires_on_the_users_moved_clock(sandbox: Sandbo
         "APPOINTMENT_UPDATE",
         "pt_BR",
     )
-    assert template["parameters"] == {"name": "Ana Souza", "slot": "Tomorrow 11:00"}
+    assert template["parameters"] == {"name": "Ana Souza", "slot": "Day after 14:00"}
     assert template["buttons"] == [
         {"title": "Confirmar", "payload": "CONFIRM", "kind": "quick_reply"}
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,6 +157,36 @@ class TestFailuresAndRecovery:
         await dispatcher.idle()
         assert (await store.inbox_counts())["done"] == 1
         await store.close()
+
+    async def test_work_stored_by_another_process_while_held_is_taken_at_release(
+        self, tmp_path: Path
+    ) -> None:
+        """A message another process stored while this one held its user is handled when
+        this one finishes, without waiting for a sweep (none runs here)."""
+        path = tmp_path / "bot.db"
+        a, b = await opened(path), await opened(path)
+        entered, go_on = asyncio.Event(), asyncio.Event()
+
+        async def slow(record: UserRecord, msg: InboundMessage, now: float) -> Turn:
+            entered.set()
+            await go_on.wait()
+            return await recording_handler(record, msg, now)
+
+        holder = Dispatcher(a, handler=slow, sweep_seconds=3600)
+        other = Dispatcher(b, handler=recording_handler, sweep_seconds=3600)
+        await holder.receive([message("5511", 0)], time.time(), 0.0)
+        await entered.wait()
+        fresh = await other.receive([message("5511", 1)], time.time(), 0.0)
+        assert list(fresh) == [True]
+        await other.idle()  # its claim failed: the user is held
+        assert (await b.inbox_counts())["pending"] == 2  # the one held, and this one
+        go_on.set()
+        await asyncio.wait_for(holder.idle(), 10)
+        user = await a.get_user("5511")
+        assert user is not None and user.variables["seen"] == ["0", "1"]
+        assert await a.inbox_counts() == {"pending": 0, "done": 2, "failed": 0}
+        await a.close()
+        await b.close()
 
 
 class TestShutdown:

@@ -86,6 +86,21 @@ def _read_pending(c: sqlite3.Connection, user: str, limit: int) -> _Rows:
     return [(r[0], r[1]) for r in inbox], [r[0] for r in statuses], [r[0] for r in outbox]
 
 
+def _users_with_pending(c: sqlite3.Connection, users: Sequence[str]) -> set[str]:
+    """Which of ``users`` have pending inbox messages or unapplied status items."""
+    found: set[str] = set()
+    for start in range(0, len(users), 400):
+        chunk = users[start : start + 400]
+        marks = ",".join("?" * len(chunk))
+        rows = c.execute(
+            f"SELECT user FROM inbox WHERE status = 'pending' AND user IN ({marks}) UNION "
+            f"SELECT user FROM statuses WHERE applied = 0 AND user IN ({marks})",
+            [*chunk, *chunk],
+        ).fetchall()
+        found.update(row[0] for row in rows)
+    return found
+
+
 #: Whether an older entry of user ``?`` must go out before a new one, at time ``?``: one is
 #: pending and due, or has been tried (a reminder not due yet does not count).
 _PENDING_OUTBOX = (

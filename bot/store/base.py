@@ -198,8 +198,15 @@ class Store(Protocol):
     async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
         """Extend each lease still held (same token) to ``until``; the users still held."""
 
-    async def release(self, leases: Sequence[Lease]) -> None:
-        """Drop these leases (a lease whose token was replaced is left alone)."""
+    async def release(self, leases: Sequence[Lease]) -> set[str]:
+        """Drop these leases (a lease whose token was replaced is left alone); the users
+        among them with messages or status items pending once released.
+
+        Those arrived while the user was held, by another process (whose claim failed, so
+        it left them to the holder): the caller claims them again. Looking after the release
+        leaves no gap: work stored later finds the lease free and is claimed where it
+        arrived.
+        """
 
     async def users_with_work(self, now: float, limit: int) -> list[str]:
         """Users with pending inbox or status items, or outbox entries due by ``now``.

@@ -359,7 +359,7 @@ class MongoStore(_MongoJobs, _MongoLedgers):
             held = await asyncio.gather(*(one(lease) for lease in leases))
         return {user for user in held if user is not None}
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease]) -> set[str]:
         async def one(lease: Lease) -> None:
             # Fences first: should the second step fail, the lease is still there and the
             # claim that takes it over once it expires kills the fences again.
@@ -369,8 +369,28 @@ class MongoStore(_MongoJobs, _MongoLedgers):
                 {"$set": {"lease": dict(_NO_LEASE), "adopted": []}},
             )
 
+        users = list(dict.fromkeys(lease.user for lease in leases))
         with self._translate("release"):
             await asyncio.gather(*(one(lease) for lease in leases))
+            if not users:
+                return set()
+            # after the release (see Store.release): work stored later is claimed where it lands
+            left = await asyncio.gather(
+                *(
+                    _aggregate(
+                        coll,
+                        [
+                            {"$match": {"user": {"$in": users}, **match}},
+                            {"$group": {"_id": "$user"}},
+                        ],
+                    )
+                    for coll, match in (
+                        (self._inbox, {"status": "pending"}),
+                        (self._statuses, {"applied": False}),
+                    )
+                )
+            )
+        return {str(row["_id"]) for rows in left for row in rows}
 
     async def users_with_work(self, now: float, limit: int) -> list[str]:
         if limit <= 0:

@@ -39,6 +39,7 @@ from bot.store._sqlite_rows import (
     _read_pending,
     _resolve_aliases,
     _Rows,
+    _users_with_pending,
 )
 from bot.store.base import (
     Added,
@@ -299,17 +300,18 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
 
         return await self._call(op) if rows else set()
 
-    async def release(self, leases: Sequence[Lease]) -> None:
+    async def release(self, leases: Sequence[Lease]) -> set[str]:
         rows = [(lease.user, lease.token) for lease in leases]
-        if rows:
-            await self._call(
-                lambda c: _run_many(
-                    c,
-                    "UPDATE users SET lease_owner = '', lease_token = '', lease_until = 0 "
-                    "WHERE key = ? AND lease_token = ?",
-                    rows,
-                )
+
+        def op(c: sqlite3.Connection) -> set[str]:
+            c.executemany(
+                "UPDATE users SET lease_owner = '', lease_token = '', lease_until = 0 "
+                "WHERE key = ? AND lease_token = ?",
+                rows,
             )
+            return _users_with_pending(c, [user for user, _ in rows])
+
+        return await self._call(op) if rows else set()
 
     async def users_with_work(self, now: float, limit: int) -> list[str]:
         def op(c: sqlite3.Connection) -> list[str]:

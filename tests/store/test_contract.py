@@ -291,6 +291,20 @@ class TestClaim:
         assert [(s.id, s.status) for s in work.statuses] == [("wamid.x", "failed")]
         assert [e.outgoing for e in work.outbox] == [reply("a")]
 
+    async def test_release_names_users_with_work_left(self, store: Store) -> None:
+        """Released users with pending messages or status items come back (stored while
+        held, by a process that left them to the holder); the others do not."""
+        cid = "5511999990003"
+        await store.add_inbound([inbound("wamid.c", user=cid)], NOW)
+        await store.add_statuses([status("wamid.y", "failed", recipient=cid)], NOW)
+        leases = [(await claim(store, u)).lease for u in (ANA, BIA, cid)]
+        await store.commit_turn(leases[2], "wamid.c", user(cid), [], NOW)  # handled
+        await store.finish_statuses(cid, [("wamid.y", "failed")])  # applied
+        await store.add_inbound([inbound("wamid.1")], NOW)
+        await store.add_statuses([status("wamid.x", "failed", recipient=BIA)], NOW)
+        assert await store.release(leases) == {ANA, BIA}
+        assert await store.release([]) == set()
+
     async def test_limit_bounds_each_list(self, store: Store) -> None:
         """``limit`` bounds the messages, statuses and replies read, oldest first."""
         lease = (await claim(store)).lease
