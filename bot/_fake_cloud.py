@@ -22,6 +22,7 @@ from aiohttp import web
 
 from bot.models import JSON, MEDIA_TYPES
 from bot.templates import TemplateRegistry
+from bot.whatsapp import CloudAPI
 
 WINDOW_SECONDS = 24 * 60 * 60
 RE_ENGAGEMENT = (
@@ -175,6 +176,20 @@ class FakeCloudAPI:
         if not self._port:
             raise RuntimeError("FakeCloudAPI is not started: use 'async with FakeCloudAPI()'")
         return f"http://127.0.0.1:{self._port}"
+
+    def client(self, **options: Any) -> CloudAPI:
+        """A :class:`~bot.whatsapp.CloudAPI` pointed at this fake, with its token, number and
+        (if set) API version, to open with ``async with``.
+
+        ``options`` go to ``CloudAPI`` (``timeout``, ``sleep``...). The client's own rate
+        limit is off unless ``rate_limit`` is given: the fake enforces Meta's.
+        """
+        settings: dict[str, Any] = {"rate_limit": 0.0, **options}
+        if self.api_version:
+            settings.setdefault("api_version", self.api_version)
+        return CloudAPI(
+            phone_number_id=self.phone_number_id, token=self.token, base_url=self.url, **settings
+        )
 
     def messages_to(self, wa_id: str) -> list[SentMessage]:
         """The accepted messages addressed to ``wa_id``, in order."""

@@ -75,12 +75,7 @@ async def two_apps(
     config = make_config(tmp_path)
 
     def transport() -> CloudAPI:
-        return CloudAPI(
-            phone_number_id=fake.phone_number_id,
-            token=fake.token,
-            base_url=fake.url,
-            rate_limit=0,
-        )
+        return fake.client()
 
     a: AppClient = await aiohttp_client(create_app(config, Components(store=new_store())))
     b: AppClient = await aiohttp_client(

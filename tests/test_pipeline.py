@@ -138,10 +138,7 @@ async def slow_pair(tmp_path: Path) -> AsyncIterator[Pair]:
     async with FakeCloudAPI(
         token="t", phone_number_id="PN", enforce_window=False, delay=3.0
     ) as fake:
-        apis = [
-            CloudAPI(phone_number_id="PN", token="t", base_url=fake.url, rate_limit=0, timeout=30)
-            for _ in range(2)
-        ]
+        apis = [fake.client(timeout=30) for _ in range(2)]
         dispatchers = []
         for api in apis:
             await api.start()
@@ -224,7 +221,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     clock = [1764000000.0]
     async with (
         FakeCloudAPI(token="t", phone_number_id="PN", enforce_window=False) as fake,
-        CloudAPI(phone_number_id="PN", token="t", base_url=fake.url, rate_limit=0) as api,
+        fake.client() as api,
     ):
         yield Rig(store, fake, api, clock)
     await store.close()
@@ -267,9 +264,7 @@ class TestReconciliation:
     async def test_a_timeout_is_not_retried_blindly(self, rig: Rig) -> None:
         """A send that timed out waits for its status instead of being resent at once."""
         rig.fake.fail_next(1, timeout=True)
-        async with CloudAPI(
-            phone_number_id="PN", token="t", base_url=rig.fake.url, rate_limit=0, timeout=0.5
-        ) as api:
+        async with rig.fake.client(timeout=0.5) as api:
             sender = Sender(rig.store, api, registry=None, policy=WindowPolicy(), grace=30.0)
             now = rig.clock[0]
             work = await rig.store.claim(USER, "me", now + 15, now)

@@ -87,13 +87,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         token="tok", phone_number_id="PN", registry=registry, clock=lambda: clock[0]
     ) as fake:
         fake.user_wrote(USER, T0)
-        async with CloudAPI(
-            phone_number_id="PN",
-            token="tok",
-            base_url=fake.url,
-            sleep=no_wait,
-            rate_limit=0,
-        ) as api:
+        async with fake.client(sleep=no_wait) as api:
             sender = Sender(
                 store,
                 api,

@@ -166,6 +166,16 @@ class TestBuilders:
 
 
 class TestFakeRequests:
+    async def test_its_client_sends_with_its_token_number_and_version(self) -> None:
+        """fake.client() is a CloudAPI on the fake's URL, token, number and API version."""
+        async with FakeCloudAPI(token="tok", phone_number_id="PN9", api_version="v99.0") as fake:
+            fake.user_wrote("5511999990000")
+            async with fake.client(timeout=5) as api:
+                assert api.url == f"{fake.url}/v99.0/PN9/messages"
+                wamid = await api.send("5511999990000", {"type": "text", "text": {"body": "hi"}})
+            [sent] = fake.messages_to("5511999990000")
+        assert (sent.wamid, sent.type) == (wamid, "text")
+
     async def test_wrong_token_is_401_oauth(self) -> None:
         """A wrong bearer token gets Meta's 401 OAuthException with code 190."""
         async with FakeCloudAPI() as fake:
