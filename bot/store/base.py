@@ -32,13 +32,9 @@ The contract test-suite in ``tests/store/`` states this behaviour; every backend
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
-
-import structlog
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from bot.models import (
     IdentityChange,
@@ -47,14 +43,58 @@ from bot.models import (
     OutboxEntry,
     Outgoing,
     StatusUpdate,
-    TemplateCall,
     TemplateEvent,
     UserRecord,
     delivery_status,
-    parse_callback_data,
 )
-
-_log = structlog.get_logger("windowbot.store")
+from bot.store._codec import (
+    delivery_fields,
+    dumps,
+    inbound_from_json,
+    inbound_to_json,
+    new_outbox_entries,
+    outbox_from_json,
+    outbox_id,
+    outbox_to_json,
+    outgoing_from_json,
+    outgoing_to_json,
+    status_from_json,
+    status_to_json,
+    user_from_json,
+    user_to_json,
+)
+from bot.store._identity import (
+    AliasCache,
+    Identity,
+    Resolved,
+    change_identity,
+    filed,
+    filed_status,
+    message_identity,
+    report_conflicts,
+    resolve_identities,
+    status_identity,
+)
+from bot.store._jobs import (
+    OUTCOMES,
+    REACH_SECONDS,
+    Reach,
+    is_job_entry,
+    job_entry_id,
+    job_from_json,
+    job_to_json,
+    resolve_job,
+)
+from bot.store._ledgers import (
+    LiveVariant,
+    PricingCount,
+    TemplateView,
+    apply_template_event,
+    count_pricing,
+    live_from_json,
+    live_to_json,
+    pricing_row,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,545 +404,7 @@ def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> st
     return entry.status
 
 
-# --- identity shared by the backends ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """The ids one webhook item carries, in the order its user is looked up by.
-
-    Business-scoped ids come first (Meta's key from 2026 on), then the phone number.
-    ``new_key`` is the key of a user none of them names yet: the phone number when the item
-    has one (so users known before business-scoped ids keep their key), else the id.
-    ``user_id``/``wa_id`` are what the user's record takes on a re-key (empty otherwise).
-    """
-
-    ids: tuple[str, ...]
-    new_key: str
-    user_id: str = ""
-    wa_id: str = ""
-
-
-def message_identity(message: InboundMessage) -> Identity:
-    """The ids of an inbound message's sender."""
-    ids = tuple(i for i in (message.user_id, message.wa_id) if i)
-    return Identity(ids or (message.user,), message.user)
-
-
-def status_identity(status: StatusUpdate) -> Identity:
-    """The ids of a status item's recipient."""
-    user_id = status.recipient_user_id
-    phone = status.recipient if status.recipient != user_id else ""
-    ids = tuple(i for i in (user_id, phone) if i)
-    return Identity(ids, status.recipient)
-
-
-def change_identity(change: IdentityChange) -> Identity:
-    """The ids of a re-keyed user: the previous id first, the new ones become aliases."""
-    ids = tuple(i for i in (change.previous, change.wa_id, change.user_id) if i)
-    return Identity(ids, change.wa_id or change.user_id, change.user_id, change.wa_id)
-
-
-@dataclass(slots=True)
-class Resolved:
-    """What :func:`resolve_identities` decided.
-
-    Attributes:
-        users: the canonical key of each item, in order.
-        new: aliases to record (id → canonical key), none of them known before.
-        conflicts: ``(kept, other)`` pairs: an item's ids named two different users (two
-            records made before anything linked their ids); the item went to ``kept``.
-    """
-
-    users: list[str] = field(default_factory=list)
-    new: dict[str, str] = field(default_factory=dict)
-    conflicts: list[tuple[str, str]] = field(default_factory=list)
-
-
-def resolve_identities(items: Sequence[Identity], known: Mapping[str, str]) -> Resolved:
-    """Each item's canonical key from the aliases ``known`` (pure; items in order).
-
-    The first id with an alias decides (business-scoped ids first); an item naming nobody
-    starts a user under its ``new_key``. Every id of an item that had no alias becomes one,
-    so a user seen by phone (with their id), then by id only, then by both is one user; a
-    later item of the same batch sees the aliases an earlier one made.
-    """
-    seen = dict(known)
-    out = Resolved()
-    for item in items:
-        user = ""
-        for alias in item.ids:
-            found = seen.get(alias)
-            if found is None:
-                continue
-            if not user:
-                user = found
-            elif found != user and (user, found) not in out.conflicts:
-                out.conflicts.append((user, found))
-        user = user or item.new_key
-        for alias in item.ids:
-            if alias not in seen:
-                seen[alias] = out.new[alias] = user
-        out.users.append(user)
-    return out
-
-
-def report_conflicts(resolved: Resolved) -> None:
-    """Log each conflict :func:`resolve_identities` found (nothing is merged or lost)."""
-    for kept, other in resolved.conflicts:
-        _log.warning(
-            "identity_conflict",
-            user=kept,
-            other_user=other,
-            action="filed under the first; the two records are not merged",
-        )
-
-
-class AliasCache:
-    """The aliases one process has seen: they never change, so a hit needs no store work.
-
-    Bounded: past ``size`` entries it starts again (a miss only costs a lookup).
-    """
-
-    def __init__(self, size: int = 200_000) -> None:
-        self._map: dict[str, str] = {}
-        self._size = size
-
-    def missing(self, items: Sequence[Identity]) -> list[str]:
-        """The ids of ``items`` not in the cache (empty: :meth:`resolve` needs no store)."""
-        cached = self._map
-        return [alias for item in items for alias in item.ids if alias not in cached]
-
-    def resolve(self, items: Sequence[Identity]) -> Resolved:
-        """:func:`resolve_identities` over the cache alone."""
-        return resolve_identities(items, self._map)
-
-    def learn(self, aliases: Mapping[str, str]) -> None:
-        """Remember aliases read from or written to the store."""
-        if len(self._map) + len(aliases) > self._size:
-            self._map = {}
-        self._map.update(aliases)
-
-
-def filed(message: InboundMessage, user: str) -> InboundMessage:
-    """``message`` filed under the canonical key ``user``."""
-    return message if message.user == user else replace(message, user=user)
-
-
-def filed_status(status: StatusUpdate, user: str) -> StatusUpdate:
-    """``status`` filed under the canonical key ``user``."""
-    return status if status.recipient == user else replace(status, recipient=user)
-
-
-# --- serialisation shared by the backends ----------------------------------------------------
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON for storage (one encoder for all: ``json.dumps`` builds one per call)."""
-    return _ENCODER.encode(value)
-
-
-def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
-    """An :class:`Outgoing` as plain JSON data."""
-    fb = outgoing.fallback
-    return {
-        "message": outgoing.message,
-        "note": outgoing.note,
-        "send_at": outgoing.send_at,
-        "fallback": None
-        if fb is None
-        else {
-            "name": fb.name,
-            "language": fb.language,
-            "parameters": dict(fb.parameters)
-            if isinstance(fb.parameters, Mapping)
-            else list(fb.parameters),
-            "header": list(fb.header),
-            "buttons": list(fb.buttons),
-        },
-    }
-
-
-def outgoing_from_json(data: Mapping[str, Any]) -> Outgoing:
-    """The inverse of :func:`outgoing_to_json`."""
-    fb = data.get("fallback")
-    call = None
-    if fb:
-        params = fb.get("parameters", [])
-        call = TemplateCall(
-            name=fb["name"],
-            language=fb.get("language", ""),
-            parameters=dict(params) if isinstance(params, Mapping) else tuple(params),
-            header=tuple(fb.get("header", ())),
-            buttons=tuple(fb.get("buttons", ())),
-        )
-    return Outgoing(
-        message=data.get("message"),
-        fallback=call,
-        note=data.get("note", ""),
-        send_at=float(data.get("send_at", 0.0)),
-    )
-
-
-def user_to_json(record: UserRecord) -> dict[str, Any]:
-    """A :class:`UserRecord` as plain JSON data (``key`` included)."""
-    return {
-        "key": record.key,
-        "wa_id": record.wa_id,
-        "user_id": record.user_id,
-        "profile_name": record.profile_name,
-        "last_inbound_at": record.last_inbound_at,
-        "message_count": record.message_count,
-        "flow": record.flow,
-        "state": record.state,
-        "variables": dict(record.variables),
-        "language": record.language,
-        "opted_out": record.opted_out,
-        "undeliverable": record.undeliverable,
-        "version": record.version,
-        "paused": record.paused,
-        "paused_reason": record.paused_reason,
-        "paused_at": record.paused_at,
-    }
-
-
-def user_from_json(data: Mapping[str, Any]) -> UserRecord:
-    """The inverse of :func:`user_to_json`; unknown fields are ignored."""
-    return UserRecord(
-        key=data["key"],
-        wa_id=data.get("wa_id", ""),
-        user_id=data.get("user_id", ""),
-        profile_name=data.get("profile_name", ""),
-        last_inbound_at=int(data.get("last_inbound_at", 0)),
-        message_count=int(data.get("message_count", 0)),
-        flow=data.get("flow", ""),
-        state=data.get("state", ""),
-        variables=dict(data.get("variables") or {}),
-        language=data.get("language", ""),
-        opted_out=bool(data.get("opted_out", False)),
-        undeliverable=bool(data.get("undeliverable", False)),
-        version=int(data.get("version", 0)),
-        paused=bool(data.get("paused", False)),
-        paused_reason=str(data.get("paused_reason") or ""),
-        paused_at=float(data.get("paused_at") or 0.0),
-    )
-
-
-def inbound_to_json(message: InboundMessage) -> dict[str, Any]:
-    """What the inbox keeps of a message: Meta's item plus the envelope facts around it."""
-    return {
-        "raw": dict(message.raw),
-        "user": message.user,
-        "wa_id": message.wa_id,
-        "user_id": message.user_id,
-        "profile_name": message.profile_name,
-        "phone_number_id": message.phone_number_id,
-    }
-
-
-def inbound_from_json(data: Mapping[str, Any]) -> InboundMessage:
-    """Rebuild a message from :func:`inbound_to_json` by parsing Meta's item again."""
-    from bot.webhook import parse_message  # the parser is the one source of truth
-
-    message = parse_message(
-        data["raw"],
-        wa_id=data.get("wa_id", ""),
-        user_id=data.get("user_id", ""),
-        profile_name=data.get("profile_name", ""),
-        phone_number_id=data.get("phone_number_id", ""),
-    )
-    return filed(message, data.get("user") or message.user)
-
-
-def status_to_json(status: StatusUpdate) -> dict[str, Any]:
-    """What the store keeps of a status item (and the user it is filed under)."""
-    return {
-        "raw": dict(status.raw),
-        "phone_number_id": status.phone_number_id,
-        "user": status.recipient,
-    }
-
-
-def status_from_json(data: Mapping[str, Any]) -> StatusUpdate:
-    """Rebuild a status item by parsing Meta's item again."""
-    from bot.webhook import parse_status
-
-    status = parse_status(data["raw"], phone_number_id=data.get("phone_number_id", ""))
-    return filed_status(status, data.get("user") or status.recipient)
-
-
-def outbox_to_json(entry: OutboxEntry) -> dict[str, Any]:
-    """An outbox entry as plain JSON data."""
-    return {
-        "id": entry.id,
-        "user": entry.user,
-        "seq": entry.seq,
-        "outgoing": outgoing_to_json(entry.outgoing),
-        "created_at": entry.created_at,
-        "status": entry.status,
-        **delivery_fields(entry),
-    }
-
-
-def delivery_fields(entry: OutboxEntry) -> dict[str, Any]:
-    """What the sender changes on an entry besides its status (its reply never changes)."""
-    return {
-        "attempts": entry.attempts,
-        "next_attempt_at": entry.next_attempt_at,
-        "wamid": entry.wamid,
-        "sent_as": entry.sent_as,
-        "reason": entry.reason,
-        "error_code": entry.error_code,
-        "fallback_sent": entry.fallback_sent,
-        "inflight_at": entry.inflight_at,
-        "inflight_token": entry.inflight_token,
-    }
-
-
-def outbox_from_json(data: Mapping[str, Any]) -> OutboxEntry:
-    """The inverse of :func:`outbox_to_json`."""
-    return OutboxEntry(
-        id=data["id"],
-        user=data["user"],
-        seq=int(data["seq"]),
-        outgoing=outgoing_from_json(data["outgoing"]),
-        created_at=float(data["created_at"]),
-        status=data.get("status", "pending"),
-        attempts=int(data.get("attempts", 0)),
-        next_attempt_at=float(data.get("next_attempt_at", 0.0)),
-        wamid=data.get("wamid", ""),
-        sent_as=data.get("sent_as", ""),
-        reason=data.get("reason", ""),
-        error_code=int(data.get("error_code", 0)),
-        fallback_sent=bool(data.get("fallback_sent", False)),
-        inflight_at=float(data.get("inflight_at", 0.0)),
-        inflight_token=str(data.get("inflight_token", "")),
-    )
-
-
-def outbox_id(user: str, seq: int) -> str:
-    """The deterministic id of a user's ``seq``-th reply (idempotent re-inserts)."""
-    return f"{user}:{seq}"
-
-
-def new_outbox_entries(
-    user: str,
-    first_seq: int,
-    outgoing: Sequence[Outgoing],
-    now: float,
-    *,
-    in_flight: str = "",
-) -> list[OutboxEntry]:
-    """The outbox entries a turn appends, numbered from ``first_seq``.
-
-    A reminder (``send_at``) is not due before its time; everything else is due at once.
-    ``in_flight``: a lease token; the entries due now are stored with their first attempt
-    started by it (see :meth:`Store.commit_turn`'s ``start_sending``).
-    """
-    entries = []
-    for seq, out in enumerate(outgoing, start=first_seq):
-        due = in_flight and out.send_at <= now
-        entries.append(
-            OutboxEntry(
-                id=outbox_id(user, seq),
-                user=user,
-                seq=seq,
-                outgoing=out,
-                created_at=now,
-                next_attempt_at=out.send_at,
-                attempts=1 if due else 0,
-                inflight_at=now if due else 0.0,
-                inflight_token=in_flight if due else "",
-            )
-        )
-    return entries
-
-
-# --- templates' live view and the pricing ledger, shared by the backends --------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LiveVariant:
-    """What Meta last said about one template variant (``""``/0: nothing said yet).
-
-    Attributes:
-        status, status_reason, status_at: the newest status event, its reason, its time.
-        category, previous_category, category_at: the newest completed category change
-            (or the category a status event carried), and when.
-        notice_category, notice_effective_at, notice_at: the latest advance notice that
-            the category will change, and to what.
-    """
-
-    name: str
-    language: str
-    template_id: str = ""
-    status: str = ""
-    status_reason: str = ""
-    status_at: int = 0
-    category: str = ""
-    previous_category: str = ""
-    category_at: int = 0
-    notice_category: str = ""
-    notice_effective_at: int = 0
-    notice_at: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateView:
-    """Every variant's live state, by (name, language), and the view's version."""
-
-    version: int
-    variants: Mapping[tuple[str, str], LiveVariant]
-
-
-@dataclass(frozen=True, slots=True)
-class PricingCount:
-    """How many messages Meta priced one way on one UTC day (``day`` is ``YYYY-MM-DD``)."""
-
-    day: str
-    category: str
-    type: str
-    billable: bool
-    count: int
-
-
-def apply_template_event(current: LiveVariant | None, event: TemplateEvent) -> LiveVariant | None:
-    """The variant's live state after ``event``; ``None`` when the event changes nothing."""
-    old = current or LiveVariant(event.name, event.language)
-    new = replace(old, template_id=event.template_id or old.template_id)
-    if event.kind == "status":
-        if event.time >= old.status_at:
-            new = replace(new, status=event.status, status_reason=event.reason)
-            new = replace(new, status_at=event.time)
-        if event.category and event.time >= old.category_at:
-            new = replace(new, category=event.category, category_at=event.time)
-    elif event.notice:
-        if event.time >= old.notice_at:
-            new = replace(
-                new,
-                notice_category=event.correct_category,
-                notice_effective_at=event.effective_at,
-                notice_at=event.time,
-            )
-    elif event.time >= old.category_at:
-        new = replace(new, category=event.category, category_at=event.time)
-        new = replace(new, previous_category=event.previous_category)
-        if new.notice_category and new.notice_category == event.category:
-            new = replace(new, notice_category="", notice_effective_at=0)  # it happened
-    return None if new == current else new
-
-
-def live_to_json(variant: LiveVariant) -> dict[str, Any]:
-    """A :class:`LiveVariant` as plain JSON data."""
-    return {f: getattr(variant, f) for f in LiveVariant.__dataclass_fields__}
-
-
-def live_from_json(data: Mapping[str, Any]) -> LiveVariant:
-    """The inverse of :func:`live_to_json` (unknown fields ignored)."""
-    return LiveVariant(**{f: data[f] for f in LiveVariant.__dataclass_fields__ if f in data})
-
-
-def pricing_row(status: StatusUpdate) -> dict[str, Any] | None:
-    """The ledger row of a status carrying ``pricing``, ``None`` for one without."""
-    if status.pricing is None:
-        return None
-    named = parse_callback_data(status.callback_data)
-    return {
-        "wamid": status.id,
-        "entry": named[0] if named else "",
-        "user": status.recipient,
-        "ts": status.timestamp,
-        "day": datetime.fromtimestamp(status.timestamp, UTC).strftime("%Y-%m-%d"),
-        "category": status.pricing.category,
-        "type": status.pricing.type,
-        "billable": status.pricing.billable,
-        "pricing_model": status.pricing.pricing_model,
-    }
-
-
-def count_pricing(rows: Sequence[Mapping[str, Any]]) -> list[PricingCount]:
-    """Group ledger rows into :class:`PricingCount` items, oldest day first."""
-    counts: dict[tuple[str, str, str, bool], int] = {}
-    for row in rows:
-        key = (str(row["day"]), str(row["category"]), str(row["type"]), bool(row["billable"]))
-        counts[key] = counts.get(key, 0) + 1
-    return [PricingCount(*key, count=n) for key, n in sorted(counts.items())]
-
-
-__all__ = [
-    "Added",
-    "AliasCache",
-    "Committed",
-    "Identity",
-    "InboxItem",
-    "JobStore",
-    "Lease",
-    "LiveVariant",
-    "PricingCount",
-    "Reach",
-    "Resolved",
-    "Store",
-    "TemplateView",
-    "Work",
-    "apply_template_event",
-    "change_identity",
-    "count_pricing",
-    "dumps",
-    "filed",
-    "filed_status",
-    "inbound_from_json",
-    "inbound_to_json",
-    "is_job_entry",
-    "job_entry_id",
-    "job_from_json",
-    "job_to_json",
-    "live_from_json",
-    "live_to_json",
-    "merge_saved",
-    "message_identity",
-    "new_outbox_entries",
-    "outbox_from_json",
-    "outbox_id",
-    "outbox_to_json",
-    "outgoing_from_json",
-    "outgoing_to_json",
-    "pricing_row",
-    "report_conflicts",
-    "resolve_identities",
-    "resolve_job",
-    "status_from_json",
-    "status_identity",
-    "status_to_json",
-    "user_from_json",
-    "user_to_json",
-]
-
-
 # --- reminder jobs (see bot.jobs) ------------------------------------------------------------
-
-#: Job states that a queued job takes from its outbox entry (see :func:`resolve_job`).
-OUTCOMES = frozenset({"queued", "sent", "skipped", "failed"})
-#: Rolling period of Meta's messaging limit: unique users reached per 24 hours.
-REACH_SECONDS = 86_400.0
-
-
-@dataclass(frozen=True, slots=True)
-class Reach:
-    """What :meth:`JobStore.reserve_reach` decided under the messaging limit.
-
-    Attributes:
-        allowed: the users that may be reached now (already reached in the last 24 h, or
-            reserved now).
-        headroom: how many more new users fit in the rolling 24 h after this call.
-        room_at: when the oldest reach leaves the 24 h (0 when there is room).
-    """
-
-    allowed: frozenset[str]
-    headroom: int
-    room_at: float = 0.0
 
 
 @runtime_checkable
@@ -968,72 +470,53 @@ class JobStore(Store, Protocol):
         """How many scheduled jobs are due by ``now`` (waiting ones included)."""
 
 
-def job_entry_id(job: Job) -> str:
-    """The id of the outbox entry a job becomes (one per scheduling, see ``Job.uid``)."""
-    return f"{job.user}:job:{job.uid}"
-
-
-def is_job_entry(entry_id: str) -> bool:
-    """Whether an outbox entry is a job's (see :func:`job_entry_id`)."""
-    return ":job:" in entry_id
-
-
-def job_to_json(job: Job) -> dict[str, Any]:
-    """A :class:`~bot.models.Job` as plain JSON data."""
-    return {
-        "id": job.id,
-        "uid": job.uid,
-        "user": job.user,
-        "outgoing": outgoing_to_json(job.outgoing),
-        "send_at": job.send_at,
-        "key": job.key,
-        "expires_at": job.expires_at,
-        "resume": job.resume,
-        "quiet_hours": job.quiet_hours,
-        "state": job.state,
-        "reason": job.reason,
-        "error_code": job.error_code,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "wake_at": job.wake_at,
-        "claim_token": job.claim_token,
-        "claim_until": job.claim_until,
-        "entry_id": job.entry_id,
-    }
-
-
-def job_from_json(data: Mapping[str, Any]) -> Job:
-    """The inverse of :func:`job_to_json`."""
-    return Job(
-        id=data["id"],
-        uid=data["uid"],
-        user=data["user"],
-        outgoing=outgoing_from_json(data["outgoing"]),
-        send_at=float(data["send_at"]),
-        key=data.get("key", ""),
-        expires_at=float(data.get("expires_at", 0.0)),
-        resume=data.get("resume", ""),
-        quiet_hours=data.get("quiet_hours", ""),
-        state=data.get("state", "scheduled"),
-        reason=data.get("reason", ""),
-        error_code=int(data.get("error_code", 0)),
-        created_at=float(data.get("created_at", 0.0)),
-        updated_at=float(data.get("updated_at", 0.0)),
-        wake_at=float(data.get("wake_at", 0.0)),
-        claim_token=data.get("claim_token", ""),
-        claim_until=float(data.get("claim_until", 0.0)),
-        entry_id=data.get("entry_id", ""),
-    )
-
-
-def resolve_job(job: Job, entry: OutboxEntry | None) -> Job:
-    """A queued job as what became of its outbox entry: ``sent`` (how), ``skipped`` (why),
-    ``failed`` (Meta's code), or still ``queued``."""
-    if job.state != "queued" or entry is None:
-        return job
-    if entry.status in ("sent", "delivered", "read"):
-        how = f"sent as {entry.sent_as}" + (f" ({entry.reason})" if entry.reason else "")
-        return replace(job, state="sent", reason=how)
-    if entry.status in ("skipped", "failed"):
-        return replace(job, state=entry.status, reason=entry.reason, error_code=entry.error_code)
-    return job
+__all__ = [
+    "OUTCOMES",
+    "REACH_SECONDS",
+    "Added",
+    "AliasCache",
+    "Committed",
+    "Identity",
+    "InboxItem",
+    "JobStore",
+    "Lease",
+    "LiveVariant",
+    "PricingCount",
+    "Reach",
+    "Resolved",
+    "Store",
+    "TemplateView",
+    "Work",
+    "apply_template_event",
+    "change_identity",
+    "count_pricing",
+    "delivery_fields",
+    "dumps",
+    "filed",
+    "filed_status",
+    "inbound_from_json",
+    "inbound_to_json",
+    "is_job_entry",
+    "job_entry_id",
+    "job_from_json",
+    "job_to_json",
+    "live_from_json",
+    "live_to_json",
+    "merge_saved",
+    "message_identity",
+    "new_outbox_entries",
+    "outbox_from_json",
+    "outbox_id",
+    "outbox_to_json",
+    "outgoing_from_json",
+    "outgoing_to_json",
+    "pricing_row",
+    "report_conflicts",
+    "resolve_identities",
+    "resolve_job",
+    "status_from_json",
+    "status_identity",
+    "status_to_json",
+    "user_from_json",
+    "user_to_json",
+]
