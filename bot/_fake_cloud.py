@@ -1,6 +1,8 @@
 """``FakeCloudAPI``: a loopback HTTP server that answers like Meta's ``/messages`` endpoint.
 
-Re-exported by :mod:`bot.testing`; see there for the builders it shares.
+Re-exported by :mod:`bot.testing`; see there for the builders it shares. The request checks
+live in :mod:`bot._fake_checks`, Meta's error payloads in :mod:`bot._fake_errors` and the
+template account in :mod:`bot._fake_templates`; every name they took is re-exported here.
 """
 
 from __future__ import annotations
@@ -13,41 +15,52 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
 
-from bot.models import JSON, MEDIA_TYPES
+from bot._fake_checks import (
+    _BAD_SPACING,
+    _TYPES,
+    _check_interactive,
+    _check_message,
+    _check_template,
+    _check_template_shape,
+    _need,
+    _text,
+)
+from bot._fake_errors import _DEFAULT_STATUS, _TITLES, RE_ENGAGEMENT, _error, _Problem
+from bot._fake_templates import TemplateAccount
+from bot.models import JSON
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI
 
+# Private names too: code written before the split imports them from this module.
+__all__ = [
+    "RE_ENGAGEMENT",
+    "WINDOW_SECONDS",
+    "_BAD_SPACING",
+    "_DEFAULT_STATUS",
+    "_TITLES",
+    "_TYPES",
+    "FakeCloudAPI",
+    "SentMessage",
+    "_Failure",
+    "_Problem",
+    "_check_interactive",
+    "_check_message",
+    "_check_template",
+    "_check_template_shape",
+    "_error",
+    "_need",
+    "_text",
+    "_wait",
+]
+
 WINDOW_SECONDS = 24 * 60 * 60
-RE_ENGAGEMENT = (
-    "Message failed to send because more than 24 hours have passed since the customer last"
-    " replied to this number."
-)
-_TITLES = {
-    1: "An unknown error occurred",
-    2: "Service temporarily unavailable",
-    100: "Invalid parameter",
-    190: "Invalid OAuth access token - Cannot parse access token",
-    130429: "Rate limit hit",
-    131000: "Something went wrong",
-    131026: "Message Undeliverable",
-    131047: "Re-engagement message",
-    131048: "Spam rate limit hit",
-    131056: "(Business Account, Consumer Account) pair rate limit hit",
-    132000: "Number of parameters does not match the expected number of params",
-    132001: "Template name does not exist in the translation",
-    132015: "Template is Paused",
-    132016: "Template is Disabled",
-}
-_DEFAULT_STATUS = {190: 401, 131000: 500, 1: 500, 2: 503}
-_TYPES = MEDIA_TYPES | {"text", "interactive", "location", "contacts", "reaction", "template"}
-_BAD_SPACING = re.compile(r"[\n\t]| {5,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +96,7 @@ class _Failure:
     message: str
 
 
-@dataclass
-class _Problem(Exception):
-    code: int
-    details: str
-    status: int = 400
-    extra: JSON = field(default_factory=dict)
-
-
-class FakeCloudAPI:
+class FakeCloudAPI(TemplateAccount):
     """Meta's send endpoint on ``127.0.0.1``: ``async with FakeCloudAPI() as fake:``.
 
     Point the bot at ``fake.url`` (``WHATSAPP_API_URL``) with ``fake.token`` and
@@ -449,184 +454,6 @@ class FakeCloudAPI:
             "type": "regular",
         }
 
-    # --- templates: the account's list, submissions, and Meta's verdicts ------------------
-
-    def add_template(
-        self,
-        name: str,
-        language: str,
-        body: str,
-        *,
-        category: str = "UTILITY",
-        status: str = "APPROVED",
-        header: str = "",
-        parameter_format: str = "POSITIONAL",
-    ) -> JSON:
-        """Put a template variant in the account, as WhatsApp Manager would; return it."""
-        components: list[JSON] = []
-        if header:
-            components.append({"type": "HEADER", "format": "TEXT", "text": header})
-        components.append({"type": "BODY", "text": body})
-        template: JSON = {
-            "id": str(next(self._seq) + 900_000_000_000),
-            "name": name,
-            "language": language,
-            "status": status,
-            "category": category,
-            "parameter_format": parameter_format,
-            "components": components,
-            "quality_score": {"score": "UNKNOWN"},
-        }
-        self.templates.append(template)
-        return template
-
-    def template(self, name: str, language: str) -> JSON:
-        """The account's template variant ``name``/``language`` (``KeyError`` if none)."""
-        for template in self.templates:
-            if (template["name"], template["language"]) == (name, language):
-                return template
-        raise KeyError(f"{name} ({language}) is not in the fake account")
-
-    async def set_template_status(
-        self, name: str, language: str, event: str, reason: str = ""
-    ) -> int:
-        """Approve, reject, pause, disable or reinstate a variant, and post Meta's webhook.
-
-        Returns the bot's HTTP status for the signed ``message_template_status_update``.
-        """
-        template = self.template(name, language)
-        template["status"] = "APPROVED" if event == "REINSTATED" else event
-        if reason:
-            template["rejected_reason"] = reason
-        value = {
-            "event": event,
-            "message_template_id": int(template["id"]),
-            "message_template_name": name,
-            "message_template_language": language,
-            "reason": reason or "NONE",
-            "message_template_category": template["category"],
-        }
-        return await self._post_change("message_template_status_update", value)
-
-    async def recategorize(
-        self, name: str, language: str, category: str, *, notice_for: float | None = None
-    ) -> int:
-        """Re-categorize a variant (``template_category_update``) and post Meta's webhook.
-
-        With ``notice_for`` (unix seconds), only announce the change for that time: the
-        category stays as it is, as with Meta's 24-hour advance notice.
-        """
-        template = self.template(name, language)
-        value: JSON = {
-            "message_template_id": int(template["id"]),
-            "message_template_name": name,
-            "message_template_language": language,
-        }
-        if notice_for is not None:
-            value |= {
-                "correct_category": category,
-                "new_category": template["category"],
-                "category_update_timestamp": int(notice_for),
-            }
-        else:
-            value |= {"previous_category": template["category"], "new_category": category}
-            template["category"] = category
-        return await self._post_change("template_category_update", value)
-
-    async def _post_change(self, field_name: str, value: JSON) -> int:
-        from bot.testing import signed_request
-
-        if not self.webhook_url or not self.app_secret or self._client is None:
-            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
-        body = {
-            "object": "whatsapp_business_account",
-            "entry": [
-                {
-                    "id": self.waba_id,
-                    "time": int(self.clock()),
-                    "changes": [{"field": field_name, "value": value}],
-                }
-            ],
-        }
-        raw, headers = signed_request(body, self.app_secret)
-        async with self._client.post(self.webhook_url, data=raw, headers=headers) as response:
-            self.webhook_answers.append(response.status)
-            return response.status
-
-    def _check_account_template(self, content: JSON) -> None:
-        """A variant the account lists must be APPROVED now (paused → 132015...)."""
-        code = content.get("language", {}).get("code")
-        found = [t for t in self.templates if (t["name"], t["language"]) == (content["name"], code)]
-        if found and found[0]["status"] != "APPROVED":
-            number = {"PAUSED": 132015, "DISABLED": 132016}.get(found[0]["status"], 132001)
-            raise _Problem(number, f"template {content['name']} ({code}) is {found[0]['status']}")
-
-    def _check_account(self, request: web.Request) -> None:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
-            raise _Problem(190, "Invalid or missing access token", 401)
-        if request.match_info["waba_id"] != self.waba_id:
-            raise _Problem(100, f"Object with ID '{request.match_info['waba_id']}' does not exist")
-
-    async def _list_templates(self, request: web.Request) -> web.Response:
-        try:
-            self._check_account(request)
-        except _Problem as problem:
-            return _error(problem)
-        start = int(request.query.get("after") or 0)
-        limit = int(request.query.get("limit") or self.page_size)
-        fields = request.query.get("fields", "")
-        wanted = set(fields.split(",")) if fields else None
-        page = self.templates[start : start + limit]
-        data = [
-            {k: v for k, v in t.items() if wanted is None or k in wanted or k == "id"} for t in page
-        ]
-        answer: JSON = {"data": data, "paging": {"cursors": {"before": str(start)}}}
-        if start + limit < len(self.templates):
-            after = str(start + limit)
-            answer["paging"]["cursors"]["after"] = after
-            query = {**request.query, "after": after}
-            answer["paging"]["next"] = str(request.url.with_query(query))
-        return web.json_response(answer)
-
-    async def _create_template(self, request: web.Request) -> web.Response:
-        try:
-            self._check_account(request)
-            try:
-                body = await request.json()
-            except ValueError:
-                body = None
-            self.requests.append(body)
-            _need(isinstance(body, dict), "The request body must be a JSON object")
-            name, language, category = body.get("name"), body.get("language"), body.get("category")
-            _need(isinstance(name, str) and bool(re.fullmatch(r"[a-z0-9_]{1,512}", name)), "name")
-            _need(isinstance(language, str) and bool(language), "Param language is required")
-            _need(category in ("UTILITY", "MARKETING", "AUTHENTICATION"), "Param category")
-            components = body.get("components")
-            _need(isinstance(components, list) and bool(components), "Param components")
-            for component in components:
-                text = str(component.get("text", "")) if isinstance(component, dict) else ""
-                params = re.findall(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}", text)
-                if params:
-                    _need(
-                        isinstance(component.get("example"), dict),
-                        f"{component.get('type')} has variables: give example values",
-                    )
-            if any((t["name"], t["language"]) == (name, language) for t in self.templates):
-                raise _Problem(100, f"Content in this language already exists for {name}")
-        except _Problem as problem:
-            return _error(problem)
-        template = {
-            "id": str(next(self._seq) + 900_000_000_000),
-            "name": name,
-            "language": language,
-            "status": "PENDING",
-            "category": category,
-            "parameter_format": body.get("parameter_format", "POSITIONAL"),
-            "components": components,
-        }
-        self.templates.append(template)
-        return web.json_response({"id": template["id"], "status": "PENDING", "category": category})
-
     # --- the endpoint -------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -739,170 +566,3 @@ class FakeCloudAPI:
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout=seconds)
-
-
-def _error(problem: _Problem) -> web.Response:
-    title = _TITLES.get(problem.code, "Invalid parameter")
-    error: JSON = {
-        "message": f"(#{problem.code}) {title}",
-        "type": "OAuthException",
-        "code": problem.code,
-        "error_data": {"messaging_product": "whatsapp", "details": problem.details or title},
-        "fbtrace_id": f"AFake{uuid.uuid4().hex[:16]}",
-    }
-    return web.json_response({"error": error}, status=problem.status)
-
-
-def _need(condition: bool, details: str) -> None:
-    if not condition:
-        raise _Problem(100, details)
-
-
-def _text(value: Any, name: str, limit: int, *, required: bool = True) -> None:
-    if value is None and not required:
-        return
-    _need(isinstance(value, str) and bool(value), f"Param {name} is required")
-    _need(len(value) <= limit, f"Param {name} must be at most {limit} characters long")
-
-
-def _check_message(body: JSON) -> None:
-    """Raise a 100 problem, worded like Meta's, for a malformed send request."""
-    _need(
-        body.get("messaging_product") == "whatsapp", "The parameter messaging_product is required"
-    )
-    address = body.get("to", body.get("recipient"))  # when both are given, ``to`` wins
-    _need(
-        isinstance(address, str) and bool(address),
-        "The parameter to (a phone number) or recipient (a business-scoped user id) is required",
-    )
-    _need(body.get("recipient_type", "individual") == "individual", "Invalid recipient_type")
-    kind = body.get("type", "text")
-    _need(kind in _TYPES, f"Param type must be one of {', '.join(sorted(_TYPES))}")
-    content = body.get(kind)
-    if kind == "contacts":
-        _need(isinstance(content, list) and bool(content), "Param contacts is required")
-        return
-    _need(isinstance(content, dict), f"Param {kind} must be an object")
-    assert isinstance(content, dict)
-    if kind == "text":
-        _text(content.get("body"), "text['body']", 4096)
-    elif kind == "interactive":
-        _check_interactive(content)
-    elif kind in MEDIA_TYPES:
-        _need(bool(content.get("link") or content.get("id")), f"Param {kind} needs link or id")
-        _text(content.get("caption"), f"{kind}['caption']", 1024, required=False)
-    elif kind == "location":
-        for key in ("latitude", "longitude"):
-            _need(isinstance(content.get(key), int | float), f"Param location['{key}'] is required")
-    elif kind == "reaction":
-        _need(
-            isinstance(content.get("message_id"), str), "Param reaction['message_id'] is required"
-        )
-        _need(isinstance(content.get("emoji"), str), "Param reaction['emoji'] is required")
-    elif kind == "template":
-        _check_template_shape(content)
-
-
-def _check_interactive(content: JSON) -> None:
-    kind = content.get("type")
-    action = content.get("action")
-    _need(isinstance(action, dict), "Param interactive['action'] is required")
-    assert isinstance(action, dict)
-    body = content.get("body")
-    _text(body.get("text") if isinstance(body, dict) else None, "interactive['body']['text']", 1024)
-    if kind == "button":
-        buttons = action.get("buttons")
-        _need(isinstance(buttons, list) and 1 <= len(buttons) <= 3, "Param buttons: 1 to 3 buttons")
-        assert isinstance(buttons, list)
-        ids, titles = set(), set()
-        for i, button in enumerate(buttons):
-            reply = button.get("reply") if isinstance(button, dict) else None
-            _need(isinstance(reply, dict) and button.get("type") == "reply", f"Param buttons[{i}]")
-            assert isinstance(reply, dict)
-            _text(reply.get("id"), f"buttons[{i}]['reply']['id']", 256)
-            _text(reply.get("title"), f"buttons[{i}]['reply']['title']", 20)
-            ids.add(reply["id"])
-            titles.add(reply["title"])
-        _need(len(ids) == len(titles) == len(buttons), "Button ids and titles must be unique")
-    elif kind == "list":
-        _text(action.get("button"), "action['button']", 20)
-        sections = action.get("sections")
-        _need(isinstance(sections, list) and 1 <= len(sections) <= 10, "Param sections: 1 to 10")
-        assert isinstance(sections, list)
-        rows = [r for s in sections if isinstance(s, dict) for r in s.get("rows") or []]
-        _need(1 <= len(rows) <= 10, "Total row count exceed max allowed count: 10")
-        for i, row in enumerate(rows):
-            _need(isinstance(row, dict), f"Param rows[{i}] must be an object")
-            _text(row.get("id"), f"rows[{i}]['id']", 200)
-            _text(row.get("title"), f"rows[{i}]['title']", 24)
-            _text(row.get("description"), f"rows[{i}]['description']", 72, required=False)
-    else:
-        _need(
-            kind
-            in (
-                "cta_url",
-                "flow",
-                "product",
-                "product_list",
-                "location_request_message",
-                "address_message",
-            ),
-            f"Param interactive['type'] {kind!r} is invalid",
-        )
-
-
-def _check_template_shape(content: JSON) -> None:
-    _need(isinstance(content.get("name"), str) and bool(content["name"]), "Param template['name']")
-    language = content.get("language")
-    _need(
-        isinstance(language, dict) and isinstance(language.get("code"), str),
-        "Param template['language']['code'] is required",
-    )
-    components = content.get("components", [])
-    _need(isinstance(components, list), "Param template['components'] must be a list")
-    for i, component in enumerate(components):
-        _need(
-            isinstance(component, dict)
-            and component.get("type") in ("header", "body", "button", "footer"),
-            f"Param components[{i}]['type']",
-        )
-        for j, param in enumerate(component.get("parameters") or []):
-            where = f"components[{i}]['parameters'][{j}]"
-            _need(isinstance(param, dict) and isinstance(param.get("type"), str), f"Param {where}")
-            if param["type"] == "text":
-                _text(param.get("text"), f"{where}['text']", 1024)
-                _need(
-                    not _BAD_SPACING.search(param["text"]),
-                    "Param text cannot have new-line/"
-                    "tab characters or more than 4 consecutive spaces",
-                )
-
-
-def _check_template(content: JSON, registry: TemplateRegistry, *, by_phone: bool = True) -> None:
-    name, code = content["name"], content["language"]["code"]
-    template = registry.get(name)
-    variant = template.variants.get(code) if template else None
-    if template is None or variant is None:
-        raise _Problem(132001, f"template name ({name}) does not exist in {code}")
-    if template.category == "AUTHENTICATION" and not by_phone:
-        raise _Problem(100, f"authentication template {name} needs a phone number in 'to'")
-    if variant.status != "APPROVED":
-        number = {"PAUSED": 132015, "DISABLED": 132016}.get(variant.status, 132001)
-        raise _Problem(number, f"template {name} ({code}) is {variant.status}")
-    for part, want in (("body", template.parameters), ("header", template.header_parameters)):
-        given = [
-            p
-            for c in content.get("components", [])
-            if c.get("type") == part
-            for p in c.get("parameters") or []
-        ]
-        if len(given) != len(want):
-            raise _Problem(
-                132000,
-                f"{part}: number of localizable_params ({len(given)}) does not"
-                f" match the expected number of params ({len(want)})",
-            )
-        if template.parameter_format == "named":
-            names = {p.get("parameter_name") for p in given}
-            if names != set(want):
-                raise _Problem(132000, f"{part}: parameter names must be {', '.join(want)}")
