@@ -1,5 +1,12 @@
 """The MongoDB store, on PyMongo's native async driver (a motor database works too).
 
+The store is assembled from parts, one concern each: :mod:`bot.store._mongo_core`
+(construction, lifecycle, indexes, error translation), :mod:`bot.store._mongo_jobs` (reminder
+jobs, send slots, reach), :mod:`bot.store._mongo_ledgers` (templates' live view, pricing, the
+console's views) and :mod:`bot.store._mongo_outbox` (entries queued outside a turn, fenced
+sends and saves, the outbox's lookups). This module holds the inbox and statuses, aliases,
+leases, turns and housekeeping; what follows describes the design they share.
+
 MongoDB only promises atomicity for one document and the store uses no multi-document
 transaction, so every guarantee of the protocol rests on single-document conditional writes:
 
@@ -55,10 +62,9 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, cast
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
@@ -67,7 +73,6 @@ from bot.models import (
     DELIVERY_RANK,
     IdentityChange,
     InboundMessage,
-    OutboxEntry,
     Outgoing,
     StatusUpdate,
     UserRecord,
@@ -78,6 +83,7 @@ from bot.store._mongo_core import _INBOX_ORDER, _STATUS_ORDER, Doc
 from bot.store._mongo_errors import mask_url
 from bot.store._mongo_jobs import _MongoJobs
 from bot.store._mongo_ledgers import _MongoLedgers
+from bot.store._mongo_outbox import _NO_LEASE, _blank_user, _MongoOutbox, _token, _turn, _version_is
 from bot.store.base import (
     Added,
     Committed,
@@ -86,16 +92,13 @@ from bot.store.base import (
     Resolved,
     Work,
     change_identity,
-    delivery_fields,
     filed,
     filed_status,
     inbound_from_json,
     inbound_to_json,
-    merge_saved,
     message_identity,
     new_outbox_entries,
     outbox_from_json,
-    outbox_to_json,
     report_conflicts,
     status_from_json,
     status_identity,
@@ -104,12 +107,11 @@ from bot.store.base import (
     user_to_json,
 )
 
-_NO_LEASE: Doc = {"owner": "", "token": "", "until": 0.0}
 #: Ties between status items with the same timestamp go in the order they happen in.
 _STATUS_RANK = {"sent": 0, "delivered": 1, "read": 2, "failed": 3, "deleted": 4, "warning": 5}
 
 
-class MongoStore(_MongoJobs, _MongoLedgers):
+class MongoStore(_MongoOutbox, _MongoJobs, _MongoLedgers):
     """The :class:`~bot.store.base.Store` on a MongoDB database.
 
     Args:
@@ -263,6 +265,15 @@ class MongoStore(_MongoJobs, _MongoLedgers):
                 return True
         known = await self._outbox.find_one({"user": user, "wamid": status.id}, {"_id": 1})
         return known is not None
+
+    async def finish_statuses(self, user: str, keys: Sequence[tuple[str, str]]) -> None:
+        ids = [f"{wamid}:{status}" for wamid, status in keys]
+        if not ids:
+            return
+        with self._translate("finish_statuses"):
+            await self._statuses.update_many(
+                {"_id": {"$in": ids}, "user": user}, {"$set": {"applied": True}}
+            )
 
     # --- leases -------------------------------------------------------------------------
 
@@ -503,59 +514,6 @@ class MongoStore(_MongoJobs, _MongoLedgers):
             raise VersionConflict(f"user {key}: version {read} was overwritten meanwhile")
         return {**current, **fields}, backlog
 
-    async def enqueue(
-        self, user: str, outgoing: Sequence[Outgoing], now: float, *, entry_id: str = ""
-    ) -> list[OutboxEntry]:
-        with self._translate("enqueue"):
-            while True:  # each retry means another writer's turn succeeded
-                current = await self._users.find_one({"_id": user})
-                if current is not None:
-                    await self._finish_turn(current)
-                doc = await self._write_enqueued(user, current, outgoing, now, entry_id)
-                if doc is not None:
-                    break
-            entries = [outbox_from_json(e) for e in doc["_turn"]["entries"]]
-            await self._finish_turn(doc)
-        return entries
-
-    async def _write_enqueued(
-        self,
-        user: str,
-        current: Doc | None,
-        outgoing: Sequence[Outgoing],
-        now: float,
-        entry_id: str = "",
-    ) -> Doc | None:
-        """The turn of :meth:`enqueue` as one conditional write; ``None`` if it lost a race.
-
-        Its entries are fenced by the lease held at that moment (the write is conditioned on
-        it), so that lease's owner may send them and a later claim re-fences them.
-        """
-        seq = int((current or {}).get("next_seq", 0))
-        held = (current or {}).get("lease") or {}
-        new = new_outbox_entries(user, seq, outgoing, now)
-        if entry_id:  # a job's entry: its id, so a second hand-over inserts nothing
-            new = [replace(e, id=entry_id) for e in new]
-        version = int((current or {}).get("version", 0)) + 1
-        fields: Doc = {"version": version}
-        if current is None or "key" not in current:  # the record is born here
-            fields = user_to_json(_blank_user(user, version))
-        fields["next_seq"] = seq + len(new)
-        fields["_turn"] = _turn(now, None, "", new, held.get("token") or "")
-        if current is None:
-            try:
-                await self._users.insert_one(
-                    {"_id": user, **fields, "lease": dict(_NO_LEASE), "adopted": []}
-                )
-            except DuplicateKeyError:
-                return None
-            return {"_id": user, **fields}
-        token = held.get("token", {"$exists": False})
-        query = {"_id": user, "lease.token": token, **_version_is(current)}
-        if (await self._users.update_one(query, {"$set": fields})).matched_count != 1:
-            return None
-        return {**current, **fields}
-
     async def _finish_turn(self, doc: Doc) -> None:
         """Steps 2-4: apply what the user document's ``_turn`` (if any) recorded; idempotent."""
         turn = doc.pop("_turn", None)
@@ -580,112 +538,6 @@ class MongoStore(_MongoJobs, _MongoLedgers):
         await self._users.update_one(
             {"_id": doc["_id"], "version": doc["version"]}, {"$unset": {"_turn": ""}}
         )
-
-    # --- the outbox ---------------------------------------------------------------------
-
-    async def begin_send(self, lease: Lease, entry: OutboxEntry, now: float) -> OutboxEntry | None:
-        with self._translate("begin_send"):
-            written, doc = await self._fenced(
-                lease,
-                entry.id,
-                {"status": "pending", "wamid": ""},
-                {
-                    "$inc": {"attempts": 1},
-                    "$set": {"inflight_at": now, "inflight_token": lease.token},
-                },
-            )
-        if not written or doc is None:
-            return None
-        return replace(
-            entry, attempts=int(doc["attempts"]), inflight_at=now, inflight_token=lease.token
-        )
-
-    async def save_outbox(self, lease: Lease, entry: OutboxEntry) -> None:
-        # An entry's reply never changes once queued: only its delivery fields are written.
-        fields = delivery_fields(entry)
-        # Over another wamid the entry's own status is stored whatever the stored one is
-        # (merge_saved); over the same wamid the stored status is read and merged.
-        match: Doc = {"wamid": {"$ne": entry.wamid}} if entry.wamid else {}
-        status = entry.status
-        with self._translate("save_outbox"):
-            while True:
-                written, stored = await self._fenced(
-                    lease, entry.id, match, {"$set": {**fields, "status": status}}
-                )
-                if written or stored is None:
-                    return
-                match = {"status": stored.get("status"), "wamid": stored.get("wamid")}
-                status = merge_saved(str(match["status"]), str(match["wamid"]), entry)
-
-    async def _fenced(
-        self, lease: Lease, entry_id: str, match: Doc, update: Doc
-    ) -> tuple[bool, Doc | None]:
-        """Update the entry if the lease's token fences it and ``match`` holds.
-
-        Returns ``(True, the entry after the update)``, or ``(False, the stored entry)`` when
-        ``match`` does not hold (``None``: no such entry of the lease's user). An entry fenced
-        by an earlier lease is adopted first (see the module docstring).
-
-        Raises:
-            LeaseLost: the lease no longer holds the user.
-        """
-        user, token = lease.user, lease.token
-        while True:
-            doc = await self._outbox.find_one_and_update(
-                {"_id": entry_id, "user": user, "fence": token, **match},
-                update,
-                return_document=ReturnDocument.AFTER,
-            )
-            if doc is not None:
-                return True, doc
-            held, stored = await asyncio.gather(
-                self._users.find_one({"_id": user}, {"lease": 1}),
-                self._outbox.find_one({"_id": entry_id, "user": user}),
-            )
-            if _token(held) != token:
-                raise LeaseLost(f"user {user}: the lease was taken over; write refused")
-            if stored is None or not _matches(stored, match):
-                return False, stored
-            if stored.get("fence") == token:
-                continue  # it changed in between: try again
-            adopting = await self._users.update_one(
-                {"_id": user, "lease.token": token}, {"$addToSet": {"adopted": entry_id}}
-            )
-            if adopting.matched_count != 1:
-                raise LeaseLost(f"user {user}: the lease was taken over; write refused")
-            await self._outbox.update_one(
-                {"_id": entry_id, "user": user, "fence": stored.get("fence")},
-                {"$set": {"fence": token}},
-            )
-
-    async def outbox_for_status(self, status: StatusUpdate) -> OutboxEntry | None:
-        if not status.id:
-            return None
-        user = status.recipient
-        with self._translate("outbox_for_status"):
-            doc = await self._outbox.find_one({"user": user, "wamid": status.id})
-            named = parse_callback_data(status.callback_data)
-            if doc is None and named is not None:
-                doc = await self._outbox.find_one({"_id": named[0], "user": user})
-        return None if doc is None else outbox_from_json(doc)
-
-    async def finish_statuses(self, user: str, keys: Sequence[tuple[str, str]]) -> None:
-        ids = [f"{wamid}:{status}" for wamid, status in keys]
-        if not ids:
-            return
-        with self._translate("finish_statuses"):
-            await self._statuses.update_many(
-                {"_id": {"$in": ids}, "user": user}, {"$set": {"applied": True}}
-            )
-
-    async def outbox_of(self, user: str, limit: int = 100) -> list[OutboxEntry]:
-        with self._translate("outbox_of"):
-            turn = await self._users.find_one({"_id": user, "_turn.at": {"$exists": True}})
-            if turn is not None:  # a turn left by a crash: its entries first
-                await self._finish_turn(turn)
-            cursor = self._outbox.find({"user": user}).sort("seq", DESCENDING).limit(limit)
-            docs = await cursor.to_list(None)
-        return [outbox_from_json(doc) for doc in reversed(docs)]
 
     # --- housekeeping -------------------------------------------------------------------
 
@@ -719,16 +571,6 @@ class MongoStore(_MongoJobs, _MongoLedgers):
         return counts
 
 
-def _token(doc: Mapping[str, Any] | None) -> str:
-    """The lease token a user document holds ('' for none)."""
-    return str(((doc or {}).get("lease") or {}).get("token") or "")
-
-
-def _version_is(doc: Mapping[str, Any]) -> Doc:
-    """A filter matching the version ``doc`` has (a claimed, never written user has none)."""
-    return {"version": doc["version"]} if "version" in doc else {"version": {"$exists": False}}
-
-
 def _checked(doc: Doc | None, lease: Lease, read: int) -> Doc:
     """``doc``, if a turn that read version ``read`` may be written over it under ``lease``.
 
@@ -744,36 +586,9 @@ def _checked(doc: Doc | None, lease: Lease, read: int) -> Doc:
     return doc
 
 
-def _turn(
-    now: float, message_id: str | None, failed: str, entries: list[OutboxEntry], fence: str
-) -> Doc:
-    """The ``_turn`` a user document carries until its steps are done."""
-    docs = [{"_id": e.id, **outbox_to_json(e), "fence": fence} for e in entries]
-    return {"at": now, "message_id": message_id, "failed": failed, "entries": docs}
-
-
-def _matches(doc: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
-    """Whether ``doc`` satisfies ``match`` (equality and ``$ne`` only)."""
-    for field, want in match.items():
-        if isinstance(want, dict):
-            if doc.get(field) == want["$ne"]:
-                return False
-        elif doc.get(field) != want:
-            return False
-    return True
-
-
 def _record(doc: Mapping[str, Any]) -> UserRecord | None:
     """The record a user document holds (``None`` before the first turn)."""
     return user_from_json(doc) if "key" in doc else None
-
-
-def _blank_user(user: str, version: int = 0) -> UserRecord:
-    """The record of a user never seen (keyed by a phone number or a business-scoped id)."""
-    phone = user.isdigit()
-    return UserRecord(
-        key=user, wa_id=user if phone else "", user_id="" if phone else user, version=version
-    )
 
 
 async def _none() -> None:
