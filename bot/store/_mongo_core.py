@@ -7,7 +7,7 @@ store's own, and the insert that treats a duplicate ``_id`` as "already there".
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Self, cast
 from urllib.parse import parse_qsl, urlsplit
@@ -23,6 +23,7 @@ from pymongo.errors import (
 )
 
 from bot.errors import ConfigError, StoreError
+from bot.models import UserRecord
 from bot.store._mongo_errors import mask_url, translate
 from bot.store.base import AliasCache
 
@@ -215,3 +216,26 @@ class _MongoCore:
                 seen[error["index"]] = True
             return [not s for s in seen]
         return [True] * len(docs)
+
+
+# --- the user document, shared by the parts ----------------------------------------------
+
+_NO_LEASE: Doc = {"owner": "", "token": "", "until": 0.0}
+
+
+def _token(doc: Mapping[str, Any] | None) -> str:
+    """The lease token a user document holds ('' for none)."""
+    return str(((doc or {}).get("lease") or {}).get("token") or "")
+
+
+def _version_is(doc: Mapping[str, Any]) -> Doc:
+    """A filter matching the version ``doc`` has (a claimed, never written user has none)."""
+    return {"version": doc["version"]} if "version" in doc else {"version": {"$exists": False}}
+
+
+def _blank_user(user: str, version: int = 0) -> UserRecord:
+    """The record of a user never seen (keyed by a phone number or a business-scoped id)."""
+    phone = user.isdigit()
+    return UserRecord(
+        key=user, wa_id=user if phone else "", user_id="" if phone else user, version=version
+    )

@@ -19,10 +19,9 @@ from bot.models import (
     OutboxEntry,
     Outgoing,
     StatusUpdate,
-    UserRecord,
     parse_callback_data,
 )
-from bot.store._mongo_core import Doc, _MongoCore
+from bot.store._mongo_core import _NO_LEASE, Doc, _blank_user, _MongoCore, _token, _version_is
 from bot.store.base import (
     Lease,
     delivery_fields,
@@ -32,8 +31,6 @@ from bot.store.base import (
     outbox_to_json,
     user_to_json,
 )
-
-_NO_LEASE: Doc = {"owner": "", "token": "", "until": 0.0}
 
 
 class _MongoOutbox(_MongoCore):
@@ -194,16 +191,6 @@ class _MongoOutbox(_MongoCore):
         return [outbox_from_json(doc) for doc in reversed(docs)]
 
 
-def _token(doc: Mapping[str, Any] | None) -> str:
-    """The lease token a user document holds ('' for none)."""
-    return str(((doc or {}).get("lease") or {}).get("token") or "")
-
-
-def _version_is(doc: Mapping[str, Any]) -> Doc:
-    """A filter matching the version ``doc`` has (a claimed, never written user has none)."""
-    return {"version": doc["version"]} if "version" in doc else {"version": {"$exists": False}}
-
-
 def _turn(
     now: float, message_id: str | None, failed: str, entries: list[OutboxEntry], fence: str
 ) -> Doc:
@@ -221,11 +208,3 @@ def _matches(doc: Mapping[str, Any], match: Mapping[str, Any]) -> bool:
         elif doc.get(field) != want:
             return False
     return True
-
-
-def _blank_user(user: str, version: int = 0) -> UserRecord:
-    """The record of a user never seen (keyed by a phone number or a business-scoped id)."""
-    phone = user.isdigit()
-    return UserRecord(
-        key=user, wa_id=user if phone else "", user_id="" if phone else user, version=version
-    )

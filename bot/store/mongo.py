@@ -79,11 +79,19 @@ from bot.models import (
     delivery_status,
     parse_callback_data,
 )
-from bot.store._mongo_core import _INBOX_ORDER, _STATUS_ORDER, Doc
+from bot.store._mongo_core import (
+    _INBOX_ORDER,
+    _NO_LEASE,
+    _STATUS_ORDER,
+    Doc,
+    _blank_user,
+    _token,
+    _version_is,
+)
 from bot.store._mongo_errors import mask_url
 from bot.store._mongo_jobs import _MongoJobs
 from bot.store._mongo_ledgers import _MongoLedgers
-from bot.store._mongo_outbox import _NO_LEASE, _blank_user, _MongoOutbox, _token, _turn, _version_is
+from bot.store._mongo_outbox import _MongoOutbox, _turn
 from bot.store.base import (
     Added,
     Committed,
