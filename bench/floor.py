@@ -16,13 +16,14 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from bot.errors import PayloadError, SignatureError
+from bot.models import InboundMessage
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_signature
 
 
@@ -62,12 +63,21 @@ class Floor:
             return web.Response(status=401, text=str(exc))
         except PayloadError as exc:
             return web.Response(status=400, text=str(exc))
-        for message in delivery.messages:
-            if message.type == "text":
-                task = asyncio.create_task(self.send_echo(message.wa_id, message.text))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+        await self.accept(delivery.messages)
         return web.Response(text="OK")
+
+    async def accept(self, messages: Sequence[InboundMessage]) -> None:
+        """What happens to a verified delivery's messages before the 200: echoes scheduled."""
+        for message in messages:
+            if message.type == "text":
+                self.spawn(self.send_echo(message.wa_id, message.text))
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` after the 200, in a task kept until it ends."""
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     async def send_echo(self, to: str, text: str) -> str:
         """POST one text message; the wamid the Cloud API answers with ('' if refused)."""

@@ -23,18 +23,17 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import Floor
 
-from bot.errors import PayloadError, SignatureError
 from bot.models import InboundMessage
 from bot.store._sqlite_core import SQLiteCore
-from bot.webhook import SIGNATURE_HEADER, parse_body, verify_signature
 
 #: Tables of their own: the file also holds the store's schema (``SQLiteCore`` makes it).
 _TABLES = """
@@ -59,25 +58,13 @@ class DurableFloor(Floor):
             yield
         await self.store.close()
 
-    async def receive(self, request: web.Request) -> web.Response:
-        """Verify, parse, store, acknowledge; the echoes go out after the 200."""
-        body = await request.read()
-        try:
-            verify_signature(body, request.headers.get(SIGNATURE_HEADER), self.app_secret)
-            delivery = parse_body(body)
-        except SignatureError as exc:
-            return web.Response(status=401, text=str(exc))
-        except PayloadError as exc:
-            return web.Response(status=400, text=str(exc))
-        rows = [(m.id, m.wa_id, json.dumps(dict(m.raw))) for m in delivery.messages]
+    async def accept(self, messages: Sequence[InboundMessage]) -> None:
+        """Store the messages (the 200 waits for the commit), then answer the new ones."""
+        rows = [(m.id, m.wa_id, json.dumps(dict(m.raw))) for m in messages]
         fresh = await self.store._call(lambda c: [_insert(c, row) for row in rows])
-        for message, new in zip(delivery.messages, fresh, strict=True):
+        for message, new in zip(messages, fresh, strict=True):
             if new and message.type == "text":
-                task = asyncio.create_task(self.answer(message))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-                task.add_done_callback(_report)
-        return web.Response(text="OK")
+                self.spawn(self.answer(message)).add_done_callback(_report)
 
     async def answer(self, message: InboundMessage) -> None:
         """Queue the echo with the message marked handled, send it, record its wamid."""
@@ -101,7 +88,7 @@ class DurableFloor(Floor):
         )
 
 
-def _report(task: asyncio.Task[None]) -> None:
+def _report(task: asyncio.Task[Any]) -> None:
     """Print what an answer failed with (the bench keeps what the server printed)."""
     if not task.cancelled() and task.exception() is not None:
         print(f"durable floor: answer failed: {task.exception()!r}", file=sys.stderr)
