@@ -25,8 +25,11 @@ CPU is the server process's utime + stime from ``/proc/<pid>/stat`` from the sta
 phase until it is idle again, divided by messages answered. Each phase line also shows the
 cores the server, the sink, this load generator and everything else on the machine used:
 other work (a test suite) slows the single-threaded floor most, so each phase first waits
-(``--quiet-wait``) for the machine to be idle. The table shows medians over ``--runs``
-(missing / duplicate / out-of-order replies: sums) against the product's bar.
+(``--quiet-wait``) for the machine to be idle. A virtual machine's speed also drifts, unseen
+from inside, with its neighbours' load: a fixed loop is timed before each phase (the probe),
+the servers take turns at going first, and each ratio in the table is the median over
+``--runs`` of the runs' own bot/floor ratios (the columns: medians; missing / duplicate /
+out-of-order replies: sums), set against the product's bar.
 
 The bot runs from this working tree; ``--bot-src DIR`` runs another checkout instead (a
 ``git archive`` of a commit), for numbers that do not move while the tree is being edited.
@@ -45,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +61,7 @@ from pipeline_procs import (
     machine_quiet,
     profiler,
     spawned,
+    speed_probe,
     wait_idle,
 )
 
@@ -74,6 +77,8 @@ class Measurement:
 
     target: str
     mode: str
+    run: int
+    probe_ms: float  # the speed probe just before the phase (lower: the machine was faster)
     rate: float  # messages answered per second
     ack_rate: float  # burst: messages acknowledged per second
     p50: float  # e2e latency, seconds
@@ -101,7 +106,8 @@ class Measurement:
             f" CPU {self.cpu_ms:.3f} ms/msg; missing {self.missing} dup {self.duplicates}"
             f" ooo {self.out_of_order} unexpected {self.unexpected}"
             f" refused {self.refused or 0}; cores: server {self.server_share:.2f} sink"
-            f" {self.sink_share:.2f} loadgen {self.gen_share:.2f} others {self.others_share:.2f}"
+            f" {self.sink_share:.2f} loadgen {self.gen_share:.2f} others {self.others_share:.2f};"
+            f" probe {self.probe_ms:.1f} ms"
         )
 
 
@@ -200,6 +206,7 @@ async def phases(
     profile = None
     if args.profile and target == "bot":
         profile = Path(args.profile) / f"{target}-{mode}-{run}.speedscope.json"
+    probe = speed_probe()
     with profiler(pid, profile):
         cpu0, sink0, gen0 = cpu_seconds(pid), cpu_seconds(sink.proc.pid), time.process_time()
         busy0 = machine_busy()
@@ -228,6 +235,8 @@ async def phases(
     return Measurement(
         target=target,
         mode=mode,
+        run=run,
+        probe_ms=probe,
         rate=answered / (ledger.last_answer_at - start) if answered else 0.0,
         ack_rate=ack_rate,
         p50=ledger.percentile(50),
@@ -251,15 +260,48 @@ def ratio(bot: float, floor: float) -> float:
     return bot / floor if floor and not math.isnan(floor) else math.nan
 
 
-def table(results: list[Measurement], runs: int) -> str:
-    """The floor/bot comparison, one row per mode, against the product's bar."""
+class Results:
+    """The phases measured, and the comparisons the table makes of them."""
 
-    def med(target: str, mode: str, attr: str) -> float:
-        values = [getattr(m, attr) for m in results if (m.target, m.mode) == (target, mode)]
+    def __init__(self, results: list[Measurement]) -> None:
+        self.results = results
+
+    def med(self, target: str, mode: str, attr: str) -> float:
+        """The median of ``attr`` over the runs of ``target`` in ``mode``."""
+        values = [getattr(m, attr) for m in self.of(target, mode)]
         return statistics.median(values) if values else math.nan
 
+    def of(self, target: str, mode: str) -> list[Measurement]:
+        return [m for m in self.results if (m.target, m.mode) == (target, mode)]
+
+    def paired(self, num: str, den: str, mode: str, attr: str) -> list[float]:
+        """``num``'s ``attr`` over ``den``'s, run by run (each pair measured minutes apart)."""
+        dens = {m.run: getattr(m, attr) for m in self.of(den, mode)}
+        return [
+            ratio(getattr(m, attr), dens[m.run])
+            for m in self.of(num, mode)
+            if m.run in dens and not math.isnan(ratio(getattr(m, attr), dens[m.run]))
+        ]
+
+    def ratio(self, num: str, den: str, mode: str, attr: str) -> float:
+        """The median of the runs' paired ratios (the machine's speed drifts between runs
+        more than between the phases of one run); the ratio of medians if none pair."""
+        pairs = self.paired(num, den, mode, attr)
+        if pairs:
+            return statistics.median(pairs)
+        return ratio(self.med(num, mode, attr), self.med(den, mode, attr))
+
+    def spread(self, num: str, den: str, mode: str, attr: str) -> str:
+        pairs = self.paired(num, den, mode, attr)
+        return f"{min(pairs):.2f}-{max(pairs):.2f}" if len(pairs) > 1 else "-"
+
+
+def table(measured: list[Measurement], runs: int) -> str:
+    """The floor/bot comparison, one row per mode, against the product's bar."""
+    results = Results(measured)
+
     def counts(target: str, mode: str) -> str:
-        rows = [m for m in results if (m.target, m.mode) == (target, mode)]
+        rows = results.of(target, mode)
         if not rows:
             return "-"
         return "/".join(
@@ -276,14 +318,15 @@ def table(results: list[Measurement], runs: int) -> str:
         f"{'miss/dup/ooo: floor':>20}{'bot':>10}"
     )
     lines = [head, "-" * len(head)]
+    spreads = []
     for mode in MODES:
-        if not any(m.mode == mode for m in results):
+        if not any(m.mode == mode for m in measured):
             continue
-        rf, rb = med("floor", mode, "rate"), med("bot", mode, "rate")
-        lf, lb = med("floor", mode, "p50") * 1e3, med("bot", mode, "p50") * 1e3
-        cf, cb = med("floor", mode, "cpu_ms"), med("bot", mode, "cpu_ms")
-        rate, lat, cpu = ratio(rb, rf), ratio(lb, lf), ratio(cb, cf)
-        bot = [m for m in results if (m.target, m.mode) == ("bot", mode)]
+        rf, rb = results.med("floor", mode, "rate"), results.med("bot", mode, "rate")
+        lf, lb = results.med("floor", mode, "p50") * 1e3, results.med("bot", mode, "p50") * 1e3
+        cf, cb = results.med("floor", mode, "cpu_ms"), results.med("bot", mode, "cpu_ms")
+        rate, lat, cpu = (results.ratio("bot", "floor", mode, a) for a in ("rate", "p50", "cpu_ms"))
+        bot = results.of("bot", mode)
         complete = all(m.missing == m.duplicates == 0 for m in bot)
         in_order = all(m.out_of_order == 0 for m in bot)
         rate_ok = rate >= 0.6 and (mode != "burst" or (complete and in_order))
@@ -294,13 +337,28 @@ def table(results: list[Measurement], runs: int) -> str:
             f"{cf:>18.3f}{cb:>7.3f}{cpu:>7.2f}{verdict(cpu <= 2, cpu)} |"
             f"{counts('floor', mode):>20}{counts('bot', mode):>10}"
         )
-    lines.extend(durable_lines(results, med))
+        spreads.append(
+            f"{mode}: rate {results.spread('bot', 'floor', mode, 'rate')}, p50"
+            f" {results.spread('bot', 'floor', mode, 'p50')}, CPU"
+            f" {results.spread('bot', 'floor', mode, 'cpu_ms')}"
+        )
+    lines.extend(durable_lines(results))
     lines.append(
-        f"medians of {runs} run(s); miss/dup/ooo summed over them. Bar: burst rate >= 0.6x"
-        " with every reply exactly once and in order; sustained rate >= 0.6x and p50 <= 2x;"
-        " CPU per message <= 2x."
+        f"ratios: medians over {runs} run(s) of each run's bot/floor (columns: medians);"
+        " miss/dup/ooo summed. Bar: burst rate >= 0.6x with every reply exactly once and in"
+        " order; sustained rate >= 0.6x and p50 <= 2x; CPU per message <= 2x."
     )
-    noisiest = max((m.others_share for m in results), default=0.0)
+    if runs > 1:
+        lines.append("range of the runs' ratios: " + "; ".join(spreads))
+    probes = [m.probe_ms for m in measured]
+    if probes:
+        drift = max(probes) / min(probes) - 1
+        lines.append(
+            f"speed probe {min(probes):.1f}-{max(probes):.1f} ms over the phases: the machine's"
+            f" speed drifted by {drift:.0%}"
+            + (" (phases ran at different speeds; run again)" if drift > 0.15 else "")
+        )
+    noisiest = max((m.others_share for m in measured), default=0.0)
     lines.append(
         f"Other processes on the machine used up to {noisiest:.2f} of its {os.cpu_count()}"
         " cores during a phase"
@@ -309,19 +367,19 @@ def table(results: list[Measurement], runs: int) -> str:
     return "\n".join(lines)
 
 
-def durable_lines(results: list[Measurement], med: Callable[[str, str, str], float]) -> list[str]:
+def durable_lines(results: Results) -> list[str]:
     """Where the durable floor stands between the floor and the bot, per mode."""
     lines = []
     for mode in MODES:
-        if not any((m.target, m.mode) == ("durable", mode) for m in results):
+        if not results.of("durable", mode):
             continue
-        rate, cpu = med("durable", mode, "rate"), med("durable", mode, "cpu_ms")
-        floor_rate, floor_cpu = med("floor", mode, "rate"), med("floor", mode, "cpu_ms")
-        bot_rate, bot_cpu = med("bot", mode, "rate"), med("bot", mode, "cpu_ms")
+        rate, cpu = results.med("durable", mode, "rate"), results.med("durable", mode, "cpu_ms")
         lines.append(
-            f"{mode:<10}| durable floor {rate:,.0f} msg/s = {ratio(rate, floor_rate):.2f}x"
-            f" the floor, CPU {cpu:.3f} ms = {ratio(cpu, floor_cpu):.2f}x; the bot does"
-            f" {ratio(bot_rate, rate):.2f}x its rate at {ratio(bot_cpu, cpu):.2f}x its CPU"
+            f"{mode:<10}| durable floor {rate:,.0f} msg/s ="
+            f" {results.ratio('durable', 'floor', mode, 'rate'):.2f}x the floor, CPU"
+            f" {cpu:.3f} ms = {results.ratio('durable', 'floor', mode, 'cpu_ms'):.2f}x; the bot"
+            f" does {results.ratio('bot', 'durable', mode, 'rate'):.2f}x its rate at"
+            f" {results.ratio('bot', 'durable', mode, 'cpu_ms'):.2f}x its CPU"
         )
     return lines
 
@@ -394,7 +452,8 @@ async def main() -> None:
     failed: list[str] = []
     for run in range(1, args.runs + 1):
         for mode in args.modes:
-            for target in targets:
+            turn = (run - 1) % len(targets)  # who goes first rotates: no target always runs last
+            for target in targets[turn:] + targets[:turn]:
                 try:
                     result = await measure(target, mode, run, args)
                 except (OSError, RuntimeError, TimeoutError) as exc:

@@ -8,6 +8,7 @@ and :class:`Sink` listens to the reply sink's report stream.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -34,6 +35,23 @@ def machine_busy() -> float:
     """CPU seconds every CPU of the machine spent busy (not idle, not waiting for I/O)."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(values[:8]) - values[3] - values[4]) / TICK  # guest time is in user already
+
+
+def speed_probe(rounds: int = 3) -> float:
+    """Milliseconds of CPU a fixed pure-Python loop takes here now (the best of ``rounds``).
+
+    A virtual machine's speed drifts with its neighbours' load, unseen from inside (the
+    same loop has taken 290 to 505 ms in consecutive runs on one machine): a phase measured
+    while the machine was slow looks slow, whatever ran in it. The probe before each phase
+    shows the drift, so a comparison between phases run at different speeds can be told.
+    """
+    best = math.inf
+    for _ in range(rounds):
+        start, total = time.process_time(), 0
+        for i in range(200_000):
+            total += i
+        best = min(best, time.process_time() - start)
+    return best * 1000
 
 
 async def machine_quiet(limit: float, threshold: float = 0.15) -> bool:
