@@ -1,7 +1,8 @@
 """Templates' live view and the pricing ledger: the values and pure rules the backends share.
 
 :func:`apply_template_event` decides what a template webhook changes in the live view;
-:func:`pricing_row` and :func:`count_pricing` make and count the pricing ledger's rows.
+:func:`pricing_row` and :func:`count_pricing` make and count the pricing ledger's rows;
+:func:`pricing_closed_before` says from when on its old days are rolled up into counts.
 """
 
 from __future__ import annotations
@@ -95,9 +96,22 @@ def live_from_json(data: Mapping[str, Any]) -> LiveVariant:
     return LiveVariant(**{f: data[f] for f in LiveVariant.__dataclass_fields__ if f in data})
 
 
+#: How long after a message's first priced status another priced status of it can still
+#: reach us: WhatsApp drops a message it could not deliver within 30 days, and Meta
+#: redelivers a webhook for up to 7 days; a day more for clocks. A ledger row is kept for
+#: that long beyond the retention before it is rolled up into its day's counts.
+PRICING_GRACE_SECONDS = 38 * 86400
+
+
 def pricing_row(status: StatusUpdate) -> dict[str, Any] | None:
-    """The ledger row of a status carrying ``pricing``, ``None`` for one without."""
-    if status.pricing is None:
+    """The ledger row of a status carrying ``pricing``, ``None`` for one without.
+
+    A message counts once, by its wamid, from its first priced ``sent``, ``delivered`` or
+    ``failed`` status. A ``read`` status is not counted: it always follows ``delivered``,
+    which was counted, and it may come any time later (after its message's row was rolled
+    up: see :func:`pricing_closed_before`), where it would count the message again.
+    """
+    if status.pricing is None or status.status == "read":
         return None
     named = parse_callback_data(status.callback_data)
     return {
@@ -105,7 +119,7 @@ def pricing_row(status: StatusUpdate) -> dict[str, Any] | None:
         "entry": named[0] if named else "",
         "user": status.recipient,
         "ts": status.timestamp,
-        "day": datetime.fromtimestamp(status.timestamp, UTC).strftime("%Y-%m-%d"),
+        "day": pricing_day(status.timestamp),
         "category": status.pricing.category,
         "type": status.pricing.type,
         "billable": status.pricing.billable,
@@ -113,10 +127,33 @@ def pricing_row(status: StatusUpdate) -> dict[str, Any] | None:
     }
 
 
-def count_pricing(rows: Sequence[Mapping[str, Any]]) -> list[PricingCount]:
-    """Group ledger rows into :class:`PricingCount` items, oldest day first."""
+def count_pricing(
+    rows: Sequence[Mapping[str, Any]], rolled: Sequence[PricingCount] = ()
+) -> list[PricingCount]:
+    """Group ledger rows into :class:`PricingCount` items, oldest day first, adding the
+    counts of days already ``rolled`` up."""
     counts: dict[tuple[str, str, str, bool], int] = {}
     for row in rows:
         key = (str(row["day"]), str(row["category"]), str(row["type"]), bool(row["billable"]))
         counts[key] = counts.get(key, 0) + 1
+    for c in rolled:
+        key = (c.day, c.category, c.type, c.billable)
+        counts[key] = counts.get(key, 0) + c.count
     return [PricingCount(*key, count=n) for key, n in sorted(counts.items())]
+
+
+def pricing_closed_before(before: float) -> float:
+    """The start of the first UTC day whose ledger rows stay, when the store's retention
+    starts at ``before``: every day before it is closed, and its rows are rolled up.
+
+    Closed means no priced status of its messages can still arrive
+    (:data:`PRICING_GRACE_SECONDS` past the retention), so rolling it up never lets a
+    message count twice.
+    """
+    cut = before - PRICING_GRACE_SECONDS
+    return cut - cut % 86400
+
+
+def pricing_day(ts: float) -> str:
+    """The UTC day (``YYYY-MM-DD``) of unix time ``ts``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")

@@ -58,6 +58,7 @@ _INDEXES: dict[str, list[list[tuple[str, int]]]] = {
         [("state", ASCENDING), ("send_at", ASCENDING)],  # purge
     ],
     "template_events": [[("received_at", ASCENDING)]],  # purge
+    "pricing": [[("ts", ASCENDING)]],  # counts since, the roll-up of closed days
     "reach": [[("at", ASCENDING)]],
 }
 #: Indexes of earlier versions that a prefix of one above serves just as well. (The outbox

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
@@ -22,6 +24,8 @@ from bot.store.base import (
     inbound_from_json,
     live_from_json,
     live_to_json,
+    pricing_closed_before,
+    pricing_day,
     pricing_row,
     user_from_json,
 )
@@ -58,7 +62,8 @@ class _MongoLedgers(_MongoCore):
     # Collections: ``template_events`` (``_id`` = the event's key: a redelivery is a
     # duplicate), ``template_live`` (``_id`` = "name:language", the variant's state and a
     # ``rev`` for compare-and-set), ``template_version`` (one document, ``version``), and
-    # ``pricing`` (``_id`` = wamid: one row per message).
+    # ``pricing`` (``_id`` = wamid: one row per message) and ``pricing_days`` (``_id`` = a
+    # closed day, ``counts``: that day's rows rolled up, written once before they go).
 
     async def _purge_events(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` template events received before ``before`` (kept only to
@@ -124,11 +129,51 @@ class _MongoLedgers(_MongoCore):
             await self._insert_new(self._db["pricing"], docs)
 
     async def pricing_counts(self, since: float = 0.0) -> list[PricingCount]:
+        # Rows first, then the rolled-up days, leaving out the rows of a day whose counts
+        # exist (a purge may be deleting them): a day rolled up in between is counted once.
         with self._translate("pricing_counts"):
-            await self._db["pricing"].create_index([("ts", ASCENDING)])  # idempotent, cheap
-            rows = await (
-                self._db["pricing"]
-                .find({"ts": {"$gte": since}}, {"day": 1, "category": 1, "type": 1, "billable": 1})
-                .to_list(None)
-            )
-        return count_pricing(rows)
+            rows = await self._db["pricing"].find({"ts": {"$gte": since}}, _COUNTED).to_list(None)
+            days = self._db["pricing_days"].find({"_id": {"$gte": pricing_day(since)}})
+            rolled = {doc["_id"]: doc["counts"] for doc in await days.to_list(None)}
+        kept = [row for row in rows if row["day"] not in rolled]
+        counts = [_count_from_json(day, c) for day, cs in rolled.items() for c in cs]
+        return count_pricing(kept, counts)
+
+    async def _purge_pricing(self, before: float, limit: int) -> int:
+        """Roll up the ledger rows of closed days, a whole day at a time, then delete up to
+        ``limit`` of them (see :func:`pricing_closed_before`).
+
+        Without a transaction, a day is counted once: its counts are inserted (a duplicate
+        ``_id`` means another pass already counted it) before any of its rows is deleted,
+        and a day whose counts exist is not counted again. No new row can join a closed day.
+        """
+        pricing, closed = self._db["pricing"], pricing_closed_before(before)
+        deleted = 0
+        while deleted < limit:
+            oldest = pricing.find({"ts": {"$lt": closed}}, {"ts": 1}).sort("ts").limit(1)
+            found = await oldest.to_list(None)
+            if not found:
+                break
+            start = found[0]["ts"] - found[0]["ts"] % 86400
+            day, rows = pricing_day(start), {"ts": {"$gte": start, "$lt": start + 86400}}
+            if await self._db["pricing_days"].find_one({"_id": day}) is None:
+                counted = count_pricing(await pricing.find(rows, _COUNTED).to_list(None))
+                counts = [_count_to_json(c) for c in counted]
+                await self._insert_new(self._db["pricing_days"], [{"_id": day, "counts": counts}])
+            deleted += await self._delete_some(pricing, rows, limit - deleted)
+        return deleted
+
+
+#: The fields of a ledger row that it is counted by.
+_COUNTED = {"day": 1, "category": 1, "type": 1, "billable": 1}
+
+
+def _count_to_json(count: PricingCount) -> dict[str, object]:
+    """A day's count as stored in its ``pricing_days`` document (the day is its ``_id``)."""
+    return {k: v for k, v in asdict(count).items() if k != "day"}
+
+
+def _count_from_json(day: str, data: dict[str, Any]) -> PricingCount:
+    return PricingCount(
+        day, str(data["category"]), str(data["type"]), bool(data["billable"]), int(data["count"])
+    )

@@ -24,9 +24,29 @@ from bot.store.base import (
     inbound_from_json,
     live_from_json,
     live_to_json,
+    pricing_closed_before,
+    pricing_day,
     pricing_row,
     user_from_json,
 )
+
+#: The oldest ``?`` ledger rows of days closed before ``?``, in a stable order.
+_CLOSED_ROWS = "SELECT rowid FROM pricing WHERE ts < ? ORDER BY ts, rowid LIMIT ?"
+
+
+def _purge_pricing(c: sqlite3.Connection, before: float, limit: int) -> int:
+    """Roll up to ``limit`` ledger rows of closed days into their days' counts, and delete
+    them, in the one transaction (see :func:`pricing_closed_before`)."""
+    _ledger_tables(c)
+    closed = (pricing_closed_before(before), limit)
+    c.execute(
+        "INSERT INTO pricing_days (day, category, type, billable, count) "
+        "SELECT day, category, type, billable, COUNT(*) FROM pricing "
+        f"WHERE rowid IN ({_CLOSED_ROWS}) GROUP BY day, category, type, billable "
+        "ON CONFLICT (day, category, type, billable) DO UPDATE SET count = count + excluded.count",
+        closed,
+    )
+    return c.execute(f"DELETE FROM pricing WHERE rowid IN ({_CLOSED_ROWS})", closed).rowcount
 
 
 class SQLiteLedgers(SQLiteCore):
@@ -106,10 +126,13 @@ class SQLiteLedgers(SQLiteCore):
 
     async def pricing_counts(self, since: float = 0.0) -> list[PricingCount]:
         def op(c: sqlite3.Connection) -> list[PricingCount]:
-            rows = c.execute(
-                "SELECT day, category, type, billable, COUNT(*) FROM pricing WHERE ts >= ? "
+            rows = c.execute(  # the rows kept, and the counts of the days rolled up
+                "SELECT day, category, type, billable, SUM(n) FROM ("
+                "SELECT day, category, type, billable, COUNT(*) AS n FROM pricing WHERE ts >= ? "
+                "GROUP BY day, category, type, billable UNION ALL "
+                "SELECT day, category, type, billable, count FROM pricing_days WHERE day >= ?) "
                 "GROUP BY day, category, type, billable ORDER BY day, category, type, billable",
-                (since,),
+                (since, pricing_day(since)),
             ).fetchall()
             return [PricingCount(r[0], r[1], r[2], bool(r[3]), int(r[4])) for r in rows]
 
@@ -157,6 +180,11 @@ CREATE TABLE IF NOT EXISTS pricing (
     pricing_model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pricing_ts ON pricing(ts);
+-- closed days, rolled up: their counts, once their rows are purged
+CREATE TABLE IF NOT EXISTS pricing_days (
+    day TEXT NOT NULL, category TEXT NOT NULL, type TEXT NOT NULL, billable INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (day, category, type, billable)
+) WITHOUT ROWID;
 """
 
 

@@ -86,6 +86,7 @@ from bot.store._jobs import (
     resolve_job,
 )
 from bot.store._ledgers import (
+    PRICING_GRACE_SECONDS,
     LiveVariant,
     PricingCount,
     TemplateView,
@@ -93,6 +94,8 @@ from bot.store._ledgers import (
     count_pricing,
     live_from_json,
     live_to_json,
+    pricing_closed_before,
+    pricing_day,
     pricing_row,
 )
 
@@ -331,6 +334,8 @@ class Store(Protocol):
         items (by arrival), outbox entries no longer pending (by ``created_at``), reminder
         jobs whose story is over (by ``send_at``: cancelled, expired, skipped, failed, or
         handed over to an entry that is settled or gone) and template events (by arrival).
+        Pricing ledger rows of closed days (:func:`pricing_closed_before`) are rolled up into
+        per-day counts, in the same write as their deletion, so counts never change.
         Pending work is never deleted. A purged wamid or event is no longer a duplicate, so
         ``before`` must lie beyond Meta's 7-day retry horizon.
         """
@@ -362,10 +367,15 @@ class Store(Protocol):
         """Record the ``pricing`` of status items in the ledger, once per message (wamid).
 
         The row names the outbox entry the message was sent for (from its callback data).
+        ``read`` statuses are not counted (see :func:`pricing_row`).
         """
 
     async def pricing_counts(self, since: float = 0.0) -> list[PricingCount]:
-        """Ledger counts per UTC day, pricing category, type and billable, oldest day first."""
+        """Ledger counts per UTC day, pricing category, type and billable, oldest day first.
+
+        ``since``: rows from that time on, and the counts of rolled-up days from its day on
+        (a rolled-up day counts whole).
+        """
 
     # --- read-only views for the console --------------------------------------------------
 
@@ -472,6 +482,7 @@ class JobStore(Store, Protocol):
 
 __all__ = [
     "OUTCOMES",
+    "PRICING_GRACE_SECONDS",
     "REACH_SECONDS",
     "Added",
     "AliasCache",
@@ -510,6 +521,8 @@ __all__ = [
     "outbox_to_json",
     "outgoing_from_json",
     "outgoing_to_json",
+    "pricing_closed_before",
+    "pricing_day",
     "pricing_row",
     "report_conflicts",
     "resolve_identities",

@@ -564,6 +564,7 @@ class MongoStore(_MongoOutbox, _MongoJobs, _MongoLedgers):
             # after the outbox: a job whose entry was just purged is over too
             deleted += await self._purge_jobs(before, limit)
             deleted += await self._purge_events(before, limit)
+            deleted += await self._purge_pricing(before, limit)
         return deleted
 
     async def inbox_counts(self) -> dict[str, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.models import TemplateEvent, callback_data
-from bot.store.base import PricingCount, Store
+from bot.store.base import PRICING_GRACE_SECONDS, PricingCount, Store
 from bot.webhook import parse_status, parse_template_event
 from tests.store.conftest import Backend
 
@@ -163,3 +163,51 @@ class TestPricing:
         assert await store.pricing_counts(since=DAY2) == [
             PricingCount("2025-11-25", "utility", "regular", True, 1)
         ]
+
+    async def test_read_statuses_are_not_counted(self, store: Store) -> None:
+        """A priced read (it may come weeks later) adds nothing: delivered counted it."""
+        await store.add_pricing([priced("w9", "read", DAY1, "utility", "regular", True)], NOW)
+        assert await store.pricing_counts() == []
+
+    async def test_closed_days_are_rolled_up_and_the_counts_stay(self, store: Store) -> None:
+        """The purge rolls closed days' rows into their counts; open days keep their rows,
+        so a late status of one of their messages still counts once."""
+        await store.add_pricing(
+            [
+                priced("w1", "sent", DAY1, "utility", "regular", True),
+                priced("w2", "sent", DAY1 + 60, "utility", "regular", True),
+                priced("w3", "sent", DAY1 + 120, "service", "free_customer_service", False),
+                priced("w4", "sent", DAY2, "utility", "regular", True),
+            ],
+            NOW,
+        )
+        before = await store.pricing_counts()
+        day2 = DAY2 - DAY2 % 86_400
+        assert await store.purge(day2 + PRICING_GRACE_SECONDS, 100) == 3  # DAY1's rows
+        assert await store.pricing_counts() == before
+        assert await store.purge(day2 + PRICING_GRACE_SECONDS, 100) == 0
+        await store.add_pricing([priced("w4", "delivered", DAY2, "utility", "regular", True)], NOW)
+        assert await store.pricing_counts() == before
+        assert await store.pricing_counts(since=DAY2) == [
+            PricingCount("2025-11-25", "utility", "regular", True, 1)
+        ]
+        assert await store.purge(day2 + 86_400 + PRICING_GRACE_SECONDS, 100) == 1
+        assert await store.pricing_counts() == before
+
+    async def test_the_roll_up_keeps_the_counts_batch_by_batch(self, store: Store) -> None:
+        """Purged a few rows at a time, two closed days end up counted exactly once."""
+        earlier = DAY1 - 86_400
+        await store.add_pricing(
+            [priced(f"a{i}", "sent", earlier + i, "utility", "regular", True) for i in range(2)]
+            + [priced(f"b{i}", "sent", DAY1 + i, "marketing", "regular", True) for i in range(3)],
+            NOW,
+        )
+        before = await store.pricing_counts()
+        assert [c.count for c in before] == [2, 3]
+        cut = DAY2 - DAY2 % 86_400 + PRICING_GRACE_SECONDS
+        purged = []
+        while deleted := await store.purge(cut, 2):
+            purged.append(deleted)
+            assert await store.pricing_counts() == before
+        assert sum(purged) == 5
+        assert max(purged) == 2

@@ -300,6 +300,7 @@ class TestIndexes:
             "users": [("lease.until",)],
             "jobs": [("state", "wake_at"), ("state", "send_at")],
             "template_events": [("received_at",)],
+            "pricing": [("ts",)],
         }
         for name, prefixes in wanted.items():
             info: Any = await mongo_store.database[name].index_information()
