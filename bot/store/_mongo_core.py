@@ -81,7 +81,7 @@ class _MongoCore:
         clock_skew: float = 0.0,
     ) -> None:
         # Typed as PyMongo's database: motor's has the same collection API for what is used
-        # here, except ``aggregate`` (see ``mongo._aggregate``).
+        # here, except ``aggregate`` (see ``_mongo_leases._aggregate``).
         self._db = cast("AsyncDatabase[Doc]", database)
         self._client = client
         self.description = description or f"MongoDB database {database.name!r}"

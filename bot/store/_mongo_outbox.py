@@ -1,7 +1,7 @@
 """The MongoDB store's per-user outbox: entries queued outside a turn, fenced sends and saves.
 
-Also the helpers on the user document that the turns in :mod:`bot.store.mongo` share with
-the outbox (the lease token, the version filter, the ``_turn`` carried, a blank record).
+Also the helpers on the user document that the turns in :mod:`bot.store._mongo_turns` share
+with the outbox (the lease token, the version filter, the ``_turn`` carried, a blank record).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from bot.store.base import (
 class _MongoOutbox(_MongoCore):
     """Outbox entries as documents of ``outbox``, fenced by a lease (see :mod:`bot.store.mongo`)."""
 
-    if TYPE_CHECKING:  # MongoStore's (turns): a reader first finishes a turn left behind
+    if TYPE_CHECKING:  # _MongoTurns's: a reader first finishes a turn left behind
 
         async def _finish_turn(self, doc: Doc) -> None: ...
 

@@ -3,9 +3,11 @@
 The store is assembled from parts, one concern each: :mod:`bot.store._mongo_core`
 (construction, lifecycle, indexes, error translation), :mod:`bot.store._mongo_jobs` (reminder
 jobs, send slots, reach), :mod:`bot.store._mongo_ledgers` (templates' live view, pricing, the
-console's views) and :mod:`bot.store._mongo_outbox` (entries queued outside a turn, fenced
-sends and saves, the outbox's lookups). This module holds the inbox and statuses, aliases,
-leases, turns and housekeeping; what follows describes the design they share.
+console's views), :mod:`bot.store._mongo_outbox` (entries queued outside a turn, fenced
+sends and saves, the outbox's lookups), :mod:`bot.store._mongo_leases` (claim, renew and
+release, the reading of a user's work and record, the sweep's ``users_with_work``) and
+:mod:`bot.store._mongo_turns` (a turn's write and its steps). This module holds the inbox and
+statuses, aliases and housekeeping; what follows describes the design they share.
 
 MongoDB only promises atomicity for one document and the store uses no multi-document
 transaction, so every guarantee of the protocol rests on single-document conditional writes:
@@ -58,68 +60,46 @@ scatter. Times are unix-second floats everywhere, never BSON dates.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import uuid
-from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
-
-from bot.errors import LeaseLost, StoreError, VersionConflict
+from bot.errors import StoreError
 from bot.models import (
     DELIVERY_RANK,
     IdentityChange,
     InboundMessage,
-    Outgoing,
     StatusUpdate,
-    UserRecord,
     delivery_status,
     parse_callback_data,
 )
-from bot.store._mongo_core import (
-    _INBOX_ORDER,
-    _NO_LEASE,
-    _STATUS_ORDER,
-    Doc,
-    _blank_user,
-    _token,
-    _version_is,
-)
 from bot.store._mongo_errors import mask_url
 from bot.store._mongo_jobs import _MongoJobs
+from bot.store._mongo_leases import _MongoLeases
 from bot.store._mongo_ledgers import _MongoLedgers
-from bot.store._mongo_outbox import _MongoOutbox, _turn
+from bot.store._mongo_outbox import _MongoOutbox
+from bot.store._mongo_turns import _checked as _checked  # its old place; patch it in _mongo_turns
+from bot.store._mongo_turns import _MongoTurns
 from bot.store.base import (
     Added,
-    Committed,
     Identity,
-    Lease,
     Resolved,
     Work,
     change_identity,
     filed,
     filed_status,
-    inbound_from_json,
     inbound_to_json,
     message_identity,
-    new_outbox_entries,
-    outbox_from_json,
     report_conflicts,
-    status_from_json,
     status_identity,
     status_to_json,
-    user_from_json,
-    user_to_json,
 )
 
 #: Ties between status items with the same timestamp go in the order they happen in.
 _STATUS_RANK = {"sent": 0, "delivered": 1, "read": 2, "failed": 3, "deleted": 4, "warning": 5}
 
 
-class MongoStore(_MongoOutbox, _MongoJobs, _MongoLedgers):
+class MongoStore(_MongoTurns, _MongoLeases, _MongoOutbox, _MongoJobs, _MongoLedgers):
     """The :class:`~bot.store.base.Store` on a MongoDB database.
 
     Args:
@@ -283,270 +263,6 @@ class MongoStore(_MongoOutbox, _MongoJobs, _MongoLedgers):
                 {"_id": {"$in": ids}, "user": user}, {"$set": {"applied": True}}
             )
 
-    # --- leases -------------------------------------------------------------------------
-
-    async def claim(
-        self, user: str, owner: str, until: float, now: float, *, limit: int = 64
-    ) -> Work | None:
-        token = uuid.uuid4().hex
-        free = {
-            "_id": user,
-            "$or": [
-                {"lease.token": {"$in": ["", None]}},
-                {"lease.owner": owner},
-                {"lease.until": {"$lt": now - self._skew}},
-            ],
-        }
-        taken = {"lease": {"owner": owner, "token": token, "until": float(until)}, "adopted": []}
-        with self._translate("claim"):
-            # No upsert: under contention an upsert that loses the race may come back as an
-            # update that reports no document before (secantusdb does), and the previous
-            # token would be lost. An update of an existing, free user is one round trip; a
-            # miss is a held user or a new one, which the insert tells apart.
-            before = await self._users.find_one_and_update(
-                free, {"$set": taken}, return_document=ReturnDocument.BEFORE
-            )
-            if before is None:
-                try:
-                    await self._users.insert_one({"_id": user, **taken})
-                except DuplicateKeyError:  # the user exists: another owner holds the lease
-                    return None
-                before = {"_id": user}
-            lease = Lease(user, owner, token, float(until))
-            previous = _token(before)
-            if previous:  # taken over (or claimed again): that token writes nothing more
-                await self._kill_fences(user, previous, before.get("adopted") or [], token)
-            return await self._read_work(lease, before, limit, fence=True)
-
-    async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
-        with self._translate("read_work"):
-            doc = await self._users.find_one({"_id": lease.user})
-            return await self._read_work(lease, doc or {"_id": lease.user}, limit, fence=False)
-
-    async def _read_work(self, lease: Lease, doc: Doc, limit: int, *, fence: bool) -> Work:
-        """Finish a turn ``doc`` carries, then read the user's pending work.
-
-        ``fence``: fence the pending entries read with the lease's token. Only right after
-        the claim: any other owner's fences have been killed by then.
-        """
-        await self._finish_turn(doc)
-        user = lease.user
-        inbox, statuses, outbox = await asyncio.gather(
-            self._inbox.find({"user": user, "status": "pending"})
-            .sort(_INBOX_ORDER)
-            .limit(limit)
-            .to_list(None),
-            self._statuses.find({"user": user, "applied": False})
-            .sort(_STATUS_ORDER)
-            .limit(limit)
-            .to_list(None),
-            self._outbox.find({"user": user, "status": "pending"})
-            .sort("seq", ASCENDING)
-            .limit(limit)
-            .to_list(None),
-        )
-        stray = [d["_id"] for d in outbox if d.get("fence") != lease.token]
-        if fence and stray:
-            await self._outbox.update_many(
-                {"_id": {"$in": stray}, "user": user, "status": "pending"},
-                {"$set": {"fence": lease.token}},
-            )
-        return Work(
-            lease=lease,
-            record=_record(doc) or _blank_user(user),
-            inbound=tuple(inbound_from_json(d["data"]) for d in inbox),
-            statuses=tuple(status_from_json(d["data"]) for d in statuses),
-            outbox=tuple(outbox_from_json(d) for d in outbox),
-        )
-
-    async def _kill_fences(self, user: str, token: str, adopted: list[str], by: str) -> None:
-        """Re-fence every entry ``token`` may write (or is adopting) to a dead marker."""
-        query: Doc = {"user": user, "fence": token}
-        if adopted:
-            query = {"user": user, "$or": [{"fence": token}, {"_id": {"$in": adopted}}]}
-        await self._outbox.update_many(query, {"$set": {"fence": f"-{by}"}})
-
-    async def renew(self, leases: Sequence[Lease], until: float) -> set[str]:
-        async def one(lease: Lease) -> str | None:
-            result = await self._users.update_one(
-                {"_id": lease.user, "lease.token": lease.token},
-                {"$set": {"lease.until": float(until)}},
-            )
-            return lease.user if result.matched_count else None
-
-        with self._translate("renew"):
-            held = await asyncio.gather(*(one(lease) for lease in leases))
-        return {user for user in held if user is not None}
-
-    async def release(self, leases: Sequence[Lease]) -> set[str]:
-        async def one(lease: Lease) -> None:
-            # Fences first: should the second step fail, the lease is still there and the
-            # claim that takes it over once it expires kills the fences again.
-            await self._kill_fences(lease.user, lease.token, [], lease.token)
-            await self._users.update_one(
-                {"_id": lease.user, "lease.token": lease.token},
-                {"$set": {"lease": dict(_NO_LEASE), "adopted": []}},
-            )
-
-        users = list(dict.fromkeys(lease.user for lease in leases))
-        with self._translate("release"):
-            await asyncio.gather(*(one(lease) for lease in leases))
-            if not users:
-                return set()
-            # after the release (see Store.release): work stored later is claimed where it lands
-            left = await asyncio.gather(
-                *(
-                    _aggregate(
-                        coll,
-                        [
-                            {"$match": {"user": {"$in": users}, **match}},
-                            {"$group": {"_id": "$user"}},
-                        ],
-                    )
-                    for coll, match in (
-                        (self._inbox, {"status": "pending"}),
-                        (self._statuses, {"applied": False}),
-                    )
-                )
-            )
-        return {str(row["_id"]) for rows in left for row in rows}
-
-    async def users_with_work(self, now: float, limit: int) -> list[str]:
-        if limit <= 0:
-            return []
-        with self._translate("users_with_work"):
-            live = {"lease.until": {"$gte": now - self._skew}}
-            busy = [d["_id"] for d in await self._users.find(live, {"_id": 1}).to_list(None)]
-            sources: list[tuple[AsyncCollection[Doc], Doc, str]] = [
-                (self._inbox, {"status": "pending"}, "ts"),
-                (self._statuses, {"applied": False}, "ts"),
-                (
-                    self._outbox,
-                    {"status": "pending", "next_attempt_at": {"$lte": now}},
-                    "next_attempt_at",
-                ),
-            ]
-            found: dict[str, None] = {}
-            for coll, match, oldest in sources:
-                pipeline: list[Doc] = [
-                    {"$match": {**match, "user": {"$nin": busy}}},
-                    {"$group": {"_id": "$user", "first": {"$min": f"${oldest}"}}},
-                    {"$sort": {"first": 1, "_id": 1}},
-                    {"$limit": limit},
-                ]
-                found.update(dict.fromkeys(d["_id"] for d in await _aggregate(coll, pipeline)))
-            crashed = self._users.find(
-                {"_turn.at": {"$exists": True}, "_id": {"$nin": busy}}, {"_id": 1}
-            )
-            found.update(dict.fromkeys(d["_id"] for d in await crashed.limit(limit).to_list(None)))
-        return list(found)[:limit]
-
-    async def get_user(self, user: str) -> UserRecord | None:
-        with self._translate("get_user"):
-            doc = await self._users.find_one({"_id": user})
-            if doc is None:
-                return None
-            await self._finish_turn(doc)
-        return _record(doc)
-
-    # --- turns --------------------------------------------------------------------------
-
-    async def commit_turn(
-        self,
-        lease: Lease,
-        message_id: str | None,
-        record: UserRecord,
-        outgoing: Sequence[Outgoing],
-        now: float,
-        *,
-        failed: str = "",
-        start_sending: bool = False,
-    ) -> Committed:
-        with self._translate("commit_turn"):
-            doc, backlog = await self._write_turn(
-                lease, message_id, record, outgoing, now, failed=failed, sending=start_sending
-            )
-            entries = tuple(outbox_from_json(e) for e in doc["_turn"]["entries"])
-            await self._finish_turn(doc)
-        return Committed(user_from_json(doc), entries, backlog)
-
-    async def _write_turn(
-        self,
-        lease: Lease,
-        message_id: str | None,
-        record: UserRecord,
-        outgoing: Sequence[Outgoing],
-        now: float,
-        *,
-        failed: str = "",
-        sending: bool = False,
-    ) -> tuple[Doc, bool]:
-        """Step 1: the fenced, version-checked write of the user document, carrying the turn.
-
-        Returns the user document as written (``_turn`` included) and the backlog flag.
-        """
-        key, read = record.key, record.version
-        current, older = await asyncio.gather(
-            self._users.find_one({"_id": key}),
-            self._outbox.find_one(  # an older entry goes first; a reminder not due does not
-                {
-                    "user": key,
-                    "status": "pending",
-                    "$or": [{"next_attempt_at": {"$lte": now}}, {"attempts": {"$gt": 0}}],
-                },
-                {"_id": 1},
-            )
-            if outgoing
-            else _none(),
-        )
-        current = _checked(current, lease, read)
-        left = (current.get("_turn") or {}).get("entries")  # pending too, once finished
-        await self._finish_turn(current)  # the write below replaces the previous ``_turn``
-        backlog = bool(outgoing) and (older is not None or bool(left))
-        seq = int(current.get("next_seq", 0))
-        new = new_outbox_entries(
-            key, seq, outgoing, now, in_flight=lease.token if sending and not backlog else ""
-        )
-        turn = _turn(now, message_id, failed, new, lease.token)
-        fields: Doc = {
-            **user_to_json(record),
-            "version": read + 1,
-            "next_seq": seq + len(new),
-            "_turn": turn,
-        }
-        result = await self._users.update_one(
-            {"_id": key, "lease.token": lease.token, **_version_is(current)}, {"$set": fields}
-        )
-        if result.matched_count != 1:
-            _checked(await self._users.find_one({"_id": key}), lease, read)
-            raise VersionConflict(f"user {key}: version {read} was overwritten meanwhile")
-        return {**current, **fields}, backlog
-
-    async def _finish_turn(self, doc: Doc) -> None:
-        """Steps 2-4: apply what the user document's ``_turn`` (if any) recorded; idempotent."""
-        turn = doc.pop("_turn", None)
-        if turn is None:
-            return
-        steps: list[Awaitable[Any]] = [
-            self._insert_new(self._outbox, list(turn.get("entries") or []))
-        ]
-        if turn.get("message_id") is not None:
-            reason = turn.get("failed") or ""
-            mark = {
-                "status": "failed" if reason else "done",
-                "finished_at": turn["at"],
-                "reason": reason or None,
-            }
-            steps.append(
-                self._inbox.update_one(
-                    {"_id": turn["message_id"], "user": doc["_id"]}, {"$set": mark}
-                )
-            )
-        await asyncio.gather(*steps)
-        await self._users.update_one(
-            {"_id": doc["_id"], "version": doc["version"]}, {"$unset": {"_turn": ""}}
-        )
-
     # --- housekeeping -------------------------------------------------------------------
 
     async def purge(self, before: float, limit: int) -> int:
@@ -578,38 +294,6 @@ class MongoStore(_MongoOutbox, _MongoJobs, _MongoLedgers):
             async for row in cursor:
                 counts[str(row["_id"])] = int(row["n"])
         return counts
-
-
-def _checked(doc: Doc | None, lease: Lease, read: int) -> Doc:
-    """``doc``, if a turn that read version ``read`` may be written over it under ``lease``.
-
-    Raises:
-        LeaseLost: the lease no longer holds the user (checked first).
-        VersionConflict: the stored version is not ``read``.
-    """
-    if doc is None or _token(doc) != lease.token:
-        raise LeaseLost(f"user {lease.user}: the lease was taken over; turn not stored")
-    stored = int(doc.get("version", 0))
-    if stored != read:
-        raise VersionConflict(f"user {lease.user}: read version {read}, stored {stored}")
-    return doc
-
-
-def _record(doc: Mapping[str, Any]) -> UserRecord | None:
-    """The record a user document holds (``None`` before the first turn)."""
-    return user_from_json(doc) if "key" in doc else None
-
-
-async def _none() -> None:
-    return None
-
-
-async def _aggregate(coll: AsyncCollection[Doc], pipeline: list[Doc]) -> list[Mapping[str, Any]]:
-    """Run an aggregation on PyMongo (``aggregate`` is a coroutine) or motor (it is not)."""
-    cursor: Any = coll.aggregate(pipeline)
-    if inspect.isawaitable(cursor):
-        cursor = await cursor
-    return cast("list[Mapping[str, Any]]", await cursor.to_list(None))
 
 
 __all__ = ["MongoStore", "mask_url"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient, WriteConcern
 
-import bot.store.mongo as mongo_module
+import bot.store._mongo_turns as turns_module
 from bot.errors import ConfigError, LeaseLost, StoreError, StoreUnavailable
 from bot.models import OutboxEntry
 from bot.store.base import Lease, inbound_to_json, new_outbox_entries, outbox_to_json, user_to_json
@@ -184,13 +184,13 @@ class TestFencing:
         stale = (await claim(mongo_store, until=NOW + 30)).lease
         await claim(mongo_store, owner="w2", until=NOW + 90, now=NOW + 31)
         checks: list[int] = []
-        real = mongo_module._checked
+        real = turns_module._checked
 
         def read_before_the_takeover(doc: Any, lease: Lease, read: int) -> Any:
             checks.append(read)
             return doc if len(checks) == 1 else real(doc, lease, read)
 
-        monkeypatch.setattr(mongo_module, "_checked", read_before_the_takeover)
+        monkeypatch.setattr(turns_module, "_checked", read_before_the_takeover)
         with pytest.raises(LeaseLost):
             await mongo_store.commit_turn(stale, None, user(), [reply("stale")], NOW + 32)
         assert len(checks) == 2  # the write missed, and the second look named the reason
