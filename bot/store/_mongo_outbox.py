@@ -1,7 +1,8 @@
 """The MongoDB store's per-user outbox: entries queued outside a turn, fenced sends and saves.
 
-Also the helpers on the user document that the turns in :mod:`bot.store._mongo_turns` share
-with the outbox (the lease token, the version filter, the ``_turn`` carried, a blank record).
+Also :func:`_turn`, the ``_turn`` a user document carries between a turn's steps, which the
+turns in :mod:`bot.store._mongo_turns` write (the other helpers on the user document are in
+:mod:`bot.store._mongo_core`).
 """
 
 from __future__ import annotations
