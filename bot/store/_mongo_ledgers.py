@@ -160,7 +160,10 @@ class _MongoLedgers(_MongoCore):
                 counted = count_pricing(await pricing.find(rows, _COUNTED).to_list(None))
                 counts = [_count_to_json(c) for c in counted]
                 await self._insert_new(self._db["pricing_days"], [{"_id": day, "counts": counts}])
-            deleted += await self._delete_some(pricing, rows, limit - deleted)
+            gone = await self._delete_some(pricing, rows, limit - deleted)
+            if not gone:
+                break  # another process deleted them meanwhile: the next pass goes on
+            deleted += gone
         return deleted
 
 
