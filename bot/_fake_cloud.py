@@ -1,8 +1,10 @@
 """``FakeCloudAPI``: a loopback HTTP server that answers like Meta's ``/messages`` endpoint.
 
 Re-exported by :mod:`bot.testing`; see there for the builders it shares. The request checks
-live in :mod:`bot._fake_checks`, Meta's error payloads in :mod:`bot._fake_errors` and the
-template account in :mod:`bot._fake_templates`; every name they took is re-exported here.
+live in :mod:`bot._fake_checks`, Meta's error payloads in :mod:`bot._fake_errors`, the
+template account in :mod:`bot._fake_templates`, the status webhooks in
+:mod:`bot._fake_webhooks` and the waits in :mod:`bot._fake_waits`; every name they took is
+re-exported here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -34,6 +36,8 @@ from bot._fake_checks import (
 )
 from bot._fake_errors import _DEFAULT_STATUS, _TITLES, RE_ENGAGEMENT, _error, _Problem
 from bot._fake_templates import TemplateAccount
+from bot._fake_waits import Waits
+from bot._fake_webhooks import StatusWebhooks
 from bot.models import JSON
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI
@@ -96,7 +100,7 @@ class _Failure:
     message: str
 
 
-class FakeCloudAPI(TemplateAccount):
+class FakeCloudAPI(TemplateAccount, StatusWebhooks, Waits):
     """Meta's send endpoint on ``127.0.0.1``: ``async with FakeCloudAPI() as fake:``.
 
     Point the bot at ``fake.url`` (``WHATSAPP_API_URL``) with ``fake.token`` and
@@ -276,58 +280,6 @@ class FakeCloudAPI(TemplateAccount):
         self._port = int(self._runner.addresses[0][1])
         self._client = aiohttp.ClientSession()
 
-    async def wait_for(
-        self, wa_id: str, count: int = 1, *, within: float = 10.0
-    ) -> list[SentMessage]:
-        """Wait until ``wa_id`` has received ``count`` messages; return them all.
-
-        Raises ``AssertionError`` naming what arrived if they do not come ``within`` seconds
-        (the bot answers asynchronously, after acknowledging the webhook).
-        """
-
-        def short() -> str:
-            got = [m.type for m in self.messages_to(wa_id)]
-            return f"{wa_id} got {len(got)} of {count} messages: {got}"
-
-        await self._wait_until(lambda: len(self.messages_to(wa_id)) >= count, within, short)
-        return self.messages_to(wa_id)
-
-    async def wait_for_total(self, count: int, *, within: float = 10.0) -> list[SentMessage]:
-        """Wait until ``count`` messages were accepted, to anyone; return them all."""
-        await self._wait_until(
-            lambda: len(self.messages) >= count,
-            within,
-            lambda: f"{len(self.messages)} of {count} messages arrived",
-        )
-        return list(self.messages)
-
-    async def _wait_until(
-        self, done: Callable[[], bool], within: float, short: Callable[[], str]
-    ) -> None:
-        """Wake at every accepted message until ``done()``; ``AssertionError(short())`` if
-        that takes longer than ``within`` seconds."""
-        self._arrived.clear()
-        deadline = asyncio.get_running_loop().time() + within
-        while not done():
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise AssertionError(short())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-            self._arrived.clear()
-
-    async def wait_for_read(self, message_id: str, *, within: float = 10.0) -> None:
-        """Wait until ``message_id`` was marked read (receipts are sent on the side)."""
-        async with asyncio.timeout(within):
-            while message_id not in self.read_receipts:
-                self._read_event.clear()
-                await self._read_event.wait()
-
-    async def settle(self) -> None:
-        """Wait until every status webhook scheduled so far has been posted."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
     async def close(self) -> None:
         """Post pending status webhooks, then stop the server."""
         self._closing.set()
@@ -349,110 +301,6 @@ class FakeCloudAPI(TemplateAccount):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    async def emit_status(
-        self,
-        wamid: str,
-        status: str,
-        *,
-        recipient: str | None = None,
-        errors: Iterable[Mapping[str, Any]] | None = None,
-    ) -> int:
-        """Post one signed status webhook about ``wamid``; return the bot's HTTP status.
-
-        With ``retry_statuses``, a webhook the bot does not accept is posted again (backing
-        off up to 2 s) until it is or that many seconds have passed; the last status (0 for no
-        answer) is returned.
-        """
-        from bot.testing import envelope, status_item
-
-        if not self.webhook_url or not self.app_secret or self._client is None:
-            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
-        sent = next((m for m in self.messages if m.wamid == wamid), None)
-        if recipient is None:
-            recipient = sent.to if sent is not None else ""
-        item = status_item(
-            wamid,
-            status,
-            recipient,
-            timestamp=self.clock(),
-            errors=errors,
-            callback=sent.callback if sent is not None else "",
-            user_id=self._user_ids.get(recipient),
-        )
-        if sent is not None and status in ("sent", "delivered", "read"):
-            item["pricing"] = self._prices.get(wamid) or self._pricing(sent)
-        body = envelope(statuses=[item], phone_number_id=self.phone_number_id)
-        return await self._post_webhook(body)
-
-    async def change_user_id(self, previous: str, current: str, *, wa_id: str | None = None) -> int:
-        """Post a signed ``user_id_update`` webhook: ``previous`` is ``current`` from now on.
-
-        Later sends to ``current`` are accepted like those to ``previous``; returns the bot's
-        HTTP status (retried like :meth:`emit_status`).
-        """
-        from bot.testing import user_id_update
-
-        if wa_id:
-            self._user_ids[wa_id] = current
-        if previous in self._inbound:
-            self._inbound[current] = self._inbound[previous]
-        body = user_id_update(
-            previous,
-            current,
-            wa_id=wa_id,
-            timestamp=self.clock(),
-            phone_number_id=self.phone_number_id,
-        )
-        return await self._post_webhook(body)
-
-    async def _post_webhook(self, body: JSON) -> int:
-        """Post one signed webhook to the bot, retried per ``retry_statuses``."""
-        from bot.testing import signed_request
-
-        if not self.webhook_url or not self.app_secret or self._client is None:
-            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
-        raw, headers = signed_request(body, self.app_secret)
-        loop = asyncio.get_running_loop()
-        deadline, pause = loop.time() + self.retry_statuses, 0.05
-        while True:
-            answer = 0
-            try:
-                async with self._client.post(
-                    self.webhook_url, data=raw, headers=headers
-                ) as response:
-                    answer = response.status
-            except aiohttp.ClientError:
-                if not self.retry_statuses:
-                    raise
-            self.webhook_answers.append(answer)
-            if answer == 200 or loop.time() + pause > deadline or self._closing.is_set():
-                return answer  # closing: nobody is left to wait for the bot
-            await asyncio.sleep(pause)
-            pause = min(2.0, pause * 2)
-
-    def _pricing(self, sent: SentMessage) -> JSON:
-        """What Meta bills (per-message pricing): templates by category, service free."""
-        if sent.type != "template":
-            return {
-                "billable": False,
-                "pricing_model": "PMP",
-                "category": "service",
-                "type": "free_customer_service",
-            }
-        name = str(sent.body["template"]["name"])
-        code = sent.body["template"].get("language", {}).get("code")
-        found = next(
-            (t for t in self.templates if (t["name"], t["language"]) == (name, code)), None
-        )
-        template = self.registry.get(name) if self.registry is not None else None
-        category = found["category"] if found else template.category if template else "UTILITY"
-        return {
-            "billable": True,
-            "pricing_model": "PMP",
-            "category": str(category).lower(),
-            "type": "regular",
-        }
 
     # --- the endpoint -------------------------------------------------------------------
 
@@ -543,24 +391,6 @@ class FakeCloudAPI(TemplateAccount):
         if kind == "template":
             answer["messages"][0]["message_status"] = "accepted"
         return web.json_response(answer)
-
-    async def _report(self, wamid: str, to: str, error_code: int) -> None:
-        if error_code:
-            error = {
-                "code": error_code,
-                "title": _TITLES[error_code],
-                "message": _TITLES[error_code],
-                "error_data": {"details": RE_ENGAGEMENT},
-            }
-            await self.emit_status(wamid, "failed", recipient=to, errors=[error])
-            return
-        for status in self.emit_statuses:
-            await self.emit_status(wamid, status, recipient=to)
-
-    def _schedule(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
