@@ -277,11 +277,8 @@ class Results:
     def paired(self, num: str, den: str, mode: str, attr: str) -> list[float]:
         """``num``'s ``attr`` over ``den``'s, run by run (each pair measured minutes apart)."""
         dens = {m.run: getattr(m, attr) for m in self.of(den, mode)}
-        return [
-            ratio(getattr(m, attr), dens[m.run])
-            for m in self.of(num, mode)
-            if m.run in dens and not math.isnan(ratio(getattr(m, attr), dens[m.run]))
-        ]
+        pairs = [ratio(getattr(m, attr), dens[m.run]) for m in self.of(num, mode) if m.run in dens]
+        return [r for r in pairs if not math.isnan(r)]
 
     def ratio(self, num: str, den: str, mode: str, attr: str) -> float:
         """The median of the runs' paired ratios (the machine's speed drifts between runs

@@ -34,10 +34,15 @@ from bot.store.base import (
 _CLOSED_ROWS = "SELECT rowid FROM pricing WHERE ts < ? ORDER BY ts, rowid LIMIT ?"
 
 
+def _purge_ledgers(c: sqlite3.Connection, before: float, limit: int) -> int:
+    """The ledgers' part of the purge: old template events, and closed days' pricing rows."""
+    _ledger_tables(c)
+    return _purge_events(c, before, limit) + _purge_pricing(c, before, limit)
+
+
 def _purge_pricing(c: sqlite3.Connection, before: float, limit: int) -> int:
     """Roll up to ``limit`` ledger rows of closed days into their days' counts, and delete
     them, in the one transaction (see :func:`pricing_closed_before`)."""
-    _ledger_tables(c)
     closed = (pricing_closed_before(before), limit)
     c.execute(
         "INSERT INTO pricing_days (day, category, type, billable, count) "
@@ -201,7 +206,6 @@ def _purge_events(c: sqlite3.Connection, before: float, limit: int) -> int:
     They are kept only to recognise Meta's redeliveries (which stop after days, well within
     the retention); the live view they built stays.
     """
-    _ledger_tables(c)
     return c.execute(
         "DELETE FROM template_events WHERE rowid IN (SELECT rowid FROM template_events "
         "WHERE received_at < ? LIMIT ?)",

@@ -31,7 +31,7 @@ from bot.store._sqlite_core import (
     _run_many,
 )
 from bot.store._sqlite_jobs import SQLiteJobs, _purge_jobs
-from bot.store._sqlite_ledgers import SQLiteLedgers, _purge_events, _purge_pricing
+from bot.store._sqlite_ledgers import SQLiteLedgers, _purge_ledgers
 from bot.store._sqlite_rows import (
     _PENDING_OUTBOX,
     _apply_status,
@@ -519,8 +519,7 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
                 (before, limit),
             ).rowcount
             # after the outbox: a job whose entry was just purged is over too
-            deleted += _purge_jobs(c, before, limit) + _purge_events(c, before, limit)
-            return deleted + _purge_pricing(c, before, limit)
+            return deleted + _purge_jobs(c, before, limit) + _purge_ledgers(c, before, limit)
 
         return await self._call(op)
 
