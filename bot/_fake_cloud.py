@@ -37,7 +37,6 @@ from bot._fake_checks import (
 from bot._fake_errors import _DEFAULT_STATUS, _TITLES, RE_ENGAGEMENT, _error, _Problem
 from bot._fake_templates import TemplateAccount
 from bot._fake_waits import Waits
-from bot._fake_webhooks import StatusWebhooks
 from bot.models import JSON
 from bot.templates import TemplateRegistry
 from bot.whatsapp import CloudAPI
@@ -100,7 +99,7 @@ class _Failure:
     message: str
 
 
-class FakeCloudAPI(TemplateAccount, StatusWebhooks, Waits):
+class FakeCloudAPI(TemplateAccount, Waits):
     """Meta's send endpoint on ``127.0.0.1``: ``async with FakeCloudAPI() as fake:``.
 
     Point the bot at ``fake.url`` (``WHATSAPP_API_URL``) with ``fake.token`` and
@@ -111,10 +110,11 @@ class FakeCloudAPI(TemplateAccount, StatusWebhooks, Waits):
     With ``webhook_url`` and ``app_secret`` set, every accepted message is followed by signed
     status webhooks (``emit_statuses``) that echo the message's ``biz_opaque_callback_data``
     as Meta does; one the bot does not accept (no answer, not 200) is posted again for up to
-    ``retry_statuses`` seconds, as Meta retries. ``delay`` answers every send that many
-    seconds late (a slow Cloud API): the message is taken at once, so a caller that gives up
-    or dies while waiting has still sent it, as with Meta. With a ``registry``, templates are
-    checked like Meta does (unknown → 132001, wrong parameter count → 132000, paused → 132015...).
+    ``retry_statuses`` seconds, as Meta retries (template webhooks too). ``delay`` answers
+    every send that many seconds late (a slow Cloud API): the message is taken at once, so a
+    caller that gives up or dies while waiting has still sent it, as with Meta. With a
+    ``registry``, templates are checked like Meta does (unknown → 132001, wrong parameter
+    count → 132000, paused → 132015...).
     ``phone_number_id="*"`` accepts any number id. For a fake in another process (the
     sandbox, benchmarks: ``python -m bot.testing``) three control routes mirror the methods:
     ``GET /_fake/count``, ``GET /_fake/messages`` and ``POST /_fake/inbound``
@@ -168,7 +168,7 @@ class FakeCloudAPI(TemplateAccount, StatusWebhooks, Waits):
         self.read_receipts: list[str] = []
         self.typing_indicators: list[str] = []  # message ids shown "typing…" for
         self._read_event = asyncio.Event()
-        self.webhook_answers: list[int] = []  # HTTP status of each status webhook posted
+        self.webhook_answers: list[int] = []  # HTTP status of each webhook posted
         self._inbound: dict[str, float] = {}
         self._user_ids: dict[str, str] = {}  # phone number -> business-scoped id
         self._failures: deque[_Failure] = deque()

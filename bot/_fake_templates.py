@@ -2,41 +2,35 @@
 
 ``TemplateAccount`` is the part of :class:`~bot.testing.FakeCloudAPI` that answers Meta's
 ``/{waba_id}/message_templates`` routes and posts the template webhooks
-(``message_template_status_update``, ``template_category_update``); the fake inherits it.
+(``message_template_status_update``, ``template_category_update``) through the fake's signed,
+retried webhook post (:class:`~bot._fake_webhooks.StatusWebhooks`); the fake inherits it.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bot._fake_checks import _need
 from bot._fake_errors import _error, _Problem
+from bot._fake_webhooks import StatusWebhooks
 from bot.models import JSON
 
 
-class TemplateAccount:
+class TemplateAccount(StatusWebhooks):
     """The WhatsApp Business Account's templates, as :class:`~bot.testing.FakeCloudAPI` keeps them.
 
     The attributes below are set by ``FakeCloudAPI.__init__``.
     """
 
-    templates: list[JSON]
     page_size: int
     token: str
     waba_id: str
-    clock: Callable[[], float]
-    webhook_url: str | None
-    app_secret: str | None
     requests: list[Any]
-    webhook_answers: list[int]
     _seq: itertools.count[int]
-    _client: aiohttp.ClientSession | None
 
     def add_template(
         self,
@@ -121,10 +115,7 @@ class TemplateAccount:
         return await self._post_change("template_category_update", value)
 
     async def _post_change(self, field_name: str, value: JSON) -> int:
-        from bot.testing import signed_request
-
-        if not self.webhook_url or not self.app_secret or self._client is None:
-            raise RuntimeError("set webhook_url and app_secret (and start the fake) first")
+        """Post one account-level webhook (one change of ``field_name``); the bot's status."""
         body = {
             "object": "whatsapp_business_account",
             "entry": [
@@ -135,10 +126,7 @@ class TemplateAccount:
                 }
             ],
         }
-        raw, headers = signed_request(body, self.app_secret)
-        async with self._client.post(self.webhook_url, data=raw, headers=headers) as response:
-            self.webhook_answers.append(response.status)
-            return response.status
+        return await self._post_webhook(body)
 
     def _check_account_template(self, content: JSON) -> None:
         """A variant the account lists must be APPROVED now (paused → 132015...)."""

@@ -400,6 +400,23 @@ class TestFakeWindow:
             assert await fake.emit_status("wamid.X", "delivered", recipient=USER) == 503
         assert fake.webhook_answers == [503] and len(hook.posts) == 1
 
+    async def test_retry_statuses_reposts_template_webhooks_too(
+        self, aiohttp_server: ServerFactory
+    ) -> None:
+        """Meta retries every webhook: a template status update refused is posted again."""
+        hook = Receiver(answers=(503,))
+        url = await serve(aiohttp_server, hook)
+        fake = FakeCloudAPI(webhook_url=url, app_secret=SECRET, retry_statuses=10.0)
+        async with fake:
+            fake.add_template("order_ready", "en_US", "Your order {{1}} is ready")
+            assert await fake.set_template_status("order_ready", "en_US", "PAUSED") == 200
+        assert fake.webhook_answers == [503, 200]
+        assert len({body for body, _ in hook.posts}) == 1 and len(hook.posts) == 2
+        [entry] = json.loads(hook.posts[0][0])["entry"]
+        [change] = entry["changes"]
+        assert change["field"] == "message_template_status_update"
+        assert change["value"]["event"] == "PAUSED"
+
     async def test_retry_statuses_gives_up_after_its_seconds(
         self, aiohttp_server: ServerFactory
     ) -> None:
