@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import ASCENDING, AsyncMongoClient
@@ -71,6 +71,10 @@ _SUPERSEDED = {
 
 class _MongoCore:
     """The base of :class:`~bot.store.mongo.MongoStore` (see it for the arguments)."""
+
+    if TYPE_CHECKING:  # _MongoTurns's: every reader first finishes a turn left behind
+
+        async def _finish_turn(self, doc: Doc) -> None: ...
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -38,10 +38,6 @@ from bot.store.base import (
 
 class _MongoLeases(_MongoCore):
     """Leases held in the user document, and the reads that finish a turn left behind first."""
-
-    if TYPE_CHECKING:  # _MongoTurns's: a reader first finishes a turn left behind
-
-        async def _finish_turn(self, doc: Doc) -> None: ...
 
     # --- leases -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
@@ -36,10 +36,6 @@ from bot.store.base import (
 
 class _MongoOutbox(_MongoCore):
     """Outbox entries as documents of ``outbox``, fenced by a lease (see :mod:`bot.store.mongo`)."""
-
-    if TYPE_CHECKING:  # _MongoTurns's: a reader first finishes a turn left behind
-
-        async def _finish_turn(self, doc: Doc) -> None: ...
 
     # --- the outbox ---------------------------------------------------------------------
 
