@@ -28,7 +28,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 import structlog
@@ -42,6 +42,7 @@ from bot.models import (
     StatusUpdate,
     TemplateCall,
     UserRecord,
+    value_object,
 )
 from bot.retry import RetryPolicy
 from bot.store.base import Added, Committed, Lease, Store, Work
@@ -112,7 +113,7 @@ ErrorReplies = Callable[[UserRecord, InboundMessage | None, float, str], Sequenc
 ReminderJobs = Callable[[UserRecord, InboundMessage, TurnResult, float], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Drained:
     """What the sender did with a user's outbox.
 

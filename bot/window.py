@@ -8,13 +8,14 @@ one user, which of the two to send, or why nothing is sent, and always says why.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 from bot.errors import TemplateError
-from bot.models import JSON, Outgoing, UserRecord
+from bot.models import JSON, Outgoing, UserRecord, value_object
 from bot.templates import (
     TemplateRegistry,
     build_template_message,
@@ -46,7 +47,7 @@ class WindowPolicy:
     default_language: str = "en_US"
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Decision:
     """What to do with one reply.
 
@@ -198,6 +199,7 @@ def _skip(record: UserRecord, reason: str, template: str = "") -> Decision:
     return Decision("skip", None, record.language, reason, template)
 
 
+@functools.lru_cache(maxsize=1024)  # every reply names its window's end; users share seconds
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

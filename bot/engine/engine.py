@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -33,13 +32,13 @@ from bot.engine.render import message_context, user_context
 from bot.engine.reply import CompiledReply
 from bot.errors import FlowError
 from bot.findings import Finding, format_findings
-from bot.models import InboundMessage, Outgoing, TemplateCall, UserRecord
+from bot.models import InboundMessage, Outgoing, TemplateCall, UserRecord, value_object
 from bot.scheduling import resume_point
 
 log = structlog.get_logger("windowbot.engine")
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Turn:
     """What one message did.
 

@@ -33,7 +33,6 @@ The contract test-suite in ``tests/store/`` states this behaviour; every backend
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bot.models import (
@@ -46,6 +45,7 @@ from bot.models import (
     TemplateEvent,
     UserRecord,
     delivery_status,
+    value_object,
 )
 from bot.store._codec import (
     delivery_fields,
@@ -100,7 +100,7 @@ from bot.store._ledgers import (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Lease:
     """A worker's hold on one user; ``token`` is new at every claim and fences its writes."""
 
@@ -110,7 +110,7 @@ class Lease:
     until: float
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Work:
     """A claimed user and everything pending for them, read in one round trip.
 
@@ -129,7 +129,7 @@ class Work:
     outbox: tuple[OutboxEntry, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class Committed:
     """What :meth:`Store.commit_turn` stored.
 
@@ -386,7 +386,7 @@ class Store(Protocol):
         """The user's newest ``limit`` inbox messages in arrival order, whatever their status."""
 
 
-@dataclass(frozen=True, slots=True)
+@value_object
 class InboxItem:
     """One inbox message as the console shows it.
 
