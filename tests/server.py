@@ -76,6 +76,11 @@ class BotProcess:
                     raise TimeoutError(self.log_path.read_text()[-2000:])
                 await asyncio.sleep(0.05)
 
+    def errors(self, limit: int = 5) -> list[str]:
+        """The first ``limit`` error lines of the process's log, for a failing assertion."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line[:500] for line in lines if '"level": "error"' in line][:limit]
+
     def kill9(self) -> None:
         """SIGKILL: no cleanup, no flush, like a power cut for the process."""
         assert self.proc is not None
