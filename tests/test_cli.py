@@ -14,6 +14,7 @@ from bot.chat import ChatSession, parse_duration
 from bot.cli import main
 from bot.commands import send
 from bot.config import Config, load_config
+from bot.log import configure_logging
 from bot.store.sqlite import SQLiteStore
 from bot.testing import FakeCloudAPI
 from tests.store_access import commit, pending_outbox
@@ -210,6 +211,7 @@ class TestSend:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """bot send --text to a closed window exits 1 (nothing went out), saying why once."""
+        configure_logging()  # as main() does: log lines go to stderr, the verdict to stdout
         async with FakeCloudAPI(token="tok", phone_number_id="PN") as fake:
             cfg = config_for(
                 tmp_path,
