@@ -120,10 +120,12 @@ def server_command(target: str, port: int) -> list[str]:
     return [sys.executable, "-m", "bot", "run", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def server_env(sink_url: str, store: Path) -> dict[str, str]:
-    """The environment of both servers: this one's, minus any windowbot settings, plus ours."""
+def server_env(sink_url: str, store: Path, loop: str) -> dict[str, str]:
+    """The environment of both servers: this one's, minus any windowbot settings, plus ours
+    (``loop``: the event loop, ``BOT_EVENT_LOOP``, which the floors read too)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "WHATSAPP_"))}
     env.update(
+        BOT_EVENT_LOOP=loop,
         WHATSAPP_TOKEN=TOKEN,
         WHATSAPP_PHONE_NUMBER_ID=PNID,
         WHATSAPP_API_URL=sink_url,
@@ -152,7 +154,11 @@ async def measure(target: str, mode: str, run: int, args: argparse.Namespace) ->
             spawned(
                 server_command(target, port),
                 cwd=args.bot_src if target == "bot" else ROOT,
-                env=server_env(f"http://127.0.0.1:{sink_port}", Path(tmp) / "bench.db"),
+                env=server_env(
+                    f"http://127.0.0.1:{sink_port}",
+                    Path(tmp) / "bench.db",
+                    args.bot_loop if target == "bot" else args.floor_loop,
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             ) as server,
@@ -426,6 +432,18 @@ def parse_args() -> argparse.Namespace:
         help="py-spy records the bot's measured phases here (see bench/profile_top.py)",
     )
     parser.add_argument(
+        "--bot-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the bot's event loop (server.event_loop; auto: uvloop, as `bot run` does)",
+    )
+    parser.add_argument(
+        "--floor-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the floors' event loop (asyncio: a bare aiohttp bot's, the bar's reference)",
+    )
+    parser.add_argument(
         "--bot-src",
         type=Path,
         default=ROOT,
@@ -445,6 +463,7 @@ async def main() -> None:
         f" {'ordered' if args.ordered_wamids else 'opaque'}"
     )
     print(f"bot from {source(args.bot_src)}")
+    print(f"event loops: bot {args.bot_loop}, floors {args.floor_loop}")
     results: list[Measurement] = []
     failed: list[str] = []
     for run in range(1, args.runs + 1):

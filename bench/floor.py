@@ -109,6 +109,16 @@ async def healthz(_: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+def serve(app: web.Application, port: int) -> None:
+    """``web.run_app`` on 127.0.0.1: on asyncio's loop, or uvloop's if ``BOT_EVENT_LOOP``
+    says ``uvloop`` (``bench_pipeline.py --floor-loop``)."""
+    loop = None
+    if os.environ.get("BOT_EVENT_LOOP") == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
+
+
 if __name__ == "__main__":
-    floor = Floor.from_env(os.environ)
-    web.run_app(floor.app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    serve(Floor.from_env(os.environ).app(), int(sys.argv[1]))

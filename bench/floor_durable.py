@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from floor import Floor
+from floor import Floor, serve
 
 from bot.models import InboundMessage
 from bot.store._sqlite_core import SQLiteCore
@@ -109,4 +109,4 @@ if __name__ == "__main__":
     plain = Floor.from_env(os.environ)
     store = os.environ.get("BOT_STORE_URL", "sqlite:///durable-floor.db").removeprefix("sqlite:///")
     floor = DurableFloor(plain.app_secret, plain.messages_url, plain.token, store)
-    web.run_app(floor.app(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    serve(floor.app(), int(sys.argv[1]))

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from bot import _loop
 from bot._when import RECURRING_REFUSED, iso, parse_time, zone
 from bot.commands import parse_params
 from bot.config import Config
@@ -111,13 +112,17 @@ def _worker(config: Config) -> int:
         runner = web.AppRunner(app)  # the app's resources and workers, no listening socket
         await runner.setup()
         try:
-            log.info("worker_started", store=config.store.url.split("://")[0])
+            log.info(
+                "worker_started",
+                store=config.store.url.split("://")[0],
+                event_loop=_loop.running_loop_name(),
+            )
             await stop.wait()
         finally:
             await runner.cleanup()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+        _loop.run(serve(), config.server.event_loop)
     return 0
 
 

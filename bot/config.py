@@ -45,6 +45,7 @@ ENVIRONMENT: Mapping[str, tuple[str, str]] = {
     "BOT_LOG_LEVEL": ("log", "level"),
     "BOT_LOG_FORMAT": ("log", "format"),
     "BOT_SANDBOX": ("server", "sandbox"),
+    "BOT_EVENT_LOOP": ("server", "event_loop"),
     "BOT_SEND_RATE": ("whatsapp", "send_rate"),
 }
 SECRETS = frozenset({"token", "app_secret", "verify_token"})
@@ -76,6 +77,7 @@ class ServerConfig:
     sandbox: bool = False
     max_body_bytes: int = 3 * 1024 * 1024
     store_timeout_seconds: float = 5.0
+    event_loop: str = "auto"  # auto (uvloop where installed), uvloop, asyncio: bot/_loop.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,11 +358,25 @@ def _validate(config: Config, source: str, env: Mapping[str, str]) -> None:
         fail("workers.max_handling_attempts", "must be at least 1")
     if config.server.store_timeout_seconds <= 0:
         fail("server.store_timeout_seconds", "must be positive")
+    _validate_event_loop(config.server.event_loop, fail)
     if config.workers.lease_seconds <= 0 or config.workers.sweep_seconds <= 0:
         fail("workers.lease_seconds", "and workers.sweep_seconds must be positive")
     if config.window.margin_seconds < 0:
         fail("window.margin_seconds", "must be >= 0")
     _validate_jobs(config.jobs, fail)
+
+
+def _validate_event_loop(choice: str, fail: Any) -> None:
+    from bot._loop import CHOICES, uvloop_installed
+
+    if choice not in CHOICES:
+        fail("server.event_loop", f"must be auto, uvloop or asyncio, got {choice!r}")
+    if choice == "uvloop" and not uvloop_installed():
+        fail(
+            "server.event_loop",
+            "is uvloop but uvloop is not installed: pip install uvloop (Linux and macOS), "
+            'or set it to "auto"',
+        )
 
 
 def _validate_jobs(jobs: JobsConfig, fail: Any) -> None:

@@ -105,6 +105,10 @@ class TestErrors:
             ('[window.country_languages]\n"55" = 1\n', "window.country_languages must be a table"),
             ("[workers]\nconcurrency = 0\n", "workers.concurrency must be at least 1"),
             ("[store]\nretention_days = 3\n", "store.retention_days must be 0 (keep everything)"),
+            (
+                '[server]\nevent_loop = "tokio"\n',
+                "server.event_loop must be auto, uvloop or asyncio, got 'tokio'",
+            ),
         ],
     )
     def test_bad_file_names_file_and_key(self, tmp_path: Path, text: str, message: str) -> None:

@@ -7,6 +7,7 @@ The example flows in ``flows/`` run unchanged; the bot's WHATSAPP_API_URL points
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,3 +174,27 @@ async def test_booking_replayed_after_downtime_goes_out_as_templates(bot: Bot) -
         "name": "Eva Lima",
         "slot": "Tomorrow 11:00",
     }
+
+
+@pytest.mark.parametrize(("choice", "loop"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+async def test_bot_run_serves_on_the_configured_event_loop(
+    tmp_path: Path, choice: str, loop: str
+) -> None:
+    """``bot run`` serves on uvloop by default (it is installed here), on asyncio's loop when
+    BOT_EVENT_LOOP says so, and says which in its ``listening`` line."""
+    env = {
+        "WHATSAPP_APP_SECRET": SECRET,
+        "BOT_STORE_URL": f"sqlite:///{tmp_path / 'bot.db'}",
+        "BOT_RECORD_ONLY": "1",
+        "BOT_EVENT_LOOP": choice,
+    }
+    async with BotProcess(env, tmp_path / "bot.log") as process:
+        raw, headers = signed_request(text_message("15550001111", "hi"), SECRET)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{process.url}/webhook", data=raw, headers=headers) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+    lines = [json.loads(line) for line in (tmp_path / "bot.log").read_text().splitlines()]
+    listening = [line for line in lines if line.get("event") == "listening"]
+    assert [line["event_loop"] for line in listening] == [loop]
