@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import _loop
 from bot.config import load_config
 from bot.errors import ConfigError
 
@@ -147,3 +148,16 @@ class TestErrors:
         """The database is the URL's path, before any options."""
         url = "mongodb://u:p@h1,h2:27018/bot?replicaSet=rs0"
         assert load_config(None, environ={"BOT_STORE_URL": url}).store.url == url
+
+    def test_event_loop_without_uvloop(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a machine without uvloop (Windows), "uvloop" stops start-up saying how to get
+        it, and "auto" runs on asyncio's loop."""
+        monkeypatch.setattr(_loop, "uvloop_installed", lambda: False)
+        with pytest.raises(ConfigError, match=r"server\.event_loop is uvloop but uvloop is not"):
+            load_config(write(tmp_path, '[server]\nevent_loop = "uvloop"\n'), environ={})
+        config = load_config(None, environ={"BOT_EVENT_LOOP": "auto"})
+        assert _loop.loop_factory(config.server.event_loop) is None
+        monkeypatch.undo()
+        assert _loop.loop_factory("auto") is not None  # installed here: uvloop's
