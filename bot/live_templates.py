@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import structlog
 
+from bot._when import iso
 from bot.metrics import Metrics
 from bot.models import Delivery, TemplateEvent
 from bot.store.base import LiveVariant, Store, TemplateView
@@ -48,7 +48,7 @@ def log_event(event: TemplateEvent) -> None:
             "template_recategorization_notice",
             category=event.category,
             new_category=event.correct_category,
-            on=_iso(event.effective_at) if event.effective_at else "unknown",
+            on=iso(event.effective_at) if event.effective_at else "unknown",
             effect=f"from then on it is {event.correct_category}"
             + (", which windowbot never sends" if event.correct_category == "MARKETING" else ""),
         )
@@ -70,9 +70,9 @@ def blocked_reason(live: LiveVariant) -> str:
     """Why the live view stops a variant ('' when it does not)."""
     if live.status and live.status not in SENDABLE:
         why = f": {live.status_reason}" if live.status_reason not in ("", "NONE") else ""
-        return f"{live.status} since {_iso(live.status_at)}{why}"
+        return f"{live.status} since {iso(live.status_at)}{why}"
     if live.category == "MARKETING":
-        return f"re-categorized MARKETING on {_iso(live.category_at)}"
+        return f"re-categorized MARKETING on {iso(live.category_at)}"
     return ""
 
 
@@ -158,7 +158,3 @@ class LiveTemplates:
             reason=decision.reason,
         )
         return decision
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

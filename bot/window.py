@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
+from bot._when import iso
 from bot.errors import TemplateError
 from bot.models import JSON, Outgoing, UserRecord, value_object
 from bot.templates import (
@@ -199,9 +199,8 @@ def _skip(record: UserRecord, reason: str, template: str = "") -> Decision:
     return Decision("skip", None, record.language, reason, template)
 
 
-@functools.lru_cache(maxsize=1024)  # every reply names its window's end; users share seconds
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+#: Every reply names its window's end, and users share seconds: formatted once each.
+_iso = functools.lru_cache(maxsize=1024)(iso)
 
 
 def _span(seconds: float) -> str:
