@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bot._loop import loop_factory
 from bot.errors import PayloadError, SignatureError
 from bot.models import InboundMessage
 from bot.webhook import SIGNATURE_HEADER, parse_body, verify_signature
@@ -112,11 +113,8 @@ async def healthz(_: web.Request) -> web.Response:
 def serve(app: web.Application, port: int) -> None:
     """``web.run_app`` on 127.0.0.1: on asyncio's loop, or uvloop's if ``BOT_EVENT_LOOP``
     says ``uvloop`` (``bench_pipeline.py --floor-loop``)."""
-    loop = None
-    if os.environ.get("BOT_EVENT_LOOP") == "uvloop":
-        import uvloop
-
-        loop = uvloop.new_event_loop()
+    factory = loop_factory(os.environ.get("BOT_EVENT_LOOP", "asyncio"))
+    loop = factory() if factory is not None else None
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=loop)
 
 

@@ -28,7 +28,7 @@ from aiohttp.http_exceptions import (
     PayloadEncodingError,
 )
 
-from bot._loop import running_loop_name
+from bot import _loop
 from bot.config import Config, load_config
 from bot.errors import BotError
 from bot.log import configure_logging
@@ -196,7 +196,6 @@ def version() -> str:
 
 
 def _run(config: Config, host: str | None, port: int | None, *, reload: bool = False) -> int:
-    from bot import _loop
     from bot.runtime import build_app
 
     app = build_app(config, reload=reload)
@@ -232,7 +231,9 @@ async def _serve(app: web.Application, host: str, port: int, path: str) -> None:
     try:
         await web.TCPSite(runner, host, port).start()
         _settle_heap()
-        log.info("listening", webhook=f"http://{host}:{port}{path}", event_loop=running_loop_name())
+        log.info(
+            "listening", webhook=f"http://{host}:{port}{path}", event_loop=_loop.running_loop_name()
+        )
         await stop.wait()
     finally:
         for sig in signals:  # a second Ctrl-C interrupts the clean-up

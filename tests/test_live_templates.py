@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,10 +79,7 @@ async def two_apps(
     def transport() -> CloudAPI:
         return fake.client()
 
-    # A sweeps only at its start: each sweep of A's (no sender) may hold the user just as B
-    # is notified (send_template copes with that; passed with A sweeping every millisecond).
-    webhooks_only = replace(config, workers=replace(config.workers, sweep_seconds=3600.0))
-    a: AppClient = await aiohttp_client(create_app(webhooks_only, Components(store=new_store())))
+    a: AppClient = await aiohttp_client(create_app(config, Components(store=new_store())))
     b: AppClient = await aiohttp_client(
         create_app(
             config,
