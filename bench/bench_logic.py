@@ -101,6 +101,8 @@ async def one_round(
         store = store_from_url(f"sqlite:///{tmp}/logic.db")
         await store.open()
         cloud = InstantCloud()
+        # handle_pure is absent from older checkouts (--against)
+        pure = {"pure_handler": engine.handle_pure} if hasattr(engine, "handle_pure") else {}
         pipeline = build_pipeline(
             config,
             store,
@@ -109,6 +111,7 @@ async def one_round(
             error_replies=engine.error_replies,
             registry=registry,
             policy=window_policy(config),
+            **pure,
         )
         dispatcher = pipeline.dispatcher
         await dispatcher.start()

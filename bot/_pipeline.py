@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from bot.config import Config
-from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler
+from bot.dispatcher import HANDLING, Dispatcher, ErrorReplies, Handler, PureHandler, TurnResult
 from bot.jobs import JobDispatcher, job_policy
 from bot.live_templates import LiveTemplates
 from bot.metrics import Metrics
-from bot.models import OutboxEntry, UserRecord
+from bot.models import InboundMessage, OutboxEntry, UserRecord
 from bot.ratelimit import SharedRateLimiter
 from bot.retry import RetryPolicy
 from bot.scheduling import schedule_turn
@@ -44,6 +44,7 @@ def build_pipeline(
     transport: Transport | None,
     *,
     handler: Handler | None = None,
+    pure_handler: PureHandler | None = None,
     error_replies: ErrorReplies | None = None,
     registry: TemplateRegistry | None = None,
     policy: WindowPolicy | None = None,
@@ -59,6 +60,8 @@ def build_pipeline(
         store: an opened (or about to be opened) store.
         transport: the Cloud API client or a stand-in; ``None`` leaves replies queued.
         handler: the flow engine's ``handle`` (``None``: messages are recorded only).
+        pure_handler: the engine's ``handle_pure``: turns that call no hook then run on
+            the webhook's path (see :meth:`Dispatcher.receive`).
         error_replies: the engine's ``error_replies``.
         registry: the templates fallbacks may use.
         policy: the window decision's settings (default: ``WindowPolicy()``).
@@ -89,6 +92,8 @@ def build_pipeline(
         )
         if handler is not None and typing is not None:
             handler = with_typing(handler, transport, typing)
+            if pure_handler is not None:  # the typing indicator goes with the usual path
+                pure_handler = _unless(typing, pure_handler)
     workers = config.workers
     dispatcher = Dispatcher(
         store,
@@ -103,6 +108,7 @@ def build_pipeline(
         handling=replace(HANDLING, max_attempts=workers.max_handling_attempts),
         clock=clock,
         reminders=None if jobs_store is None else partial(schedule_turn, jobs_store),
+        pure_handler=pure_handler if handler is not None else None,
     )
     jobs = None
     if jobs_store is not None and sender is not None and config.jobs.enabled:
@@ -116,3 +122,12 @@ def build_pipeline(
             clock=clock,
         )
     return Pipeline(sender, dispatcher, jobs)
+
+
+def _unless(skip: Callable[[UserRecord], bool], pure: PureHandler) -> PureHandler:
+    """``pure``, except for the users ``skip`` names (``None`` for them)."""
+
+    def handle(record: UserRecord, message: InboundMessage, now: float) -> TurnResult | None:
+        return None if skip(record) else pure(record, message, now)
+
+    return handle

@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot._pipeline import build_pipeline
 from bot.config import Config
-from bot.dispatcher import Dispatcher, ErrorReplies, Handler
+from bot.dispatcher import Dispatcher, ErrorReplies, Handler, PureHandler
 from bot.errors import ConfigError, PayloadError, SignatureError, StoreError
 from bot.jobs import JobDispatcher
 from bot.live_templates import record_ledgers
@@ -43,6 +43,8 @@ class Components:
     Attributes:
         store: where everything is kept.
         handler: the flow engine's ``handle`` (``None``: messages are recorded, not answered).
+        pure_handler: the flow engine's ``handle_pure`` (``None``: every turn runs in a
+            worker; see :meth:`~bot.dispatcher.Dispatcher.receive`).
         error_replies: what a user gets when their message could not be handled.
         transport: opens the Cloud API client (or a stand-in) for the app's lifetime;
             ``None`` leaves replies queued in the outbox.
@@ -56,6 +58,7 @@ class Components:
 
     store: Store
     handler: Handler | None = None
+    pure_handler: PureHandler | None = None
     error_replies: ErrorReplies | None = None
     transport: Callable[[], AbstractAsyncContextManager[Transport]] | None = None
     registry: TemplateRegistry | None = None
@@ -142,6 +145,7 @@ def _dispatcher_ctx(
                 app[STORE],
                 transport,
                 handler=components.handler,
+                pure_handler=components.pure_handler,
                 error_replies=components.error_replies,
                 registry=components.registry,
                 policy=components.policy,

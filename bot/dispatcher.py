@@ -27,6 +27,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -45,7 +46,7 @@ from bot.models import (
     value_object,
 )
 from bot.retry import RetryPolicy
-from bot.store.base import Added, Committed, Lease, Store, Work
+from bot.store.base import Added, Committed, Lease, PreTurn, Store, Work
 
 log = structlog.get_logger("windowbot.dispatcher")
 
@@ -105,6 +106,9 @@ def _scheduled(turn: TurnResult) -> list[Outgoing]:
 
 
 Handler = Callable[[UserRecord, InboundMessage, float], Awaitable[TurnResult]]
+
+#: A turn that calls no hook, or ``None`` if it would (:meth:`bot.engine.Engine.handle_pure`).
+PureHandler = Callable[[UserRecord, InboundMessage, float], TurnResult | None]
 
 
 ErrorReplies = Callable[[UserRecord, InboundMessage | None, float, str], Sequence[Outgoing]]
@@ -182,6 +186,8 @@ class Dispatcher:
         clock: ``time.time`` unless a test moves time.
         reminders: stores a turn's reminders as jobs; ``None`` queues them in the outbox
             with their ``send_at``.
+        pure_handler: the handler's turns that call no hook, run on the webhook's path for
+            idle users (see :meth:`receive`); ``None``: every turn runs in a worker.
     """
 
     def __init__(
@@ -200,9 +206,11 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         reminders: ReminderJobs | None = None,
+        pure_handler: PureHandler | None = None,
     ) -> None:
         self.store = store
         self.handler = handler
+        self.pure_handler = pure_handler
         self.reminders = reminders
         self.drainer = drainer
         self.error_replies = error_replies
@@ -281,8 +289,8 @@ class Dispatcher:
         self._idle.clear()
         self._start(user)
 
-    def _start(self, user: str, work: Work | None = None) -> None:
-        task = asyncio.create_task(self._work(user, work), name=f"windowbot-user-{user}")
+    def _start(self, user: str, work: Work | None = None, **context: str) -> None:
+        task = asyncio.create_task(self._work(user, work, context), name=f"windowbot-user-{user}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -298,12 +306,20 @@ class Dispatcher:
         operation where the store can (:meth:`Store.add_and_claim`): their workers start
         with their work in hand. They are marked busy first, so a webhook arriving
         meanwhile leaves them to the worker about to start.
+
+        An idle user's message can even be handled there: when the store remembers the
+        user's record and the turn calls no hook (``pure_handler``), the turn runs before
+        the insert, and the store commits it in the same write if the record is unchanged
+        and the message is all the user has pending; the worker then only sends the
+        replies. Otherwise the turn is dropped (it had no effect) and the message waits for
+        its worker as usual.
         """
         users = list(dict.fromkeys(m.user for m in messages if m.user not in self._active))
         for user in users:
             self._active[user] = False
         if users:
             self._idle.clear()
+        pre = self._pre_turns(messages, users)
         try:
             fresh, works = await self.store.add_and_claim(
                 messages,
@@ -312,13 +328,21 @@ class Dispatcher:
                 until=now + self._lease,
                 users=users,
                 limit=_BATCH,
+                turns={user: turn for user, (turn, _) in pre.items()},
             )
         except BaseException:
             self._unreserve(users, set())
             raise
         for work in works:
             self._leases.hold(work.lease)
-            self._start(work.lease.user, work)
+            user = work.lease.user
+            if work.handled is None:
+                self._start(user, work)
+                continue
+            turn, read = pre[user]
+            self.metrics.processed += 1
+            self.metrics.latency.observe(time.perf_counter() - received_at)
+            self._start(user, work, message_id=turn.message_id, flow=read.flow, state=read.state)
         started = {work.lease.user for work in works}
         self._unreserve(users, started)
         for message, new, user in zip(messages, fresh, fresh.users, strict=True):
@@ -327,6 +351,35 @@ class Dispatcher:
                 if user not in started:  # its worker claims it (or finds it held)
                     self.notify(user)
         return fresh
+
+    def _pre_turns(
+        self, messages: Sequence[InboundMessage], users: Sequence[str]
+    ) -> dict[str, tuple[PreTurn, UserRecord]]:
+        """The pure turns of ``users``' messages, for :meth:`receive`; with the records read.
+
+        Only a user with one message in this webhook and a record the store remembers is
+        tried; a turn that asks for reminders (stored before a turn's commit) is dropped.
+        """
+        if self.pure_handler is None or self.drainer is None or not users:
+            return {}
+        idle = set(users)
+        counts = Counter(m.user for m in messages)
+        pre = {}
+        for message in messages:
+            user = message.user
+            if user not in idle or counts[user] != 1:
+                continue
+            record = self.store.known_record(user)
+            if record is None:
+                continue
+            # as in the user's worker: log lines (and a per-user clock) know the user
+            with structlog.contextvars.bound_contextvars(wa_id=user, message_id=message.id):
+                now = self._clock()
+                turn = self.pure_handler(apply_inbound(record, message, now), message, now)
+            if turn is None or turn.reminders or getattr(turn, "cancels", ()):
+                continue
+            pre[user] = (PreTurn(message.id, turn.record, tuple(turn.outgoing), now), record)
+        return pre
 
     def _unreserve(self, users: Sequence[str], started: set[str]) -> None:
         """Give up the users marked busy for a claim that did not start their worker."""
@@ -404,10 +457,12 @@ class Dispatcher:
 
     # --- one user's worker --------------------------------------------------------------
 
-    async def _work(self, user: str, work: Work | None = None) -> None:
+    async def _work(
+        self, user: str, work: Work | None = None, context: dict[str, str] | None = None
+    ) -> None:
         # Each worker is its own task with its own context: every log line written while
         # handling this user (engine, hooks, sender, store) carries these keys.
-        structlog.contextvars.bind_contextvars(wa_id=user)
+        structlog.contextvars.bind_contextvars(wa_id=user, **(context or {}))
         try:
             async with self._slots:
                 await self._work_user(user, work)
@@ -445,6 +500,10 @@ class Dispatcher:
         user = lease.user
         self._active[user] = False
         record, drainer = work.record, self.drainer
+        if work.handled is not None:  # by the webhook's write: its replies are to send
+            assert drainer is not None  # (only turns with a sender are run there)
+            await self._drain(lease, record, work.handled.entries)
+            return await self._next(lease, reread=False, full=False)
         requeued = False
         if work.statuses:
             if drainer is not None:
@@ -467,8 +526,12 @@ class Dispatcher:
             else:
                 drained = await self._drain(lease, record, committed.entries)
                 record = drained.record
-        more = self._active.get(user) or reread or len(work.inbound) >= _BATCH
-        if not more:
+        return await self._next(lease, reread=reread, full=len(work.inbound) >= _BATCH)
+
+    async def _next(self, lease: Lease, *, reread: bool, full: bool) -> Work | None:
+        """The user's next work, if there may be some: they were notified meanwhile, older
+        replies are to send (``reread``), or the last read was ``full``."""
+        if not (self._active.get(lease.user) or reread or full):
             return None
         work = await self.store.read_work(lease, limit=_BATCH)
         if not (work.inbound or work.statuses or (work.outbox and reread)):
@@ -584,6 +647,7 @@ __all__ = [
     "Drained",
     "ErrorReplies",
     "Handler",
+    "PureHandler",
     "TurnResult",
     "UserDrainer",
     "apply_inbound",

@@ -48,6 +48,10 @@ class EngineRef:
         """The current engine's :meth:`~bot.engine.Engine.handle`."""
         return await self.engine.handle(record, message, now)
 
+    def handle_pure(self, record: UserRecord, message: InboundMessage, now: float) -> Turn | None:
+        """The current engine's :meth:`~bot.engine.Engine.handle_pure`."""
+        return self.engine.handle_pure(record, message, now)
+
     def error_replies(
         self, record: UserRecord, message: InboundMessage | None, now: float, reason: str
     ) -> Sequence[Outgoing]:

@@ -192,6 +192,7 @@ def build_app(config: Config, *, reload: bool = False) -> web.Application:
     components = Components(
         store=store,
         handler=engine.handle if engine is not None else None,
+        pure_handler=engine.handle_pure if engine is not None else None,
         error_replies=engine.error_replies if engine is not None else None,
         transport=lambda: make_transport(config),
         registry=registry,
@@ -203,6 +204,7 @@ def build_app(config: Config, *, reload: bool = False) -> web.Application:
         return create_app(config, components)
     ref = reloading.EngineRef(engine, registry)
     components.handler, components.error_replies = ref.handle, ref.error_replies
+    components.pure_handler = ref.handle_pure
     app = create_app(config, components)
 
     def tell_sender(new: TemplateRegistry | None) -> None:

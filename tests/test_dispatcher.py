@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytest
+
 from bot.dispatcher import Dispatcher
-from bot.engine import Reminder
+from bot.engine import Engine, Reminder
 from bot.models import InboundMessage, Outgoing, UserRecord
+from bot.sender import Sender
 from bot.store.sqlite import SQLiteStore
+from bot.testing import FakeCloudAPI
 from bot.webhook import parse_message
+from bot.window import WindowPolicy
+from tests.engine.helpers import write
+from tests.store_access import pending_outbox
 
 T0 = 1764000000
 
@@ -259,3 +269,144 @@ class TestRetention:
         assert await dispatcher.purge() == 1
         assert await store.inbox_counts() == {"pending": 0, "done": 0, "failed": 0}
         await store.close()
+
+
+ECHO_AND_HOOK = {
+    "welcome.yaml": """
+        flow: welcome
+        initial: start
+        vars: {name: ""}
+        states:
+          start:
+            say: "{{ vars.name or 'you' }} said {{ message.text }}"
+            on:
+              - text: "hook"
+                do: [shout]
+                to: start
+              - text: "bye"
+                to: end
+              - text: "*"
+                to: start
+          end: {final: true}
+        """,
+    "hooks.py": """
+        def shout(ctx):
+            return "HEY"
+        """,
+}
+
+
+@dataclass
+class Webhooks:
+    """A dispatcher with the flow engine and a sender to a fake Cloud API, fed like the app."""
+
+    store: SQLiteStore
+    dispatcher: Dispatcher
+    fake: FakeCloudAPI
+
+    async def post(self, *messages: InboundMessage) -> None:
+        await self.dispatcher.receive(messages, time.time(), time.perf_counter())
+
+    def stored(self, wamid: str) -> tuple[str, list[tuple[str, int]]]:
+        """The message's inbox status and the user's pending replies (their text and
+        attempts), read from the file at once: no worker can run meanwhile."""
+        with contextlib.closing(sqlite3.connect(self.store.path)) as db:
+            [(status,)] = db.execute("SELECT status FROM inbox WHERE wamid = ?", (wamid,))
+            rows = db.execute(
+                "SELECT json_extract(data, '$.outgoing.message.text.body'),"
+                " json_extract(data, '$.attempts') FROM outbox"
+                " WHERE user = ? AND status = 'pending' ORDER BY seq",
+                (USER,),
+            ).fetchall()
+        return status, [tuple(row) for row in rows]
+
+    def said(self) -> list[str]:
+        return [m.body["text"]["body"] for m in self.fake.messages_to(USER)]
+
+
+USER = "15550001111"
+
+
+def now_message(n: int, text: str) -> InboundMessage:
+    """Message ``n`` of ``USER``, stamped now (the window is open)."""
+    item = {
+        "from": USER,
+        "id": f"wamid.{USER}.{n}",
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": text},
+    }
+    return parse_message(item, profile_name="Tester")
+
+
+@pytest.fixture
+async def webhooks(tmp_path: Path) -> AsyncIterator[Webhooks]:
+    engine = Engine.load(write(tmp_path / "flows", ECHO_AND_HOOK))
+    store = await opened(tmp_path / "bot.db")
+    async with FakeCloudAPI(token="t", phone_number_id="PN", enforce_window=False) as fake:
+        api = fake.client()
+        await api.start()
+        sender = Sender(store, api, registry=None, policy=WindowPolicy())
+        dispatcher = Dispatcher(
+            store, handler=engine.handle, pure_handler=engine.handle_pure, drainer=sender
+        )
+        await dispatcher.start()
+        yield Webhooks(store, dispatcher, fake)
+        await dispatcher.stop()
+        await api.close()
+    await store.close()
+
+
+class TestTurnsOnTheWebhooksPath:
+    """An idle user's turn that calls no hook runs before the insert and commits with it."""
+
+    async def test_an_idle_users_message_is_handled_by_the_webhooks_own_write(
+        self, webhooks: Webhooks
+    ) -> None:
+        await webhooks.post(now_message(0, "first"))  # no record remembered yet: a worker's
+        await webhooks.dispatcher.idle()
+        await webhooks.post(now_message(1, "second"))
+        # The webhook's answer would go now, before any worker ran: the turn is stored,
+        # its reply's first attempt in flight.
+        assert webhooks.stored(f"wamid.{USER}.1") == ("done", [("you said second", 1)])
+        await webhooks.dispatcher.idle()
+        assert webhooks.said() == ["you said first", "you said second"]
+        assert webhooks.dispatcher.metrics.processed == 2
+        assert await pending_outbox(webhooks.store, USER) == []
+
+    async def test_a_turn_with_a_hook_or_two_messages_wait_for_the_worker(
+        self, webhooks: Webhooks
+    ) -> None:
+        await webhooks.post(now_message(0, "first"))
+        await webhooks.dispatcher.idle()
+        await webhooks.post(now_message(1, "hook"))
+        assert webhooks.stored(f"wamid.{USER}.1") == ("pending", [])
+        await webhooks.dispatcher.idle()
+        await webhooks.post(now_message(2, "a"), now_message(3, "b"))
+        assert [webhooks.stored(f"wamid.{USER}.{n}")[0] for n in (2, 3)] == ["pending"] * 2
+        await webhooks.dispatcher.idle()
+        assert webhooks.said() == [
+            "you said first",
+            "HEY",
+            "you said hook",
+            "you said a",
+            "you said b",
+        ]
+
+    async def test_a_record_another_process_changed_is_read_again(
+        self, webhooks: Webhooks, tmp_path: Path
+    ) -> None:
+        """The remembered record is stale: the turn is dropped and runs on the stored one."""
+        await webhooks.post(now_message(0, "first"))
+        await webhooks.dispatcher.idle()
+        other = await opened(tmp_path / "bot.db")  # another process on the same file
+        work = await other.claim(USER, "other", time.time() + 30, time.time())
+        assert work is not None
+        named = replace(work.record, variables={**work.record.variables, "name": "Ana"})
+        await other.commit_turn(work.lease, None, named, [], time.time())
+        await other.release([work.lease])
+        await other.close()
+        await webhooks.post(now_message(1, "second"))
+        assert webhooks.stored(f"wamid.{USER}.1") == ("pending", [])
+        await webhooks.dispatcher.idle()
+        assert webhooks.said() == ["you said first", "Ana said second"]

@@ -176,6 +176,27 @@ class Engine:
             return Turn(record, (), (), "paused", source)
         return await _Turn(self, record, message, now).run()
 
+    def handle_pure(self, record: UserRecord, message: InboundMessage, now: float) -> Turn | None:
+        """:meth:`handle`, when the turn calls no hook: then it has no effect but its result.
+
+        ``None`` when the turn would call a hook (``if:``, ``unless:``, ``do:``, ``on_enter:``)
+        or raises: nothing was called, and the caller runs :meth:`handle` instead. A pure turn
+        can be run before its message is stored, and dropped, at no cost but its CPU (the
+        dispatcher does so for an idle user's message, see :meth:`Dispatcher.receive`).
+        """
+        if record.paused:
+            return None  # handle() logs it
+        turn = _Turn(self, record, message, now, pure=True).run()
+        try:
+            turn.send(None)
+        except StopIteration as done:  # it never waited: nothing but CPU was spent
+            result: Turn = done.value
+            return result
+        except Exception:  # _Impure, or a render error: handle() tells the user
+            return None
+        turn.close()  # it awaited something: only a hook does
+        return None
+
     def error_replies(
         self, record: UserRecord, message: InboundMessage | None, now: float, reason: str
     ) -> tuple[Outgoing, ...]:
@@ -217,9 +238,16 @@ class _Turn:
     """Scratch space for one message; dropped when :class:`Turn` is returned."""
 
     def __init__(
-        self, engine: Engine, record: UserRecord, message: InboundMessage, now: float
+        self,
+        engine: Engine,
+        record: UserRecord,
+        message: InboundMessage,
+        now: float,
+        *,
+        pure: bool = False,
     ) -> None:
         self.engine = engine
+        self.pure = pure  # refuse to call hooks (Engine.handle_pure)
         self.record = record
         self.message = message
         self.now = now
@@ -291,6 +319,8 @@ class _Turn:
                 self.say(save.invalid or state.say, const, groups)
                 return f"invalid {rule.label}"
             values[save.var] = value
+        if self.pure and (rule.conditions or rule.unless or rule.actions):
+            raise _Impure(rule.label)
         scratch = {**self.vars, **values}
         ctx = self.context(scratch, const, state.flow, state.name, groups)
         for condition in rule.conditions:
@@ -337,6 +367,8 @@ class _Turn:
         state = flow.states[state_name]
         self.flow, self.state = flow_name, state_name
         if state.enter:
+            if self.pure:
+                raise _Impure(f"{flow_name}.{state_name}")
             ctx = self.context(self.vars, flow.constants, flow_name, state_name, {})
             for action in state.enter:
                 self.out += _replies(await call(action, ctx), f"{flow_name}.{state_name}")
@@ -381,6 +413,10 @@ class _Turn:
             "const": const,
         }
         self.out += [reply.render(ctx) for reply in replies]
+
+
+class _Impure(Exception):
+    """A pure turn (:meth:`Engine.handle_pure`) reached a hook; the rule or state names it."""
 
 
 def _replies(result: Any, note: str) -> list[Outgoing]:

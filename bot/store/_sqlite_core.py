@@ -287,6 +287,11 @@ class _Decoded:
         self._records[record.key] = (data, record)
         _bound(self._records, self._size)
 
+    def last_record(self, user: str) -> UserRecord | None:
+        """The record of ``user`` last remembered, if it is."""
+        known = self._records.get(user)
+        return None if known is None else known[1]
+
     def record(self, user: str, data: str | None) -> UserRecord:
         """The record stored as ``data`` (``None``: never committed)."""
         if data is None:

@@ -32,7 +32,7 @@ The contract test-suite in ``tests/store/`` states this behaviour; every backend
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from bot.models import (
@@ -120,6 +120,9 @@ class Work:
         inbound: pending inbox messages in arrival order (see the module docstring).
         statuses: unapplied status items for the user, oldest first.
         outbox: pending outbox entries in ``seq`` order (reminders not yet due included).
+        handled: the turn the claim's own write stored (:meth:`Store.add_and_claim`'s
+            ``turns``): ``record`` is then the record it stored, and the other lists are
+            empty, for the user had no other work.
     """
 
     lease: Lease
@@ -127,6 +130,24 @@ class Work:
     inbound: tuple[InboundMessage, ...] = ()
     statuses: tuple[StatusUpdate, ...] = ()
     outbox: tuple[OutboxEntry, ...] = ()
+    handled: Committed | None = None
+
+
+@value_object
+class PreTurn:
+    """A message's turn, run before the message was stored (see :meth:`Store.add_and_claim`).
+
+    Attributes:
+        message_id: the message's wamid.
+        record: the user's record after the turn; its ``version`` is the one the turn read.
+        outgoing: the turn's replies, in order.
+        now: when the turn ran (its ``now``, as :meth:`Store.commit_turn`'s).
+    """
+
+    message_id: str
+    record: UserRecord
+    outgoing: tuple[Outgoing, ...]
+    now: float
 
 
 @value_object
@@ -190,6 +211,7 @@ class Store(Protocol):
         until: float,
         users: Sequence[str],
         limit: int = 64,
+        turns: Mapping[str, PreTurn] | None = None,
     ) -> tuple[Added, list[Work]]:
         """:meth:`add_inbound`, and :meth:`claim` of ``users`` in the same step where cheap.
 
@@ -197,6 +219,13 @@ class Store(Protocol):
         worker a round trip. Returns the insert's flags and the work of each user claimed;
         a store may claim none (the caller then claims as usual) but never claims a user
         another owner holds, nor one no message was filed under (``Added.users``).
+
+        ``turns`` (by user) are turns run before the insert, on the records
+        :meth:`known_record` gave. A store may commit such a turn in the same write, as
+        :meth:`commit_turn` would, with its replies in flight for the lease: only if its
+        message is new, filed under that user, and the user's only pending work, and the
+        stored record still has the version the turn read. The user's work then says so
+        (``Work.handled``). Any other turn is ignored: the message is pending as usual.
         """
 
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
@@ -234,6 +263,10 @@ class Store(Protocol):
         expired before ``now``; ``None`` if another owner holds it. ``limit`` bounds each of
         the lists read.
         """
+
+    def known_record(self, user: str) -> UserRecord | None:
+        """The record of ``user`` as this process last stored or read it, if it remembers
+        it (no I/O; it may be stale: writes that rely on it check its ``version``)."""
 
     async def read_work(self, lease: Lease, *, limit: int = 64) -> Work:
         """The user's record and pending work again, under a lease already held."""
@@ -492,6 +525,7 @@ __all__ = [
     "JobStore",
     "Lease",
     "LiveVariant",
+    "PreTurn",
     "PricingCount",
     "Reach",
     "Resolved",

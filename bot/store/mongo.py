@@ -61,7 +61,7 @@ scatter. Times are unix-second floats everywhere, never BSON dates.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bot.errors import StoreError
@@ -70,6 +70,7 @@ from bot.models import (
     IdentityChange,
     InboundMessage,
     StatusUpdate,
+    UserRecord,
     delivery_status,
     parse_callback_data,
 )
@@ -83,6 +84,7 @@ from bot.store._mongo_turns import _MongoTurns
 from bot.store.base import (
     Added,
     Identity,
+    PreTurn,
     Resolved,
     Work,
     change_identity,
@@ -181,10 +183,14 @@ class MongoStore(_MongoTurns, _MongoLeases, _MongoOutbox, _MongoJobs, _MongoLedg
         until: float,
         users: Sequence[str],
         limit: int = 64,
+        turns: Mapping[str, PreTurn] | None = None,
     ) -> tuple[Added, list[Work]]:
         # A claim here takes several round trips of its own: the webhook's answer would wait
-        # for them. The worker claims instead, after the acknowledgement.
+        # for them. The worker claims instead, after the acknowledgement (and runs the turns).
         return await self.add_inbound(messages, now), []
+
+    def known_record(self, user: str) -> UserRecord | None:
+        return None  # nothing is remembered: every turn reads the record under its claim
 
     def _arrival(self, now: float) -> float:
         """``now``, made strictly greater than the last arrival this process stored."""

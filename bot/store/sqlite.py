@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -46,6 +46,7 @@ from bot.store.base import (
     Committed,
     Identity,
     Lease,
+    PreTurn,
     Resolved,
     Work,
     change_identity,
@@ -71,6 +72,62 @@ from bot.store.base import (
 _TURN_READ = (
     f"SELECT version, next_seq, lease_token, EXISTS ({_PENDING_OUTBOX}) FROM users WHERE key = ?"
 )
+
+
+#: What a turn run before its message was stored needs to know, in one statement: the
+#: record's version and sequence, the lease, and whether anything but that message is pending.
+_PRE_TURN_READ = (
+    "SELECT version, next_seq, lease_owner, lease_token, lease_until,"
+    " (SELECT count(*) FROM (SELECT 1 FROM inbox WHERE user = ?1 AND status = 'pending' LIMIT 2)),"
+    " EXISTS (SELECT 1 FROM statuses WHERE user = ?1 AND applied = 0),"
+    " EXISTS (SELECT 1 FROM outbox WHERE user = ?1 AND status = 'pending')"
+    " FROM users WHERE key = ?1"
+)
+
+
+def _commit_pre_turn(
+    c: sqlite3.Connection, lease: Lease, pre: PreTurn, now: float
+) -> tuple[Committed, str] | None:
+    """Claim ``lease.user`` and store ``pre`` as :meth:`SQLiteStore.commit_turn` would, with
+    its replies in flight for ``lease``; the commit and the record's JSON.
+
+    ``None`` (nothing written) unless the stored record has the version the turn read, no
+    other owner holds the user, and its message, just inserted, is all that is pending.
+    """
+    row = c.execute(_PRE_TURN_READ, (lease.user,)).fetchone()
+    if row is None:
+        return None
+    version, next_seq, held_by, held_token, held_until, inbox, statuses, outbox = row
+    if version != pre.record.version or inbox != 1 or statuses or outbox:
+        return None
+    if held_token and held_by != lease.owner and held_until >= now:
+        return None
+    stored = replace(pre.record, version=version + 1)
+    data = dumps(user_to_json(stored))
+    entries = new_outbox_entries(lease.user, next_seq, pre.outgoing, pre.now, in_flight=lease.token)
+    c.executemany(
+        "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
+        "VALUES (?, ?, ?, 'pending', ?, '', ?)",
+        [(e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e))) for e in entries],
+    )
+    c.execute(
+        "UPDATE users SET version = ?, next_seq = ?, data = ?, lease_owner = ?,"
+        " lease_token = ?, lease_until = ? WHERE key = ?",
+        (
+            stored.version,
+            next_seq + len(entries),
+            data,
+            lease.owner,
+            lease.token,
+            lease.until,
+            lease.user,
+        ),
+    )
+    c.execute(
+        "UPDATE inbox SET status = 'done', finished_at = ? WHERE wamid = ?",
+        (pre.now, pre.message_id),
+    )
+    return Committed(stored, tuple(entries)), data
 
 
 class SQLiteStore(SQLiteJobs, SQLiteLedgers):
@@ -147,30 +204,39 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
         until: float,
         users: Sequence[str],
         limit: int = 64,
+        turns: Mapping[str, PreTurn] | None = None,
     ) -> tuple[Added, list[Work]]:
         insert = self._insert(messages, now)
         tokens = {user: self._token() for user in users}
+        turns = turns or {}
 
-        def op(
-            c: sqlite3.Connection,
-        ) -> tuple[Added, tuple[dict[str, str], Resolved], list[tuple[str, str | None, _Rows]]]:
+        def op(c: sqlite3.Connection) -> tuple[Added, Any, list[Any], list[Any]]:
             fresh, learned = insert(c)
             filed_under = set(fresh.users)
-            claimed = []
+            new = {m.id for m, is_new in zip(messages, fresh, strict=True) if is_new}
+            claimed, handled = [], []
             for user, token in tokens.items():
                 if user not in filed_under:  # its messages went to the user's canonical key
                     continue
+                lease = Lease(user, owner, token, until)
+                pre = turns.get(user)
+                if pre is not None and pre.message_id in new:
+                    done = _commit_pre_turn(c, lease, pre, now)
+                    if done is not None:
+                        handled.append((lease, *done))
+                        continue
                 got = _claim(c, user, owner, token, until, now, limit)
                 if got is not None:
-                    claimed.append((user, *got))
-            return fresh, learned, claimed
+                    claimed.append((lease, *got))
+            return fresh, learned, claimed, handled
 
-        fresh, learned, claimed = await self._call(op)
+        fresh, learned, claimed, handled = await self._call(op)
         self._learn(*learned)
-        return fresh, [
-            self._work(Lease(user, owner, tokens[user], until), data, rows)
-            for user, data, rows in claimed
-        ]
+        works = [self._work(lease, data, rows) for lease, data, rows in claimed]
+        for lease, committed, data in handled:
+            self._decoded.remember_record(data, committed.record)
+            works.append(Work(lease, committed.record, handled=committed))
+        return fresh, works
 
     async def add_statuses(self, statuses: Sequence[StatusUpdate], now: float) -> Added:
         identities = [status_identity(s) for s in statuses]
@@ -265,6 +331,9 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
             return None
         data, rows = got
         return self._work(Lease(user, owner, token, until), data, rows)
+
+    def known_record(self, user: str) -> UserRecord | None:
+        return self._decoded.last_record(user)
 
     def _work(self, lease: Lease, data: str | None, rows: _Rows) -> Work:
         """Decode what :func:`_read_pending` read (on the event loop, not the writer thread)."""

@@ -512,22 +512,23 @@ class TestSharedMachines:
             assert flow.machine.model_graphs == {}
 
 
+#: A fallback parameter whose path runs through a value that is not there: it fails to render.
+MISSING_IN_FALLBACK = """
+vars: {where: ""}
+states:
+  start:
+    say:
+      - text: Hi
+        fallback: {template: t, params: [vars.where.latitude]}
+    on: [{else: true, to: end}]
+  end: {final: true}
+"""
+
+
 class TestStrictRendering:
     async def test_missing_value_in_a_fallback_param_raises(self, tmp_path: Path) -> None:
         """A parameter path through a value that is not there fails loudly, never renders ''."""
-        engine = one_flow(
-            tmp_path,
-            """
-            vars: {where: ""}
-            states:
-              start:
-                say:
-                  - text: Hi
-                    fallback: {template: t, params: [vars.where.latitude]}
-                on: [{else: true, to: end}]
-              end: {final: true}
-            """,
-        )
+        engine = one_flow(tmp_path, MISSING_IN_FALLBACK)
         with pytest.raises(RenderError, match="latitude"):
             await engine.handle(user(), text("x"), NOW)
 
@@ -588,3 +589,97 @@ class TestFirstMessage:
         )
         [finding] = [f for f in check_folder(folder) if f.severity == "error"]
         assert finding.line == 2 and "match or greet" in finding.message
+
+
+PURE_AND_NOT = {
+    "welcome.yaml": """
+        flow: welcome
+        initial: start
+        states:
+          start:
+            say: "You said {{ message.text }}"
+            on:
+              - text: "do"
+                do: [shout]
+                to: start
+              - text: "if"
+                if: allowed
+                to: start
+              - text: "unless"
+                unless: allowed
+                to: start
+              - text: "enter"
+                to: entered
+              - text: "*"
+                to: start
+          entered:
+            do: [greet]
+            say: "entered"
+            on: [{text: "*", to: start}]
+        """,
+    "hooks.py": """
+        from pathlib import Path
+
+        CALLS = Path(__file__).with_name("calls.txt")
+
+
+        def _called(name):
+            with CALLS.open("a") as calls:
+                calls.write(name + "\\n")
+
+
+        def shout(ctx):
+            _called("shout")
+            return "HEY"
+
+
+        def allowed(ctx):
+            _called("allowed")
+            return True
+
+
+        def greet(ctx):
+            _called("greet")
+        """,
+}
+
+
+class TestHandlePure:
+    """``handle_pure``: the same turn as ``handle`` when no hook would run, else ``None``
+    with nothing called (the dispatcher runs such turns before their message is stored)."""
+
+    async def test_a_turn_without_hooks_is_the_turn_handle_gives(self, tmp_path: Path) -> None:
+        engine = Engine.load(write(tmp_path / "flows", PURE_AND_NOT))
+        new = user()
+        for record, message in [
+            (new, text("hi")),
+            (user(flow="welcome", state="start"), text("x")),
+        ]:
+            pure = engine.handle_pure(record, message, NOW)
+            assert pure is not None
+            assert pure == await engine.handle(record, message, NOW)
+        assert pure is not None and bodies(pure) == ["You said x"]
+        assert not (tmp_path / "flows" / "calls.txt").exists()
+
+    @pytest.mark.parametrize(
+        ("said", "calls"),
+        [("do", "shout"), ("if", "allowed"), ("unless", "allowed"), ("enter", "greet")],
+    )
+    async def test_a_turn_that_would_call_a_hook_is_none_and_calls_nothing(
+        self, tmp_path: Path, said: str, calls: str
+    ) -> None:
+        engine = Engine.load(write(tmp_path / "flows", PURE_AND_NOT))
+        record, calls_file = user(flow="welcome", state="start"), tmp_path / "flows" / "calls.txt"
+        assert engine.handle_pure(record, text(said), NOW) is None
+        assert not calls_file.exists()
+        await engine.handle(record, text(said), NOW)  # the hook does run there
+        assert calls_file.read_text().split() == [calls]
+
+    async def test_a_paused_user_or_a_failing_render_is_left_to_handle(
+        self, tmp_path: Path
+    ) -> None:
+        engine = one_flow(tmp_path, MISSING_IN_FALLBACK)
+        assert engine.handle_pure(user(), text("x"), NOW) is None  # handle raises RenderError
+        paused = user(flow="welcome", state="start", paused=True, paused_reason="agent")
+        assert engine.handle_pure(paused, text("x"), NOW) is None
+        assert (await engine.handle(paused, text("x"), NOW)).trigger == "paused"

@@ -23,7 +23,16 @@ from bot.models import (
     callback_data,
 )
 from bot.scheduling import build_job
-from bot.store.base import Committed, JobStore, Lease, Store, Work, job_entry_id, outbox_id
+from bot.store.base import (
+    Committed,
+    JobStore,
+    Lease,
+    PreTurn,
+    Store,
+    Work,
+    job_entry_id,
+    outbox_id,
+)
 from bot.store.sqlite import SQLiteStore
 from bot.webhook import parse_message, parse_status
 from tests.store.conftest import Backend
@@ -449,6 +458,103 @@ class TestAddAndClaim:
         assert works == []
         committed = await store.commit_turn(held.lease, "wamid.1", user(), [], NOW)
         assert committed.record.version == 1
+
+
+async def known(store: Store, key: str = ANA) -> UserRecord:
+    """Commit a first turn for ``key`` and release them: the record a later turn reads."""
+    work = await claim(store, key)
+    record = (await store.commit_turn(work.lease, None, user(key), [], NOW)).record
+    await store.release([work.lease])
+    return record
+
+
+async def add_with_turn(
+    store: Store, message: InboundMessage, record: UserRecord, owner: str = "w2"
+) -> list[Work]:
+    """Insert ``message`` and claim its user with a turn run on ``record`` (one reply)."""
+    turn = PreTurn(message.id, dataclasses.replace(record, state="next"), (reply("pre"),), NOW)
+    _, works = await store.add_and_claim(
+        [message], NOW, owner=owner, until=NOW + 30, users=[message.user], turns={ANA: turn}
+    )
+    return works
+
+
+class TestTurnsInTheClaim:
+    """``add_and_claim``'s ``turns``: committed in the insert's write, or ignored."""
+
+    async def test_a_turn_on_the_stored_record_is_committed_with_the_message(
+        self, store: Store
+    ) -> None:
+        """The message is done, the record moved, the reply queued in flight for the lease."""
+        record = await known(store)
+        works = await add_with_turn(store, inbound("wamid.2"), record)
+        if isinstance(store, SQLiteStore):  # a store may leave it to the worker (Mongo)
+            assert [w.handled is not None for w in works] == [True]
+            assert store.known_record(ANA) == works[0].record
+        for work in works:
+            assert work.handled is not None and (work.inbound, work.outbox) == ((), ())
+            stored = await store.get_user(ANA)
+            assert stored == work.record == work.handled.record
+            assert (stored.version, stored.state) == (2, "next")
+            [entry] = work.handled.entries
+            assert (entry.attempts, entry.inflight_at, entry.inflight_token) == (
+                1,
+                NOW,
+                work.lease.token,
+            )
+            assert await pending(store) == [entry]
+            assert await store.inbox_counts() == {"pending": 0, "done": 1, "failed": 0}
+            assert await store.renew([work.lease], NOW + 60) == {ANA}  # the claim's lease
+        if not works:
+            assert await store.inbox_counts() == {"pending": 1, "done": 0, "failed": 0}
+            assert (await store.get_user(ANA)) == record
+
+    async def test_a_turn_on_a_record_changed_since_is_ignored(self, store: Store) -> None:
+        """Another write since the turn's read: the message waits, the record is untouched."""
+        record = await known(store)
+        lease = (await claim(store)).lease
+        later = (await store.commit_turn(lease, None, record, [], NOW)).record
+        await store.release([lease])
+        works = await add_with_turn(store, inbound("wamid.2"), record)
+        assert [w.handled for w in works] == [None] * len(works)
+        assert [[m.id for m in w.inbound] for w in works] in ([], [["wamid.2"]])
+        assert await store.get_user(ANA) == later
+        assert await pending(store) == []
+
+    async def test_a_turn_behind_other_pending_work_is_ignored(self, store: Store) -> None:
+        """An older message, or a reply still to send, goes first: the turn is not stored."""
+        record = await known(store)
+        await store.add_inbound([inbound("wamid.1")], NOW)
+        works = await add_with_turn(store, inbound("wamid.2"), record)
+        assert [[m.id for m in w.inbound] for w in works] in ([], [["wamid.1", "wamid.2"]])
+        assert [w.handled for w in works] == [None] * len(works)
+
+        other = await known(store, BIA)
+        lease = (await claim(store, BIA)).lease
+        queued = await store.commit_turn(lease, None, other, [reply("older")], NOW)
+        await store.release([lease])
+        message = inbound("wamid.b", user=BIA)
+        turn = PreTurn(message.id, queued.record, (reply("pre"),), NOW)
+        _, works = await store.add_and_claim(
+            [message], NOW, owner="w2", until=NOW + 30, users=[BIA], turns={BIA: turn}
+        )
+        assert [w.handled for w in works] == [None] * len(works)
+        assert [e.outgoing.message for e in await pending(store, BIA)] == [reply("older").message]
+
+    async def test_a_held_user_or_a_duplicate_is_never_handled_here(self, store: Store) -> None:
+        """Another owner's user is not claimed; a message seen before is not handled again."""
+        record = await known(store)
+        held = await claim(store, ANA, "w1")
+        assert await add_with_turn(store, inbound("wamid.2"), record) == []
+        assert await store.get_user(ANA) == record
+        await store.commit_turn(held.lease, "wamid.2", record, [], NOW)
+        await store.release([held.lease])
+        again = await store.get_user(ANA)
+        assert again is not None and again.version == 2
+        works = await add_with_turn(store, inbound("wamid.2"), again)  # Meta's retry
+        assert [w.handled for w in works] == [None] * len(works)
+        assert await store.get_user(ANA) == again
+        assert await pending(store) == []
 
 
 class TestFencing:
