@@ -373,9 +373,14 @@ class Dispatcher:
             if record is None:
                 continue
             # as in the user's worker: log lines (and a per-user clock) know the user
-            with structlog.contextvars.bound_contextvars(wa_id=user, message_id=message.id):
+            tokens = structlog.contextvars.bind_contextvars(wa_id=user, message_id=message.id)
+            try:
                 now = self._clock()
                 turn = self.pure_handler(apply_inbound(record, message, now), message, now)
+            except Exception:  # the worker's turn fails the same way, and says so
+                turn = None
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
             if turn is None or turn.reminders or getattr(turn, "cancels", ()):
                 continue
             pre[user] = (PreTurn(message.id, turn.record, tuple(turn.outgoing), now), record)

@@ -319,23 +319,24 @@ class _Turn:
                 self.say(save.invalid or state.say, const, groups)
                 return f"invalid {rule.label}"
             values[save.var] = value
-        if self.pure and (rule.conditions or rule.unless or rule.actions):
-            raise _Impure(rule.label)
         scratch = {**self.vars, **values}
-        ctx = self.context(scratch, const, state.flow, state.name, groups)
-        for condition in rule.conditions:
-            if not await call(condition, ctx):
-                return None
-        for condition in rule.unless:
-            if await call(condition, ctx):
-                return None
         extra: list[Outgoing] = []
-        for action in rule.actions:
-            extra += _replies(await call(action, ctx), f"{state.flow}.{state.name}")
+        if rule.conditions or rule.unless or rule.actions:
+            if self.pure:
+                raise _Impure(rule.label)
+            ctx = self.context(scratch, const, state.flow, state.name, groups)
+            for condition in rule.conditions:
+                if not await call(condition, ctx):
+                    return None
+            for condition in rule.unless:
+                if await call(condition, ctx):
+                    return None
+            for action in rule.actions:
+                extra += _replies(await call(action, ctx), f"{state.flow}.{state.name}")
+            self.reminders += ctx.reminders
+            self.cancels += ctx.cancels
+            self.user_changes.update(ctx.user_changes)
         self.vars = scratch
-        self.reminders += ctx.reminders
-        self.cancels += ctx.cancels
-        self.user_changes.update(ctx.user_changes)
         self.say(rule.say, const, groups)
         self.out += extra
         if rule.target is not None:
