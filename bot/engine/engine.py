@@ -179,10 +179,11 @@ class Engine:
     def handle_pure(self, record: UserRecord, message: InboundMessage, now: float) -> Turn | None:
         """:meth:`handle`, when the turn calls no hook: then it has no effect but its result.
 
-        ``None`` when the turn would call a hook (``if:``, ``unless:``, ``do:``, ``on_enter:``)
-        or raises: nothing was called, and the caller runs :meth:`handle` instead. A pure turn
-        can be run before its message is stored, and dropped, at no cost but its CPU (the
-        dispatcher does so for an idle user's message, see :meth:`Dispatcher.receive`).
+        ``None`` when the turn would call a hook (a rule's ``if:``, ``unless:`` or ``do:``, a
+        state's ``do:``) or raises: nothing was called, and the caller runs :meth:`handle`.
+        A pure turn can be run before its message is stored, and dropped, at no cost but its
+        CPU (the dispatcher does so for an idle user's message, see
+        :meth:`Dispatcher.receive`).
         """
         if record.paused:
             return None  # handle() logs it

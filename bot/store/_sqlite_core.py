@@ -334,11 +334,7 @@ def _append(
         if c.execute("SELECT 1 FROM outbox WHERE id = ?", (entry_id,)).fetchone():
             return []
         entries = [replace(e, id=entry_id) for e in entries]
-    c.executemany(
-        "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
-        "VALUES (?, ?, ?, 'pending', ?, '', ?)",
-        [(e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e))) for e in entries],
-    )
+    _insert_outbox(c, entries)
     if row is None:
         blank = dumps(user_to_json(_blank_user(user, version=1)))
         c.execute(
@@ -358,6 +354,15 @@ def _append(
             (next_seq + len(entries), user),
         )
     return entries
+
+
+def _insert_outbox(c: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> None:
+    """Store new (pending) outbox entries."""
+    c.executemany(
+        "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
+        "VALUES (?, ?, ?, 'pending', ?, '', ?)",
+        [(e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e))) for e in entries],
+    )
 
 
 def _check_lease(c: sqlite3.Connection, lease: Lease) -> None:

@@ -28,6 +28,7 @@ from bot.models import (
 from bot.store._sqlite_core import (
     _append,
     _check_lease,
+    _insert_outbox,
     _run_many,
 )
 from bot.store._sqlite_jobs import SQLiteJobs, _purge_jobs
@@ -58,7 +59,6 @@ from bot.store.base import (
     message_identity,
     new_outbox_entries,
     outbox_from_json,
-    outbox_to_json,
     report_conflicts,
     status_from_json,
     status_identity,
@@ -105,11 +105,7 @@ def _commit_pre_turn(
     stored = replace(pre.record, version=version + 1)
     data = dumps(user_to_json(stored))
     entries = new_outbox_entries(lease.user, next_seq, pre.outgoing, pre.now, in_flight=lease.token)
-    c.executemany(
-        "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
-        "VALUES (?, ?, ?, 'pending', ?, '', ?)",
-        [(e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e))) for e in entries],
-    )
+    _insert_outbox(c, entries)
     c.execute(
         "UPDATE users SET version = ?, next_seq = ?, data = ?, lease_owner = ?,"
         " lease_token = ?, lease_until = ? WHERE key = ?",
@@ -441,14 +437,7 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
                 now,
                 in_flight=lease.token if start_sending and not backlog else "",
             )
-            c.executemany(
-                "INSERT INTO outbox (id, user, seq, status, next_attempt_at, wamid, data) "
-                "VALUES (?, ?, ?, 'pending', ?, '', ?)",
-                [
-                    (e.id, e.user, e.seq, e.next_attempt_at, dumps(outbox_to_json(e)))
-                    for e in entries
-                ],
-            )
+            _insert_outbox(c, entries)
             c.execute(
                 "UPDATE users SET version = ?, next_seq = ?, data = ? WHERE key = ?",
                 (stored.version, next_seq + len(entries), data, record.key),
