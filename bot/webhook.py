@@ -132,7 +132,7 @@ def parse_envelope(data: Any) -> Delivery:
                 raise PayloadError(f"{cwhere} must be an object")
             field = change.get("field")
             if field != "messages" and field != "user_id_update":
-                if field in TEMPLATE_FIELDS:
+                if isinstance(field, str) and field in TEMPLATE_FIELDS:
                     events.append(parse_template_event(change, entry.get("time"), cwhere))
                 continue
             value = change.get("value")

@@ -552,6 +552,14 @@ class TestHostileBodies:
         delivery = parse_body(body)
         assert len(delivery.messages) + len(delivery.statuses) == 1
 
+    @pytest.mark.parametrize("field", ["[]", "{}", "1", "null"])
+    def test_a_change_of_no_known_field_is_skipped(self, field: str) -> None:
+        """A ``field`` that is not one we handle, even one that is no string, is skipped
+        like Meta's other fields (found by the property test below: ``[]`` raised)."""
+        change = f'{{"field": {field}, "value": {{}}}}'
+        body = f'{{"object": "whatsapp_business_account", "entry": [{{"changes": [{change}]}}]}}'
+        assert parse_body(body.encode()) == parse_body(envelope())
+
     def test_stored_items_out_of_range_still_read_back(self) -> None:
         """parse_message/parse_status re-read stored items, so they do not apply the range."""
         item = {"id": "wamid.old", "from": "1", "timestamp": "1", "type": "text"}
