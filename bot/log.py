@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from bot import _json
 from bot.config import SECRETS
 
 _REDACTED = "***"
@@ -80,7 +81,7 @@ def configure_logging(
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
         if console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_json.render)
     )
     structlog.configure(
         processors=[

@@ -12,7 +12,6 @@ lease or order hostage inside a retry loop. The client turns Meta's error codes 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -20,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from bot import _json
 from bot.errors import (
     CloudAPIError,
     InvalidRequest,
@@ -179,7 +179,9 @@ class CloudAPI:
         """Create the HTTP session unless one was passed in."""
         if self._session is None:
             # Our own session carries the token and the timeout: nothing to merge per request.
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, json_serialize=_json.dumps
+            )
             self._own_session = True
 
     async def close(self) -> None:
@@ -275,7 +277,7 @@ class CloudAPI:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         try:
-            data = json.loads(body)
+            data = _json.loads(body)
         except ValueError:
             data = None
         if 200 <= status < 300:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 
@@ -22,6 +24,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a process log (``BOT_LOG_FORMAT=json``), parsed; a line still
+    being written (the log is read while the process runs) is left out."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
 
 
 class BotProcess:
@@ -79,7 +94,8 @@ class BotProcess:
     def errors(self, limit: int = 5) -> list[str]:
         """The first ``limit`` error lines of the process's log, for a failing assertion."""
         lines = self.log_path.read_text(errors="replace").splitlines()
-        return [line[:500] for line in lines if '"level": "error"' in line][:limit]
+        errors = [line for line in lines if any(e["level"] == "error" for e in log_events(line))]
+        return [line[:500] for line in errors][:limit]
 
     def kill9(self) -> None:
         """SIGKILL: no cleanup, no flush, like a power cut for the process."""

@@ -16,7 +16,7 @@ from bot.runtime import load_engine
 from bot.templates import TemplateRegistry
 from bot.testing import FakeCloudAPI, signed_request, text_message
 from tests.conftest import SECRET
-from tests.server import BotProcess
+from tests.server import BotProcess, log_events
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ async def log_count(log: Path, event: str, at_least: int, within: float = 30.0) 
     deadline = time.monotonic() + within
     while True:
         text = await asyncio.to_thread(log.read_text)
-        if text.count(f'"event": "{event}"') >= at_least:
+        if sum(e["event"] == event for e in log_events(text)) >= at_least:
             return text
         assert time.monotonic() < deadline, f"no {event} x{at_least}:\n{text[-3000:]}"
         await asyncio.sleep(0.05)

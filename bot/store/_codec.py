@@ -6,19 +6,15 @@ compact encoder they are stored with, and the outbox entries a turn appends.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bot import _json
 from bot.models import InboundMessage, OutboxEntry, Outgoing, StatusUpdate, TemplateCall, UserRecord
 from bot.store._identity import filed, filed_status
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON for storage (one encoder for all: ``json.dumps`` builds one per call)."""
-    return _ENCODER.encode(value)
+dumps = _json.dumps
+"""Compact JSON for storage (see :mod:`bot._json`)."""
 
 
 def outgoing_to_json(outgoing: Outgoing) -> dict[str, Any]:
