@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -74,35 +74,53 @@ _TURN_READ = (
 )
 
 
+#: Given the users a webhook's messages are filed under, which messages to insert as done.
+Settle = Callable[[Sequence[str]], Collection[str]]
+
 #: What a turn run before its message was stored needs to know, in one statement: the
-#: record's version and sequence, the lease, and whether anything but that message is pending.
+#: record's version and sequence, the lease, and whether the user has anything pending.
 _PRE_TURN_READ = (
     "SELECT version, next_seq, lease_owner, lease_token, lease_until,"
-    " (SELECT count(*) FROM (SELECT 1 FROM inbox WHERE user = ?1 AND status = 'pending' LIMIT 2)),"
+    " EXISTS (SELECT 1 FROM inbox WHERE user = ?1 AND status = 'pending'),"
     " EXISTS (SELECT 1 FROM statuses WHERE user = ?1 AND applied = 0),"
     " EXISTS (SELECT 1 FROM outbox WHERE user = ?1 AND status = 'pending')"
     " FROM users WHERE key = ?1"
 )
 
+#: The inbox row of a new message, pending (``?4`` is when it was received)...
+_INSERT_PENDING = (
+    "INSERT OR IGNORE INTO inbox (wamid, user, ts, status, received_at, data) "
+    "VALUES (?1, ?2, ?3, 'pending', ?4, ?5)"
+)
+#: ... or handled by a turn committed in the same write.
+_INSERT_DONE = (
+    "INSERT OR IGNORE INTO inbox (wamid, user, ts, status, received_at, finished_at, data) "
+    "VALUES (?1, ?2, ?3, 'done', ?4, ?4, ?5)"
+)
 
-def _commit_pre_turn(
-    c: sqlite3.Connection, lease: Lease, pre: PreTurn, now: float
-) -> tuple[Committed, str] | None:
-    """Claim ``lease.user`` and store ``pre`` as :meth:`SQLiteStore.commit_turn` would, with
-    its replies in flight for ``lease``; the commit and the record's JSON.
 
-    ``None`` (nothing written) unless the stored record has the version the turn read, no
-    other owner holds the user, and its message, just inserted, is all that is pending.
-    """
+def _pre_turn_base(c: sqlite3.Connection, lease: Lease, pre: PreTurn, now: float) -> int | None:
+    """The user's next outbox ``seq`` if ``pre`` can be committed for ``lease``, before its
+    message is inserted: the stored record has the version the turn read, no other owner
+    holds the user, and nothing of theirs is pending."""
     row = c.execute(_PRE_TURN_READ, (lease.user,)).fetchone()
     if row is None:
         return None
     version, next_seq, held_by, held_token, held_until, inbox, statuses, outbox = row
-    if version != pre.record.version or inbox != 1 or statuses or outbox:
+    if version != pre.record.version or inbox or statuses or outbox:
         return None
     if held_token and held_by != lease.owner and held_until >= now:
         return None
-    stored = replace(pre.record, version=version + 1)
+    return int(next_seq)
+
+
+def _commit_pre_turn(
+    c: sqlite3.Connection, lease: Lease, pre: PreTurn, next_seq: int
+) -> tuple[Committed, str]:
+    """Claim ``lease.user`` and store ``pre`` as :meth:`SQLiteStore.commit_turn` would, with
+    its replies in flight for ``lease`` (its message was inserted as done); the commit and
+    the record's JSON."""
+    stored = replace(pre.record, version=pre.record.version + 1)
     data = dumps(user_to_json(stored))
     entries = new_outbox_entries(lease.user, next_seq, pre.outgoing, pre.now, in_flight=lease.token)
     _insert_outbox(c, entries)
@@ -118,10 +136,6 @@ def _commit_pre_turn(
             lease.until,
             lease.user,
         ),
-    )
-    c.execute(
-        "UPDATE inbox SET status = 'done', finished_at = ? WHERE wamid = ?",
-        (pre.now, pre.message_id),
     )
     return Committed(stored, tuple(entries)), data
 
@@ -148,13 +162,16 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
 
     def _insert(
         self, messages: Sequence[InboundMessage], now: float
-    ) -> Callable[[sqlite3.Connection], tuple[Added, tuple[dict[str, str], Resolved]]]:
+    ) -> Callable[..., tuple[Added, tuple[dict[str, str], Resolved]]]:
         """The operation that inserts ``messages`` under their users' canonical keys.
 
         When this process has seen every id before (the usual case) the keys come from its
         cache and the rows are encoded (and remembered decoded for :meth:`_work`) here;
         otherwise the aliases are read and the new ones written inside the operation. It
         returns the flags and what to teach the cache once the write is committed.
+
+        Its ``settle``, given the users the messages are filed under, names the messages to
+        insert as done (their turns are committed in the same write).
         """
         identities = [message_identity(m) for m in messages]
 
@@ -172,20 +189,19 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
             filed_messages = [filed(m, u) for m, u in zip(messages, cached, strict=True)]
             self._decoded.remember_inbound(filed_messages, ready)
 
-        def op(c: sqlite3.Connection) -> tuple[Added, tuple[dict[str, str], Resolved]]:
+        def op(
+            c: sqlite3.Connection, settle: Settle | None = None
+        ) -> tuple[Added, tuple[dict[str, str], Resolved]]:
             learned: tuple[dict[str, str], Resolved] = ({}, Resolved())
             if cached is None:
                 resolved, known = _resolve_aliases(c, identities)
                 users, todo, learned = resolved.users, rows(resolved.users), (known, resolved)
             else:
                 users, todo = cached, ready
+            done = settle(users) if settle is not None else ()
             out = []
             for row in todo:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO inbox (wamid, user, ts, status, received_at, data) "
-                    "VALUES (?, ?, ?, 'pending', ?, ?)",
-                    row,
-                )
+                cur = c.execute(_INSERT_DONE if row[0] in done else _INSERT_PENDING, row)
                 out.append(cur.rowcount == 1)
             return Added(out, users), learned
 
@@ -207,7 +223,20 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
         turns = turns or {}
 
         def op(c: sqlite3.Connection) -> tuple[Added, Any, list[Any], list[Any]]:
-            fresh, learned = insert(c)
+            ready: dict[str, int] = {}  # the users whose turn can be committed: next seq
+
+            def settle(filed: Sequence[str]) -> set[str]:
+                for message, user in zip(messages, filed, strict=True):
+                    pre = turns.get(user)
+                    if pre is None or pre.message_id != message.id or user not in tokens:
+                        continue
+                    lease = Lease(user, owner, tokens[user], until)
+                    next_seq = _pre_turn_base(c, lease, pre, now)
+                    if next_seq is not None:
+                        ready[user] = next_seq
+                return {turns[user].message_id for user in ready}
+
+            fresh, learned = insert(c, settle if turns else None)
             filed_under = set(fresh.users)
             new = {m.id for m, is_new in zip(messages, fresh, strict=True) if is_new}
             claimed, handled = [], []
@@ -215,12 +244,9 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
                 if user not in filed_under:  # its messages went to the user's canonical key
                     continue
                 lease = Lease(user, owner, token, until)
-                pre = turns.get(user)
-                if pre is not None and pre.message_id in new:
-                    done = _commit_pre_turn(c, lease, pre, now)
-                    if done is not None:
-                        handled.append((lease, *done))
-                        continue
+                if user in ready and turns[user].message_id in new:
+                    handled.append((lease, *_commit_pre_turn(c, lease, turns[user], ready[user])))
+                    continue
                 got = _claim(c, user, owner, token, until, now, limit)
                 if got is not None:
                     claimed.append((lease, *got))
