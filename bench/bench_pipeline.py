@@ -210,7 +210,7 @@ async def phases(
     sink.ledger = ledger = Ledger()
     messages = Messages("m", USERS_BASE, ordered_wamids=args.ordered_wamids)
     profile = None
-    if args.profile and target == "bot":
+    if args.profile:
         profile = Path(args.profile) / f"{target}-{mode}-{run}.speedscope.json"
     probe = speed_probe()
     with profiler(pid, profile):
@@ -429,7 +429,7 @@ def parse_args() -> argparse.Namespace:
         "--profile",
         default="",
         metavar="DIR",
-        help="py-spy records the bot's measured phases here (see bench/profile_top.py)",
+        help="py-spy records each server's measured phases here (see bench/profile_top.py)",
     )
     parser.add_argument(
         "--bot-loop",

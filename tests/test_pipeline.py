@@ -25,7 +25,8 @@ import pytest
 from bot.app import DISPATCHER, Components
 from bot.dispatcher import Dispatcher
 from bot.engine import Reminder
-from bot.models import InboundMessage, Outgoing, UserRecord, parse_callback_data
+from bot.errors import OutcomeUnknown
+from bot.models import JSON, InboundMessage, Outgoing, UserRecord, parse_callback_data
 from bot.retry import RetryPolicy
 from bot.sender import Sender
 from bot.store.sqlite import SQLiteStore
@@ -277,6 +278,37 @@ class TestReconciliation:
         assert drained.blocked and drained.wake_at == now + 30.0
         [entry] = await rig.store.outbox_of(USER)
         assert entry.status == "pending" and entry.inflight_at == now and entry.attempts == 1
+
+    async def test_a_status_that_beats_the_timeout_settles_the_send(self, rig: Rig) -> None:
+        """Meta took the send and its status came while the answer was still awaited; then
+        the request timed out. The status stands: the reply is not sent again after the
+        grace."""
+        now = rig.clock[0]
+
+        class AnswerLost:
+            async def send(self, to: str, message: JSON, *, callback: str = "") -> str:
+                wamid = await rig.api.send(to, message, callback=callback)
+                item = status_item(wamid, "sent", to, callback=callback)
+                assert await rig.store.add_statuses([parse_status(item)], now) == [True]
+                raise OutcomeUnknown("no answer within 10s")
+
+        sender = Sender(rig.store, AnswerLost(), registry=None, policy=WindowPolicy(), grace=30)
+        work = await rig.store.claim(USER, "me", now + 15, now)
+        assert work is not None
+        record = UserRecord(key=USER, wa_id=USER, last_inbound_at=int(now))
+        committed = await rig.store.commit_turn(
+            work.lease, None, record, [text("only once")], now, start_sending=True
+        )
+        await sender.drain(work.lease, committed.record, committed.entries, now)
+        await rig.store.release([work.lease])
+        rig.clock[0] += 60  # past the grace
+        dispatcher = Dispatcher(rig.store, drainer=rig.sender(), clock=lambda: rig.clock[0])
+        assert await dispatcher.sweep() == 0  # nothing is left to send
+        dispatcher.notify(USER)
+        await dispatcher.idle()
+        assert len(rig.fake.messages) == 1
+        [entry] = await rig.store.outbox_of(USER)
+        assert (entry.status, entry.wamid) == ("sent", rig.fake.messages[0].wamid)
 
 
 class TestPoisonIsolation:

@@ -113,11 +113,17 @@ class _MongoOutbox(_MongoCore):
         # An entry's reply never changes once queued: only its delivery fields are written.
         fields = delivery_fields(entry)
         # Over another wamid the entry's own status is stored whatever the stored one is
-        # (merge_saved); over the same wamid the stored status is read and merged.
-        match: Doc = {"wamid": {"$ne": entry.wamid}} if entry.wamid else {}
-        status = entry.status
+        # (merge_saved); over the same wamid the stored status is read and merged. An
+        # attempt in flight without its wamid is only written over none (a status may have
+        # settled it meanwhile).
+        match: Doc = {}
+        if entry.wamid:
+            match = {"wamid": {"$ne": entry.wamid}}
+        elif entry.inflight_at:
+            match = {"wamid": ""}
+        status: str | None = entry.status
         with self._translate("save_outbox"):
-            while True:
+            while status is not None:
                 written, stored = await self._fenced(
                     lease, entry.id, match, {"$set": {**fields, "status": status}}
                 )

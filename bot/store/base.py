@@ -436,14 +436,20 @@ class InboxItem:
     received_at: float
 
 
-def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> str:
-    """The status to store when the owner saves ``entry`` over a stored one.
+def merge_saved(stored_status: str, stored_wamid: str, entry: OutboxEntry) -> str | None:
+    """The status to store when the owner saves ``entry`` over a stored one; ``None``: the
+    stored entry stands and the save is dropped.
 
     A status webhook may have moved the same sent message further along meanwhile; the
-    owner's write then keeps that status.
+    owner's write then keeps that status. A status carrying the entry's callback data may
+    also have settled the attempt in flight while the owner still waited for Meta's answer,
+    which then never came: the owner's "outcome unknown" (an attempt in flight, no wamid)
+    must not undo that, or the reply would be sent again once the grace ran out.
     """
     if entry.wamid and entry.wamid == stored_wamid:
         return delivery_status(stored_status, entry.status)
+    if stored_wamid and not entry.wamid and entry.inflight_at:
+        return None
     return entry.status
 
 

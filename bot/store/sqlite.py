@@ -522,6 +522,8 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
             if row[1] is None:
                 return
             status = merge_saved(row[1], row[2], entry)
+            if status is None:
+                return
             c.execute(
                 "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
                 "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "

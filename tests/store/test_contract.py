@@ -130,6 +130,14 @@ async def one_sent(store: Store, lease: Lease, wamid: str = "wamid.out1") -> Out
     return sent
 
 
+async def in_flight(store: Store, lease: Lease) -> tuple[OutboxEntry, OutboxEntry]:
+    """Commit a turn with one reply and start its first attempt: the entry, then in flight."""
+    [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
+    started = await store.begin_send(lease, entry, NOW)
+    assert started is not None
+    return entry, started
+
+
 class TestProtocol:
     async def test_backend_implements_the_protocol(self, store: Store) -> None:
         """Every backend is a ``Store`` with a description and answers a ping when open."""
@@ -1184,15 +1192,35 @@ class TestSaveOutbox:
     async def test_a_status_that_got_there_first_is_kept(self, store: Store) -> None:
         """Saving ``sent`` over the same wamid already ``delivered`` keeps ``delivered``."""
         lease = (await claim(store)).lease
-        [entry] = (await store.commit_turn(lease, None, user(), [reply("a")], NOW)).entries
-        started = await store.begin_send(lease, entry, NOW)
-        assert started is not None
+        entry, started = await in_flight(store, lease)
         echo = status("wamid.m", "delivered", callback=callback_data(entry.id, 1))
         await store.add_statuses([echo], NOW + 1)
         sent = dataclasses.replace(started, status="sent", wamid="wamid.m", sent_as="session")
         await store.save_outbox(lease, sent)
         stored = await entry_named(store, entry.id)
         assert (stored.status, stored.sent_as, stored.wamid) == ("delivered", "session", "wamid.m")
+
+    async def test_a_status_that_settled_an_attempt_outlives_its_outcome_unknown(
+        self, store: Store
+    ) -> None:
+        """Meta's ``sent`` (naming the attempt) beat the owner's timeout: the entry stays sent."""
+        lease = (await claim(store)).lease
+        entry, started = await in_flight(store, lease)
+        echo = status("wamid.m", "sent", callback=callback_data(entry.id, 1))
+        await store.add_statuses([echo], NOW + 1)
+        unknown = dataclasses.replace(started, inflight_token="", reason="no answer in 10s")
+        await store.save_outbox(lease, unknown)
+        stored = await entry_named(store, entry.id)
+        assert (stored.status, stored.wamid, stored.inflight_at) == ("sent", "wamid.m", 0)
+        assert await pending(store) == []
+
+    async def test_outcome_unknown_is_stored_when_no_status_came(self, store: Store) -> None:
+        """With no status yet, the attempt's unknown outcome is stored as it is."""
+        lease = (await claim(store)).lease
+        entry, started = await in_flight(store, lease)
+        unknown = dataclasses.replace(started, inflight_token="", reason="no answer in 10s")
+        await store.save_outbox(lease, unknown)
+        assert await entry_named(store, entry.id) == unknown
 
     async def test_delivered_never_overwrites_read(self, store: Store) -> None:
         """An owner's ``delivered`` over a stored ``read`` of the same wamid stays ``read``."""
