@@ -59,6 +59,7 @@ from bot.store.base import (
     message_identity,
     new_outbox_entries,
     outbox_from_json,
+    outbox_to_json,
     report_conflicts,
     status_from_json,
     status_identity,
@@ -509,8 +510,8 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
         return replace(entry, attempts=attempts, inflight_at=now, inflight_token=lease.token)
 
     async def save_outbox(self, lease: Lease, entry: OutboxEntry) -> None:
-        # An entry's reply never changes once queued: only its delivery fields are written,
-        # so the (large) message body is not encoded again for every send.
+        # The stored JSON is written whole: an entry's reply never changes once queued, and
+        # what a status webhook may have changed meanwhile is merged (merge_saved).
         def op(c: sqlite3.Connection) -> None:
             row = c.execute(  # the fence and the stored entry in one statement
                 "SELECT u.lease_token, o.status, o.wamid FROM users u "
@@ -524,25 +525,15 @@ class SQLiteStore(SQLiteJobs, SQLiteLedgers):
             status = merge_saved(row[1], row[2], entry)
             if status is None:
                 return
+            saved = entry if status == entry.status else replace(entry, status=status)
             c.execute(
-                "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = json_set("
-                "data, '$.status', ?, '$.attempts', ?, '$.next_attempt_at', ?, '$.wamid', ?, "
-                "'$.sent_as', ?, '$.reason', ?, '$.error_code', ?, '$.fallback_sent', ?, "
-                "'$.inflight_at', ?, '$.inflight_token', ?) WHERE id = ?",
+                "UPDATE outbox SET status = ?, next_attempt_at = ?, wamid = ?, data = ? "
+                "WHERE id = ?",
                 (
                     status,
                     entry.next_attempt_at,
                     entry.wamid,
-                    status,
-                    entry.attempts,
-                    entry.next_attempt_at,
-                    entry.wamid,
-                    entry.sent_as,
-                    entry.reason,
-                    entry.error_code,
-                    entry.fallback_sent,
-                    entry.inflight_at,
-                    entry.inflight_token,
+                    dumps(outbox_to_json(saved)),
                     entry.id,
                 ),
             )
