@@ -67,17 +67,30 @@ class SharedRateLimiter:
         self.reservations = 0  # store writes made (for tests and metrics)
 
     async def acquire(self) -> float:
-        """Wait for this process's next send slot; the slot's time (0 when unlimited)."""
+        """Wait for this process's next send slot; the slot's time (0 when unlimited).
+
+        A slot from this process's batch that went stale while it waited (a busy loop woke
+        it late) is replaced, once: the next one is used however late it comes. So is a slot
+        just reserved, even when the store's round trip took longer than ``LATE``: the
+        shared bucket has already moved past it, so using it late cannot bunch sends, while
+        taking another would be just as late again (a slow disk or a busy MongoDB would then
+        keep every sender waiting for ever).
+        """
         if self.rate <= 0:
             return 0.0
-        while True:
-            slot = await self._next_slot()
-            wait = slot - self._clock()
-            if wait > 0:
-                await self._sleep(wait)
-            if self._clock() - slot <= LATE:
-                return slot
-            # woken too late (a busy loop): sending now could bunch with later slots
+        slot, reserved = await self._next_slot()
+        if await self._until(slot) or reserved:
+            return slot
+        slot, _ = await self._next_slot()  # woken too late: sending now could bunch
+        await self._until(slot)
+        return slot
+
+    async def _until(self, slot: float) -> bool:
+        """Sleep until ``slot``; whether it is still on time (within ``LATE``)."""
+        wait = slot - self._clock()
+        if wait > 0:
+            await self._sleep(wait)
+        return self._clock() - slot <= LATE
 
     async def still(self, slot: float) -> None:
         """Before sending on ``slot`` taken a moment ago: a new slot if it is stale now
@@ -99,20 +112,22 @@ class SharedRateLimiter:
             self.reservations += 1
         log.warning("send_rate_paused", seconds=seconds, reason="130429 from the Cloud API")
 
-    async def _next_slot(self) -> float:
+    async def _next_slot(self) -> tuple[float, bool]:
+        """The next slot of this process's batch, and whether it was reserved just now."""
         self._waiting += 1
         try:
             async with self._lock:
                 now = self._clock()
                 while self._slots and self._slots[0] < now - LATE:
                     self._slots.popleft()
-                if not self._slots:
+                reserved = not self._slots
+                if reserved:
                     count = min(self._batch, self._waiting)
                     interval = 1.0 / self.rate
                     first = await self._slots_store.reserve_sends(count, interval, now)
                     self.reservations += 1
                     self._slots.extend(first + i * interval for i in range(count))
-                return self._slots.popleft()
+                return self._slots.popleft(), reserved
         finally:
             self._waiting -= 1
 

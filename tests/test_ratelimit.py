@@ -6,6 +6,8 @@ import asyncio
 import itertools
 from pathlib import Path
 
+import pytest
+
 from bot.ratelimit import SharedRateLimiter
 from bot.store.sqlite import SQLiteStore
 
@@ -23,6 +25,34 @@ class Clock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+class SlowSlots:
+    """The store's slots behind a round trip of ``delay`` seconds on ``clock`` (a busy
+    MongoDB, a disk with a slow fsync); fails the test on the 11th reservation of a run that
+    should need far fewer (a sender that never gets its slot)."""
+
+    def __init__(self, store: SQLiteStore, clock: Clock, delay: float) -> None:
+        self.store, self.clock, self.delay = store, clock, delay
+        self.calls = 0
+
+    async def reserve_sends(self, count: int, interval: float, now: float) -> float:
+        self.calls += 1
+        assert self.calls <= 10, "the limiter keeps reserving slots and never sends"
+        first = await self.store.reserve_sends(count, interval, now)
+        self.clock.now += self.delay
+        return first
+
+
+class Oversleeping(Clock):
+    """A busy event loop: every sleep wakes ``late`` seconds after it was due."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds + self.late)
 
 
 class TestSharedRateLimiter:
@@ -81,6 +111,30 @@ class TestSharedRateLimiter:
         await limiter.still(slot)
         await store.close()
         assert limiter.reservations == 2
+
+    async def test_a_store_slower_than_a_slot_still_lets_sends_go(self, tmp_path: Path) -> None:
+        """A reservation whose round trip outlasts the slot's tolerance is used, not retaken."""
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        clock = Clock()
+        slots = SlowSlots(store, clock, delay=0.05)
+        limiter = SharedRateLimiter(slots, 10.0, batch=1, clock=clock, sleep=clock.sleep)
+        taken = [await limiter.acquire() for _ in range(4)]
+        await store.close()
+        assert taken == pytest.approx([1000.0, 1000.1, 1000.2, 1000.3])  # none wasted
+        assert slots.calls == 4
+
+    async def test_a_busy_loop_replaces_a_late_slot_once(self, tmp_path: Path) -> None:
+        """Woken late for its slot, a sender takes one more and then sends, however late."""
+        store = SQLiteStore(tmp_path / "bot.db")
+        await store.open()
+        clock = Oversleeping(late=0.03)
+        slots = SlowSlots(store, clock, delay=0.0)
+        limiter = SharedRateLimiter(slots, 10.0, batch=1, clock=clock, sleep=clock.sleep)
+        taken = [await limiter.acquire() for _ in range(3)]
+        await store.close()
+        assert slots.calls <= 6
+        assert all(later - earlier >= 0.1 - 1e-9 for earlier, later in itertools.pairwise(taken))
 
     async def test_zero_means_unlimited(self, tmp_path: Path) -> None:
         """Rate 0: no waiting and no store writes."""
