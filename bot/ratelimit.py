@@ -71,10 +71,10 @@ class SharedRateLimiter:
 
         A slot from this process's batch that went stale while it waited (a busy loop woke
         it late) is replaced, once: the next one is used however late it comes. So is a slot
-        just reserved, even when the store's round trip took longer than ``LATE``: the
-        shared bucket has already moved past it, so using it late cannot bunch sends, while
-        taking another would be just as late again (a slow disk or a busy MongoDB would then
-        keep every sender waiting for ever).
+        just reserved, even when the store's round trip took longer than ``LATE``: sends
+        then bunch by at most that round trip, while taking another slot would come back
+        just as late (a slow disk or a busy MongoDB would keep every sender waiting for
+        ever, each try spending a slot of the shared rate).
         """
         if self.rate <= 0:
             return 0.0
