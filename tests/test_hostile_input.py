@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from bot.app import DISPATCHER, Components, create_app
 from bot.cli import make_runner
 from bot.errors import PayloadError
+from bot.store.base import Store
+from bot.store.mongo import MongoStore
 from bot.store.sqlite import SQLiteStore
 from bot.webhook import SIGNATURE_HEADER, parse_body, sign
 from tests.conftest import SECRET, AppClient, MakeClient, make_config, recorded, signed
@@ -261,6 +263,16 @@ class TestAnySignedBody:
         return await make_client()
 
     @pytest.fixture
+    async def on_mongo(
+        self, make_client: MakeClient, mongo_url: str
+    ) -> AsyncIterator[tuple[AppClient, MongoStore]]:
+        """The same on a Mongo store: the app, and the store it writes to."""
+        store = MongoStore.from_url(mongo_url)
+        client = await make_client(components=Components(store=store))
+        yield client, store
+        await client.close()  # before the server goes
+
+    @pytest.fixture
     def stored(self) -> set[str]:
         """The wamids earlier examples got stored, to tell new messages from duplicates."""
         return set()
@@ -280,28 +292,55 @@ class TestAnySignedBody:
         data: st.DataObject,
     ) -> None:
         """Random JSON at any level of a signed envelope: 200 with all stored, or 4xx with none."""
-        body = data.draw(hostile_bodies(f"wamid.P{len(stored)}"))  # new unless refused
-        before = sum((await store.inbox_counts()).values())
-        raw, headers = signed(body)
-        with structlog.testing.capture_logs() as events:
-            resp = await client.post("/webhook", data=raw, headers=headers)
-            text = await resp.text()
-            await client.app[DISPATCHER].idle()
-        after = sum((await store.inbox_counts()).values())
-        event(f"answered {resp.status}")
-        try:
-            expected: Any = parse_body(body)
-        except PayloadError:
-            expected = None
-        if expected is None:
-            assert 400 <= resp.status < 500 and text, text
-            assert after == before  # none of this body's messages stored
-        else:
-            assert resp.status == 200, text
-            new = {m.id for m in expected.messages} - stored
-            assert after - before == len(new)  # every message stored (duplicates once)
-            stored.update(new)
-        assert not [e for e in events if e["log_level"] in ("error", "critical")], events
-        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
-        counts = await store.inbox_counts()
-        assert counts["pending"] == counts["failed"] == 0  # each stored message read back
+        await one_hostile_body(client, store, stored, caplog, data)
+
+    @settings(
+        max_examples=50,  # secantusdb takes ~40 writes/s
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(data=st.data())
+    async def test_never_5xx_and_never_half_stored_on_mongo(
+        self,
+        on_mongo: tuple[AppClient, MongoStore],
+        stored: set[str],
+        caplog: pytest.LogCaptureFixture,
+        data: st.DataObject,
+    ) -> None:
+        """The same property with the messages stored in MongoDB."""
+        await one_hostile_body(*on_mongo, stored, caplog, data)
+
+
+async def one_hostile_body(
+    client: AppClient,
+    store: Store,
+    stored: set[str],
+    caplog: pytest.LogCaptureFixture,
+    data: st.DataObject,
+) -> None:
+    """Post one drawn body: 200 with all its messages stored, or 4xx with none of them."""
+    body = data.draw(hostile_bodies(f"wamid.P{len(stored)}"))  # new unless refused
+    before = sum((await store.inbox_counts()).values())
+    raw, headers = signed(body)
+    with structlog.testing.capture_logs() as events:
+        resp = await client.post("/webhook", data=raw, headers=headers)
+        text = await resp.text()
+        await client.app[DISPATCHER].idle()
+    after = sum((await store.inbox_counts()).values())
+    event(f"answered {resp.status}")
+    try:
+        expected: Any = parse_body(body)
+    except PayloadError:
+        expected = None
+    if expected is None:
+        assert 400 <= resp.status < 500 and text, text
+        assert after == before  # none of this body's messages stored
+    else:
+        assert resp.status == 200, text
+        new = {m.id for m in expected.messages} - stored
+        assert after - before == len(new)  # every message stored (duplicates once)
+        stored.update(new)
+    assert not [e for e in events if e["log_level"] in ("error", "critical")], events
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    counts = await store.inbox_counts()
+    assert counts["pending"] == counts["failed"] == 0  # each stored message read back
